@@ -1,0 +1,1 @@
+"""The benchmark harness: task descriptors, job graph, executors, sandboxes, leaderboards."""

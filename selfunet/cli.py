@@ -1,0 +1,125 @@
+"""The ``selfunet`` command line: thin Typer commands over the library.
+
+Library code raises :class:`~selfunet.errors.SelfUNetError`; only this module turns it into a
+red message and exit code 1, so bad input never ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Annotated, Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from selfunet.errors import SelfUNetError
+
+app = typer.Typer(
+    name="selfunet",
+    help="A self-configuring U-Net: dataset -> fingerprint -> plan -> preprocess -> train -> predict.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def user_errors(func: F) -> F:
+    """Turn :class:`SelfUNetError` into a message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SelfUNetError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+DatasetArg = Annotated[Path, typer.Argument(help="dataset folder (MSD or nnU-Net v2 layout)")]
+WorkArg = Annotated[Path, typer.Argument(help="work directory")]
+ProcessesOpt = Annotated[int, typer.Option("--processes", "-p", min=1, help="worker processes")]
+
+
+@app.command()
+@user_errors
+def check(dataset: DatasetArg) -> None:
+    """Validate a dataset and report every problem at once (exit 1 if any error)."""
+    from selfunet.check import check_dataset, render_report
+
+    report = check_dataset(dataset)
+    render_report(report, console)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def fingerprint(
+    dataset: DatasetArg,
+    work: Annotated[Path, typer.Option("--work", "-w", help="work directory to write fingerprint.json into")],
+    processes: ProcessesOpt = 2,
+    seed: Annotated[int, typer.Option(help="seed of the foreground intensity sampling")] = 1234,
+) -> None:
+    """Compute the dataset fingerprint (SPEC section 1) into WORK/fingerprint.json."""
+    from selfunet.fingerprint import run_fingerprint
+
+    run_fingerprint(dataset, work, processes=processes, seed=seed)
+
+
+@app.command()
+@user_errors
+def plan(
+    work: WorkArg,
+    gpu_memory_gb: Annotated[float, typer.Option(help="GPU memory budget the plan is made for")] = 8.0,
+    show: Annotated[bool, typer.Option("--show", help="print the plan as a table")] = False,
+    nnunet_fingerprint: Annotated[
+        Optional[Path], typer.Option(help="use an nnU-Net v2 dataset_fingerprint.json instead of WORK's")
+    ] = None,
+    nnunet_dataset_json: Annotated[
+        Optional[Path], typer.Option(help="the nnU-Net v2 dataset.json that goes with --nnunet-fingerprint")
+    ] = None,
+) -> None:
+    """Derive the plan (SPEC section 2) from WORK/fingerprint.json into WORK/plan.json."""
+    from selfunet.plan import run_plan
+
+    run_plan(
+        work,
+        gpu_memory_gb=gpu_memory_gb,
+        show=show,
+        nnunet_fingerprint=nnunet_fingerprint,
+        nnunet_dataset_json=nnunet_dataset_json,
+        console=console,
+    )
+
+
+@app.command("demo-data")
+@user_errors
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="folder to write the synthetic MSD-layout task into")],
+    cases: Annotated[int, typer.Option(min=2, help="training cases")] = 12,
+    test_cases: Annotated[int, typer.Option(min=0, help="test cases (imagesTs)")] = 3,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write the deterministic synthetic demo task (two channels, organ + lesion)."""
+    from selfunet.demo import make_demo_dataset
+
+    make_demo_dataset(out, num_training=cases, num_test=test_cases, seed=seed)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

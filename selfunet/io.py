@@ -1,0 +1,169 @@
+"""Reading and writing medical images through SimpleITK.
+
+Conventions used everywhere in selfunet:
+
+* arrays are in numpy order ``(z, y, x)`` with channels first: ``(C, z, y, x)``;
+* ``spacing`` is given in the same order as the array axes (SimpleITK reports ``(x, y, z)``:
+  it is reversed here, once, so nothing downstream has to remember);
+* 2D images get a leading axis of size 1 with a placeholder spacing, so every stage handles one
+  kind of array; ``ImageGeometry.ndim_on_disk`` remembers to drop it again when writing;
+* ``origin`` and ``direction`` are kept exactly as SimpleITK reports them (physical ``(x, y, z)``
+  order), because their only job is to be written back unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from selfunet.errors import SelfUNetError
+
+#: file endings SimpleITK reads and writes for us, longest first so ``.nii.gz`` wins over ``.gz``.
+SUPPORTED_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+#: spacing of the artificial leading axis of 2D images (large, so it is never resampled into).
+SPACING_2D_PLACEHOLDER = 999.0
+
+
+def file_ending(path: str | Path) -> str:
+    name = Path(path).name.lower()
+    for ending in SUPPORTED_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    raise SelfUNetError(
+        f"{path}: unsupported image format; use one of {', '.join(SUPPORTED_ENDINGS)}."
+    )
+
+
+def strip_ending(path: str | Path) -> str:
+    """The file name without its image ending (``case_001.nii.gz`` -> ``case_001``)."""
+    name = Path(path).name
+    return name[: len(name) - len(file_ending(path))]
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where an image lies in physical space; enough to write a result back with its header."""
+
+    shape: tuple[int, int, int]
+    """spatial shape in array order (z, y, x); 2D images have z == 1."""
+    spacing: tuple[float, float, float]
+    """voxel size in mm in array order."""
+    origin: tuple[float, ...]
+    """as SimpleITK reports it: physical (x, y[, z])."""
+    direction: tuple[float, ...]
+    """row-major direction cosine matrix as SimpleITK reports it."""
+    ndim_on_disk: int = 3
+
+    def to_dict(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+            "ndim_on_disk": self.ndim_on_disk,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ImageGeometry:
+        return cls(
+            shape=tuple(int(v) for v in raw["shape"]),  # type: ignore[arg-type]
+            spacing=tuple(float(v) for v in raw["spacing"]),  # type: ignore[arg-type]
+            origin=tuple(float(v) for v in raw["origin"]),
+            direction=tuple(float(v) for v in raw["direction"]),
+            ndim_on_disk=int(raw.get("ndim_on_disk", 3)),
+        )
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
+    """Read an image as ``(C, z, y, x)`` plus its geometry.
+
+    A 4D file (Decathlon multi-channel cases) yields one channel per volume along its 4th axis.
+    Raises :class:`SelfUNetError` naming the file when it is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SelfUNetError(f"{path}: file not found.")
+    file_ending(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise SelfUNetError(
+            f"{path}: SimpleITK cannot read this file ({first_line}); re-export it as NIfTI or MHA."
+        ) from exc
+    return image_to_array(image, source=str(path))
+
+
+def image_to_array(image: sitk.Image, source: str = "<image>") -> tuple[np.ndarray, ImageGeometry]:
+    dim = image.GetDimension()
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise SelfUNetError(
+            f"{source}: vector pixels ({image.GetNumberOfComponentsPerPixel()} components) are not "
+            "supported; store one channel per file or as a 4D volume."
+        )
+    array = sitk.GetArrayFromImage(image)
+    spacing_xyz = image.GetSpacing()
+    origin = image.GetOrigin()
+    direction = image.GetDirection()
+    if dim == 2:
+        array = array[None, None]
+        spacing = (SPACING_2D_PLACEHOLDER, float(spacing_xyz[1]), float(spacing_xyz[0]))
+        ndim_on_disk = 2
+    elif dim == 3:
+        array = array[None]
+        spacing = tuple(float(s) for s in reversed(spacing_xyz))
+        ndim_on_disk = 3
+    elif dim == 4:
+        # (t, z, y, x): the 4th physical axis holds the channels.
+        spacing = tuple(float(s) for s in reversed(spacing_xyz[:3]))
+        origin = origin[:3]
+        full = np.asarray(direction).reshape(4, 4)
+        direction = tuple(full[:3, :3].ravel().tolist())
+        ndim_on_disk = 3
+    else:
+        raise SelfUNetError(f"{source}: {dim}D images are not supported (2D, 3D or 4D only).")
+    geometry = ImageGeometry(
+        shape=tuple(int(s) for s in array.shape[1:]),  # type: ignore[arg-type]
+        spacing=spacing,  # type: ignore[arg-type]
+        origin=tuple(float(v) for v in origin),
+        direction=tuple(float(v) for v in direction),
+        ndim_on_disk=ndim_on_disk,
+    )
+    return array, geometry
+
+
+def array_to_image(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
+    """Build a SimpleITK image from a ``(z, y, x)`` array with the given header."""
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise SelfUNetError(
+            f"array shape {tuple(array.shape)} does not match the geometry's {geometry.shape}."
+        )
+    if geometry.ndim_on_disk == 2:
+        image = sitk.GetImageFromArray(array[0])
+        image.SetSpacing((geometry.spacing[2], geometry.spacing[1]))
+    else:
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(tuple(reversed(geometry.spacing)))
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image
+
+
+def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry) -> None:
+    """Write a ``(z, y, x)`` array with ``geometry``'s header, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ending = file_ending(path)
+    tmp = path.with_name(f".{strip_ending(path)}.tmp{ending}")
+    sitk.WriteImage(array_to_image(array, geometry), str(tmp), useCompression=True)
+    tmp.replace(path)
+
+
+def write_label(path: str | Path, labels: np.ndarray, geometry: ImageGeometry) -> None:
+    """Write a label map as uint8 (uint16 when there are more than 255 classes)."""
+    dtype = np.uint8 if int(labels.max(initial=0)) < 256 else np.uint16
+    write_image(path, labels.astype(dtype, copy=False), geometry)
