@@ -134,9 +134,8 @@ def _make_case(seed: int, number: int) -> tuple[np.ndarray, np.ndarray, dict]:
     inplane = float(np.float32(rng.uniform(0.75, 0.85)))
     spacing = (float(np.float32(rng.uniform(3.0, 3.6))), inplane, inplane)  # array order (z, y, x)
     # physical coordinates (mm) of every voxel centre relative to the volume centre
-    grids = np.meshgrid(
-        *[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)], indexing="ij", sparse=True
-    )
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing, strict=True)]
+    grids = np.meshgrid(*axes, indexing="ij", sparse=True)
 
     def smooth_field(sigma_mm: float, amplitude: float) -> np.ndarray:
         """Zero-mean smooth random field, so shapes and the bias field vary per case."""
@@ -150,16 +149,16 @@ def _make_case(seed: int, number: int) -> tuple[np.ndarray, np.ndarray, dict]:
                   shape[1] * spacing[1] * rng.uniform(0.34, 0.42),
                   shape[2] * spacing[2] * rng.uniform(0.34, 0.42))
     body_centre = [rng.uniform(-2.0, 2.0) * s for s in spacing]
-    body_dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grids[1:], body_centre[1:], body_radii[1:]))
+    body_dist = _ellipsoid_distance(grids[1:], body_centre[1:], body_radii[1:])
     body_z = np.abs(grids[0] - body_centre[0]) / body_radii[0]
-    body = (np.sqrt(body_dist) + smooth_field(12.0, 0.08) < 1.0) & (body_z < 1.0)
+    body = (body_dist + smooth_field(12.0, 0.08) < 1.0) & (body_z < 1.0)
 
     # organ: a deformed ellipsoid well inside the body
     organ_radii = (rng.uniform(0.45, 0.6) * body_radii[0],
                    rng.uniform(0.5, 0.6) * body_radii[1],
                    rng.uniform(0.5, 0.6) * body_radii[2])
-    organ_centre = [c + rng.uniform(-0.15, 0.15) * r for c, r in zip(body_centre, body_radii)]
-    organ_dist = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grids, organ_centre, organ_radii)))
+    organ_centre = [c + rng.uniform(-0.15, 0.15) * r for c, r in zip(body_centre, body_radii, strict=True)]
+    organ_dist = _ellipsoid_distance(grids, organ_centre, organ_radii)
     organ_dist = organ_dist + smooth_field(6.0, 0.2)
     organ = (organ_dist < 1.0) & body
 
@@ -168,10 +167,10 @@ def _make_case(seed: int, number: int) -> tuple[np.ndarray, np.ndarray, dict]:
     if len(candidates) == 0:
         candidates = np.argwhere(organ)
     centre_index = candidates[rng.integers(len(candidates))]
-    lesion_centre = [g.ravel()[i] for g, i in zip(grids, centre_index)]
+    lesion_centre = [g.ravel()[i] for g, i in zip(grids, centre_index, strict=True)]
     lesion_r = rng.uniform(2.5, 4.0)
     lesion_radii = (max(lesion_r, 0.6 * spacing[0]), lesion_r, lesion_r)
-    lesion_dist = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grids, lesion_centre, lesion_radii)))
+    lesion_dist = _ellipsoid_distance(grids, lesion_centre, lesion_radii)
     lesion = (lesion_dist + smooth_field(2.0, 0.15) < 1.0) & organ
     lesion[tuple(centre_index)] = True
 
@@ -197,6 +196,12 @@ def _make_case(seed: int, number: int) -> tuple[np.ndarray, np.ndarray, dict]:
     origin = (rng.uniform(-130, -90), rng.uniform(-120, -80), rng.uniform(-40, 40))
     geometry = {"spacing_xyz": tuple(reversed(spacing)), "origin": origin, "direction": direction}
     return image, label, geometry
+
+
+def _ellipsoid_distance(grids: list[np.ndarray], centre: list[float], radii: tuple[float, ...]) -> np.ndarray:
+    """1 on the surface of the axis-aligned ellipsoid, < 1 inside (broadcast over sparse grids)."""
+    squared = [((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii, strict=True)]
+    return np.sqrt(sum(squared[1:], squared[0]))
 
 
 def _write(path: Path, array: np.ndarray, geometry: dict) -> None:

@@ -122,7 +122,7 @@ def _fingerprint_case(
             f"does not declare (labels: {sorted(dataset.labels)}); run `selfunet check`."
         )
     label_counts = {str(v): 0 for v in sorted(dataset.labels)}
-    for value, count in zip(values.tolist(), counts.tolist()):
+    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
         label_counts[str(int(value))] = int(count)
 
     foreground = np.flatnonzero(label.ravel() > 0)
