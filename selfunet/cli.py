@@ -118,6 +118,43 @@ def demo_data(
     make_demo_dataset(out, num_training=cases, num_test=test_cases, seed=seed)
 
 
+@app.command()
+@user_errors
+def train(
+    work: WorkArg,
+    configuration: Annotated[str, typer.Option("--configuration", "-c", help="e.g. 3d_fullres, 2d")],
+    fold: Annotated[int, typer.Option("--fold", "-f", help="cross-validation fold")],
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    iterations_per_epoch: Annotated[Optional[int], typer.Option(min=1)] = None,
+    validation_iterations: Annotated[Optional[int], typer.Option(min=0)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="initial learning rate")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    num_folds: Annotated[Optional[int], typer.Option(min=1)] = None,
+    amp: Annotated[Optional[str], typer.Option(help="auto | off | bf16 | fp16")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="epochs between checkpoints")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--nondeterministic")] = None,
+    predict_validation: Annotated[Optional[bool], typer.Option("--predict-validation/--no-predict-validation")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoint_latest.pt")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="discard this fold's checkpoints and start over")] = False,
+) -> None:
+    """Train one configuration on one fold (SPEC section 3); every option overrides a TrainConfig field."""
+    from selfunet.train import run_training
+    from selfunet.train_config import TrainConfig
+
+    overrides = {
+        "epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
+        "validation_iterations": validation_iterations, "initial_lr": lr, "seed": seed, "num_folds": num_folds,
+        "amp": amp, "device": device, "compile": compile, "channels_last": channels_last,
+        "checkpoint_every": checkpoint_every, "deterministic": deterministic,
+        "predict_validation": predict_validation,
+    }
+    config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None}, source="command line")
+    run_training(work, configuration, fold, config, resume=resume, restart=restart, console=console)
+
+
 def main() -> None:
     app()
 
