@@ -1,0 +1,354 @@
+"""Sliding-window inference (SPEC section 3, "Inference").
+
+A network trained on patches sees a whole case as overlapping patch-sized windows (step = half a
+patch). Each window's logits are weighted by a Gaussian centred on the window before they are
+summed, because a fully convolutional network is least reliable near a window border where it
+lacks context; dividing by the summed weights turns the sum into a weighted average. Test-time
+augmentation (TTA) mirrors every window along every subset of the mirror axes and averages the
+mirrored-back logits. Folds are averaged as softmax probabilities.
+
+Memory: a large CT volume times K classes in float32 can be gigabytes, so the accumulators live on
+``accumulate_device`` (CPU by default) and only a batch of windows at a time travels to the
+compute device. The weight sum does not depend on the data, so it is kept once per window grid
+(not per class, and for 2D-on-3D not per slice).
+
+Exactness: the window grid and the Gaussian are both mirror-symmetric (one rare exception in
+:func:`compute_window_starts`), so for any network, predicting a mirrored image with TTA on that
+axis gives exactly the mirrored prediction. This is
+why :func:`compute_window_starts` rounds mirror-symmetrically and the Gaussian is centred at
+``(p - 1) / 2`` rather than at ``p // 2``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from selfunet.errors import SelfUNetError
+
+log = logging.getLogger(__name__)
+
+Window = tuple[slice | int, ...]
+"""Index into the spatial axes of the (padded) image: an ``int`` picks a slice (2D-on-3D)."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a case is predicted; every SPEC constant is a field so the CLI can change it."""
+
+    step_fraction: float = 0.5
+    """window step as a fraction of the patch size (SPEC: half a patch)."""
+    gaussian_sigma_fraction: float = 1.0 / 8.0
+    """sigma of the importance map as a fraction of the patch size (SPEC: patch / 8)."""
+    mirror_axes: tuple[int, ...] | None = None
+    """axes of the *patch* (0-based, spatial) to mirror for TTA; None = all of them, () = no TTA."""
+    windows_per_batch: int = 4
+    """windows per forward pass; more is faster on a GPU until memory runs out."""
+    amp_dtype: torch.dtype | None = None
+    """torch.bfloat16 / torch.float16 runs the network under autocast; accumulation stays float32."""
+    accumulate_device: str | torch.device = "cpu"
+    """where the full-size logit and weight sums live; 'cpu' keeps GPU memory for the network."""
+    device: str | torch.device | None = None
+    """compute device; None = the device of the network's parameters."""
+    progress: bool = False
+    """show a rich progress bar over window batches (useful for very large cases)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.step_fraction <= 1.0:
+            raise SelfUNetError(
+                f"InferenceConfig.step_fraction={self.step_fraction}: must be in (0, 1]; "
+                "0.5 (half a patch) is the SPEC default"
+            )
+        if self.gaussian_sigma_fraction <= 0.0:
+            raise SelfUNetError(
+                f"InferenceConfig.gaussian_sigma_fraction={self.gaussian_sigma_fraction}: must be > 0; "
+                "1/8 is the SPEC default"
+            )
+        if self.windows_per_batch < 1:
+            raise SelfUNetError(f"InferenceConfig.windows_per_batch={self.windows_per_batch}: must be >= 1")
+        if self.amp_dtype not in (None, torch.bfloat16, torch.float16):
+            raise SelfUNetError(
+                f"InferenceConfig.amp_dtype={self.amp_dtype}: use None, torch.bfloat16 or torch.float16"
+            )
+        if self.mirror_axes is not None:
+            axes = tuple(self.mirror_axes)
+            if len(set(axes)) != len(axes) or any(a < 0 for a in axes):
+                raise SelfUNetError(
+                    f"InferenceConfig.mirror_axes={self.mirror_axes}: give distinct non-negative "
+                    "spatial axes of the patch, e.g. (0, 1, 2); () disables mirroring"
+                )
+            object.__setattr__(self, "mirror_axes", axes)
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_fraction: float = 1.0 / 8.0) -> torch.Tensor:
+    """Gaussian weight of every voxel of a window, max 1, strictly positive.
+
+    Separable (a product of 1D Gaussians), centred at ``(p - 1) / 2`` so the map is exactly
+    mirror-symmetric. Zeros (underflow for a tiny sigma) are raised to the smallest non-zero
+    value: a voxel covered only by window borders must still get a non-zero weight sum.
+    """
+    if len(patch_size) == 0 or any(int(p) < 1 for p in patch_size):
+        raise SelfUNetError(f"gaussian_importance_map: patch_size={list(patch_size)} must be positive sizes")
+    if sigma_fraction <= 0:
+        raise SelfUNetError(f"gaussian_importance_map: sigma_fraction={sigma_fraction} must be > 0")
+    gmap = torch.ones((), dtype=torch.float64)
+    for p in patch_size:
+        p = int(p)
+        coords = torch.arange(p, dtype=torch.float64) - (p - 1) / 2.0
+        sigma = p * sigma_fraction
+        g = torch.exp(-0.5 * (coords / sigma) ** 2)
+        gmap = gmap.unsqueeze(-1) * g
+    gmap = (gmap / gmap.max()).to(torch.float32)
+    positive = gmap[gmap > 0]
+    floor = positive.min() if positive.numel() else torch.tensor(1.0)
+    return torch.clamp(gmap, min=float(floor))
+
+
+def compute_window_starts(
+    image_shape: Sequence[int], patch_size: Sequence[int], step_fraction: float = 0.5
+) -> list[list[int]]:
+    """Per axis, the window starts: evenly spaced, first 0, last ``size - patch``.
+
+    Number of windows per axis = ceil((size - patch) / (patch * step_fraction)) + 1, so
+    neighbouring windows overlap by at least ``1 - step_fraction`` of a patch. Starts are rounded
+    half-up in the first half of the axis and mirrored into the second half, so the grid is
+    symmetric under flipping the axis (see module docstring) -- except, unavoidably, for the
+    middle window of an odd count when ``size - patch`` is odd.
+    """
+    if len(image_shape) != len(patch_size):
+        raise SelfUNetError(
+            f"compute_window_starts: image shape {list(image_shape)} and patch {list(patch_size)} "
+            "have different numbers of axes"
+        )
+    if not 0.0 < step_fraction <= 1.0:
+        raise SelfUNetError(f"compute_window_starts: step_fraction={step_fraction} must be in (0, 1]")
+    starts: list[list[int]] = []
+    for axis, (size, patch) in enumerate(zip(image_shape, patch_size)):
+        size, patch = int(size), int(patch)
+        if size < patch:
+            raise SelfUNetError(
+                f"compute_window_starts: axis {axis} has size {size} < patch {patch}; pad the image "
+                "to at least the patch size first (predict_sliding_window does)"
+            )
+        span = size - patch
+        n = math.ceil(span / (patch * step_fraction)) + 1
+        if n == 1:
+            starts.append([0])
+            continue
+        step = span / (n - 1)
+        axis_starts = [0] * n
+        for i in range(n // 2):
+            axis_starts[i] = math.floor(i * step + 0.5)
+            axis_starts[n - 1 - i] = span - axis_starts[i]
+        if n % 2:  # the middle window; symmetric only when span is even
+            axis_starts[n // 2] = math.floor(span / 2 + 0.5)
+        starts.append(sorted(set(axis_starts)))
+    return starts
+
+
+def predict_sliding_window(
+    network: nn.Module,
+    image: torch.Tensor | np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    config: InferenceConfig | None = None,
+) -> torch.Tensor:
+    """Logits ``[K, *spatial]`` (float32, on ``config.accumulate_device``) of one case.
+
+    ``image`` is ``[C, *spatial]``. A patch with one axis fewer than the image (a 2D network on
+    a 3D volume) is applied slice by slice along spatial axis 0, windows of several slices
+    sharing a forward pass. Axes smaller than the patch are zero-padded (centred) and cropped back.
+    """
+    config = config or InferenceConfig()
+    image = torch.as_tensor(image)
+    if image.ndim < 2:
+        raise SelfUNetError(f"predict_sliding_window: image of shape {list(image.shape)} must be [C, *spatial]")
+    patch = [int(p) for p in patch_size]
+    spatial = list(image.shape[1:])
+    if len(patch) == len(spatial):
+        slice_axis = False
+    elif len(patch) == len(spatial) - 1:
+        slice_axis = True
+    else:
+        raise SelfUNetError(
+            f"predict_sliding_window: patch {patch} does not fit image [C, *spatial]={list(image.shape)}; "
+            "the patch needs as many axes as the image's spatial axes (or one fewer for a 2D network "
+            "on a 3D volume)"
+        )
+    mirror_axes = _resolve_mirror_axes(config.mirror_axes, len(patch))
+    device = _compute_device(network, config.device)
+    acc_device = torch.device(config.accumulate_device)
+
+    # Pad the window axes (not the slice axis) up to the patch, centred like the training crops.
+    window_shape = spatial[1:] if slice_axis else spatial
+    pad_before = [max(p - s, 0) // 2 for s, p in zip(window_shape, patch)]
+    pad_after = [max(p - s, 0) - b for s, p, b in zip(window_shape, patch, pad_before)]
+    if any(pad_before) or any(pad_after):
+        torch_pad: list[int] = []
+        for b, a in zip(reversed(pad_before), reversed(pad_after)):
+            torch_pad += [b, a]
+        image = torch.nn.functional.pad(image, torch_pad, mode="constant", value=0.0)
+    padded = list(image.shape[1:])
+    padded_window_shape = padded[1:] if slice_axis else padded
+
+    starts = compute_window_starts(padded_window_shape, patch, config.step_fraction)
+    grid = [tuple(slice(s, s + p) for s, p in zip(combo, patch)) for combo in itertools.product(*starts)]
+    windows: list[Window] = [(z, *w) for z in range(padded[0]) for w in grid] if slice_axis else list(grid)
+
+    gaussian = gaussian_importance_map(patch, config.gaussian_sigma_fraction)
+    weight_sum = torch.zeros(padded_window_shape, dtype=torch.float32, device=acc_device)
+    gaussian_acc = gaussian.to(acc_device)
+    for w in grid:
+        weight_sum[w] += gaussian_acc
+    logits_sum = torch.zeros([num_classes, *padded], dtype=torch.float32, device=acc_device)
+    gaussian_dev = gaussian.to(device)
+
+    log.debug(
+        "sliding window: image %s (padded %s), patch %s, %d windows, mirror axes %s",
+        spatial,
+        padded,
+        patch,
+        len(windows),
+        mirror_axes,
+    )
+    with _eval_without_deep_supervision(network), torch.inference_mode():
+        for batch in _batches(windows, config.windows_per_batch, config.progress):
+            x = torch.stack([image[(slice(None), *w)] for w in batch]).to(device, torch.float32)
+            out = _predict_mirrored(network, x, mirror_axes, config.amp_dtype, device)
+            if out.shape[1] != num_classes or list(out.shape[2:]) != patch:
+                raise SelfUNetError(
+                    f"predict_sliding_window: the network returned {list(out.shape)} for input "
+                    f"{list(x.shape)}; expected [N, {num_classes}, *{patch}] (num_classes wrong, or not "
+                    "fully convolutional at this patch size?)"
+                )
+            out = (out * gaussian_dev).to(acc_device)
+            for i, w in enumerate(batch):
+                logits_sum[(slice(None), *w)] += out[i]
+    logits_sum /= weight_sum  # broadcasts over classes (and slices for 2D-on-3D)
+
+    crop: list[slice] = [slice(None)] * (1 + int(slice_axis))
+    crop += [slice(b, b + s) for b, s in zip(pad_before, window_shape)]
+    if any(pad_before) or any(pad_after):
+        # a compact copy, so the padded accumulator can be freed
+        return logits_sum[tuple(crop)].clone()
+    return logits_sum
+
+
+def predict_probabilities(
+    networks: Sequence[nn.Module],
+    image: torch.Tensor | np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    config: InferenceConfig | None = None,
+) -> torch.Tensor:
+    """Softmax probabilities ``[K, *spatial]`` averaged over several networks (folds, members).
+
+    Averaging probabilities, not logits, is the SPEC rule: a fold that is confidently wrong cannot
+    outvote the others by an unbounded margin.
+    """
+    if len(networks) == 0:
+        raise SelfUNetError("predict_probabilities: no networks given (did the checkpoint list come out empty?)")
+    image = torch.as_tensor(image)
+    total = torch.softmax(predict_sliding_window(networks[0], image, patch_size, num_classes, config), dim=0)
+    for net in networks[1:]:
+        total += torch.softmax(predict_sliding_window(net, image, patch_size, num_classes, config), dim=0)
+    total /= len(networks)
+    return total
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _resolve_mirror_axes(mirror_axes: tuple[int, ...] | None, ndim: int) -> tuple[int, ...]:
+    if mirror_axes is None:
+        return tuple(range(ndim))
+    bad = [a for a in mirror_axes if a >= ndim]
+    if bad:
+        raise SelfUNetError(
+            f"InferenceConfig.mirror_axes={mirror_axes}: axes {bad} do not exist for a {ndim}D patch; "
+            f"use axes among {tuple(range(ndim))}"
+        )
+    return tuple(mirror_axes)
+
+
+def _compute_device(network: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    param = next(itertools.chain(network.parameters(), network.buffers()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _eval_without_deep_supervision(network: nn.Module) -> Iterator[None]:
+    """Eval mode and a single full-resolution output for the duration; restore both afterwards."""
+    was_training = network.training
+    had_ds = hasattr(network, "deep_supervision")
+    old_ds = getattr(network, "deep_supervision", None)
+    network.eval()
+    if had_ds:
+        network.deep_supervision = False
+    try:
+        yield
+    finally:
+        network.train(was_training)
+        if had_ds:
+            network.deep_supervision = old_ds
+
+
+def _predict_mirrored(
+    network: nn.Module,
+    x: torch.Tensor,
+    mirror_axes: tuple[int, ...],
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Average of the network's logits over every subset of ``mirror_axes`` (2^n passes)."""
+    subsets = [c for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
+    # clone: the sum is updated in place and a network may return (a view of) its input
+    total = _forward(network, x, amp_dtype, device).clone()
+    for subset in subsets[1:]:  # subsets[0] is the empty subset, done above
+        dims = [a + 2 for a in subset]
+        total += torch.flip(_forward(network, torch.flip(x, dims), amp_dtype, device), dims)
+    return total.div_(len(subsets))
+
+
+def _forward(network: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
+    with autocast:
+        y = network(x)
+    if isinstance(y, (list, tuple)):
+        raise SelfUNetError(
+            "predict_sliding_window: the network returned several outputs (deep supervision?); "
+            "give it a `deep_supervision` attribute that turns them off"
+        )
+    return y.float()
+
+
+def _batches(windows: list[Window], size: int, progress: bool) -> Iterator[list[Window]]:
+    chunks = [windows[i : i + size] for i in range(0, len(windows), size)]
+    if not progress:
+        yield from chunks
+        return
+    columns = (
+        TextColumn("sliding window"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} batches"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("predict", total=len(chunks))
+        for chunk in chunks:
+            yield chunk
+            bar.advance(task)
