@@ -54,11 +54,11 @@ ProcessesOpt = Annotated[int, typer.Option("--processes", "-p", min=1, help="wor
 
 @app.command()
 @user_errors
-def check(dataset: DatasetArg) -> None:
+def check(dataset: DatasetArg, processes: ProcessesOpt = 2) -> None:
     """Validate a dataset and report every problem at once (exit 1 if any error)."""
     from selfunet.check import check_dataset, render_report
 
-    report = check_dataset(dataset)
+    report = check_dataset(dataset, processes=processes, console=console)
     render_report(report, console)
     if report.errors:
         raise typer.Exit(1)
