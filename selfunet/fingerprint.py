@@ -26,6 +26,9 @@ from selfunet.workdir import WorkDir
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FOREGROUND_SAMPLES = 10**8
+#: below this many bytes of training files, starting worker processes (~1 s each: a fresh
+#: interpreter importing numpy, scipy and SimpleITK) costs more than it saves.
+POOL_MIN_BYTES = 32 * 2**20
 
 
 def compute_fingerprint(
@@ -33,8 +36,13 @@ def compute_fingerprint(
     processes: int = 2,
     seed: int = 1234,
     max_foreground_samples: int = DEFAULT_MAX_FOREGROUND_SAMPLES,
+    pool_min_bytes: int = POOL_MIN_BYTES,
 ) -> Fingerprint:
-    """Fingerprint every training case of ``dataset`` (``processes=1`` runs in this process)."""
+    """Fingerprint every training case of ``dataset``.
+
+    ``processes=1``, or a dataset smaller than ``pool_min_bytes`` on disk, runs in this process;
+    the result is the same either way.
+    """
     cases = dataset.training
     if not cases:
         raise SelfUNetError(f"{dataset.root}: the dataset has no training cases to fingerprint.")
@@ -45,6 +53,9 @@ def compute_fingerprint(
         )
     per_case = max_foreground_samples // len(cases)
     jobs = [(dataset, case, index, seed, per_case) for index, case in enumerate(cases)]
+    if processes > 1 and _bytes_on_disk(cases) < pool_min_bytes:
+        log.debug("dataset smaller than %d bytes: fingerprinting in-process", pool_min_bytes)
+        processes = 1
     results: list[tuple[CaseFingerprint, np.ndarray] | None] = [None] * len(cases)
     for index, result in _progress(_run(jobs, processes), len(cases)):
         results[index] = result
@@ -142,6 +153,11 @@ def _fingerprint_case(
         ),
         samples,
     )
+
+
+def _bytes_on_disk(cases: tuple[CaseSpec, ...]) -> int:
+    paths = [p for case in cases for p in (*case.images, case.label) if p is not None]
+    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 def _channel_stats(channel: int, modality: str, values: np.ndarray) -> ChannelIntensity:

@@ -125,7 +125,7 @@ def test_fingerprint_matches_a_constructed_case(tmp_path: Path) -> None:
 def test_one_and_two_processes_agree(demo_dataset: DatasetSpec) -> None:
     # 600 over 6 cases: every case is subsampled, which is where scheduling could leak in
     serial = compute_fingerprint(demo_dataset, processes=1, max_foreground_samples=600)
-    parallel = compute_fingerprint(demo_dataset, processes=2, max_foreground_samples=600)
+    parallel = compute_fingerprint(demo_dataset, processes=2, max_foreground_samples=600, pool_min_bytes=0)
     assert serial.model_dump() == parallel.model_dump()
 
 
@@ -176,7 +176,7 @@ def test_unreadable_case_names_the_file(tmp_path: Path) -> None:
     dataset, _, _ = make_known_dataset(tmp_path / "ds")
     (tmp_path / "ds" / "imagesTr" / "case_0_0001.nii.gz").write_bytes(b"garbage")
     with pytest.raises(SelfUNetError, match=r"case_0_0001\.nii\.gz"):
-        compute_fingerprint(dataset, processes=2)  # the error crosses the process boundary intact
+        compute_fingerprint(dataset, processes=2, pool_min_bytes=0)  # the error crosses processes intact
 
 
 def test_cli_writes_a_valid_fingerprint(
