@@ -24,6 +24,7 @@ from selfunet.check import (
     CheckReport,
     check_dataset,
 )
+from selfunet.check_case import _label_values
 from selfunet.cli import app
 from selfunet.nifti_raw import RawScan, scan_nifti
 
@@ -477,3 +478,37 @@ def test_raw_scan_counts_nonfinite_voxels(tmp_path, dtype, ending):
     scan = scan_nifti(path)
     is_float = np.issubdtype(dtype, np.floating)
     assert scan == RawScan(nan=5 if is_float else 0, inf=2 if is_float else 0, is_float=is_float)
+
+
+def test_narrow_console_prints_one_block_per_problem(tmp_path):
+    root = make_msd(tmp_path / "ds")
+    _break_many(root)
+    result = CliRunner().invoke(app, ["check", str(root), "-p", "1"], env={"COLUMNS": "80"})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: case_000  imagesTr/case_000.nii.gz" in result.output
+    assert "warning: case_002  labelsTr/case_002.nii.gz" in result.output
+    assert "3 errors, 1 warning in 4 cases" in result.output
+
+
+def test_label_values_are_counted_across_slabs(tmp_path):
+    label = np.zeros(5_000_000, np.uint8)
+    label[-1] = 7
+    assert _label_values(label).tolist() == [0, 7]
+    assert _label_values(np.array([-1, 0, 2], np.int16)).tolist() == [-1, 0, 2]
+
+
+def test_negative_label_value_is_undeclared(tmp_path):
+    root = make_msd(tmp_path / "ds")
+    label = case_arrays(0)[1].astype(np.int16)
+    label[0, 0, 0] = -1
+    _label_array(root, "case_000", label)
+    assert find(check_dataset(root), "case_000", "case_000.nii.gz", "label value(s) -1", "not declared")
+
+
+def test_demo_dataset_is_clean(tmp_path):
+    from selfunet.demo import make_demo_dataset
+
+    root = tmp_path / "demo"
+    make_demo_dataset(root, num_training=2, num_test=1)
+    report = check_dataset(root)
+    assert report.problems == [] and report.cases_checked == 3
