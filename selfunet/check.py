@@ -18,6 +18,7 @@ import multiprocessing
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,17 +245,22 @@ def _run_jobs(jobs: list[CaseJob], processes: int, console: Console | None) -> I
     )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("check", total=len(jobs))
-        if processes <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                yield check_case(job)
-                progress.advance(task)
-            return
-        # spawn, not fork: the progress bar's refresh thread must not be duplicated mid-lock.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context) as pool:
-            for result in pool.map(check_case, jobs, chunksize=1):
-                yield result
-                progress.advance(task)
+        done = 0
+        if processes > 1 and len(jobs) > 1:
+            # spawn, not fork: the progress bar's refresh thread must not be duplicated mid-lock.
+            context = multiprocessing.get_context("spawn")
+            try:
+                with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context) as pool:
+                    for result in pool.map(check_case, jobs, chunksize=1):
+                        yield result
+                        done += 1
+                        progress.advance(task)
+            except BrokenProcessPool as exc:
+                # a worker died (out of memory, or no importable __main__): finish here instead
+                log.warning("worker processes failed (%s); checking the remaining cases in this process", exc)
+        for job in jobs[done:]:
+            yield check_case(job)
+            progress.advance(task)
 
 
 def check_dataset(root: Path, processes: int = 1, console: Console | None = None) -> CheckReport:
