@@ -291,7 +291,7 @@ def check_dataset(root: Path, processes: int = 1, console: Console | None = None
                     "list the training cases in dataset.json 'training'" if spec.layout == "msd"
                     else "put <case>_0000 images in imagesTr and <case> label maps in labelsTr"),
         )
-    test = list({c.images: c for c in reversed(spec.test)}.values())[::-1]  # repeats checked once
+    test = list({c.images: c for c in spec.test}.values())  # a repeated test entry is checked once
 
     common = dict(
         layout=spec.layout, channel_key=channel_key, channel_names=spec.channel_names,
