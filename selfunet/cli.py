@@ -104,6 +104,22 @@ def plan(
     )
 
 
+@app.command()
+@user_errors
+def preprocess(
+    work: WorkArg,
+    configuration: Annotated[
+        Optional[list[str]],
+        typer.Option("--configuration", "-c", help="configuration(s) to preprocess (default: all in the plan)"),
+    ] = None,
+    processes: ProcessesOpt = 2,
+) -> None:
+    """Crop, normalize and resample the training cases into WORK/preprocessed/ (skips finished cases)."""
+    from selfunet.preprocess import run_preprocess
+
+    run_preprocess(work, configuration, processes=processes, console=console)
+
+
 @app.command("demo-data")
 @user_errors
 def demo_data(
