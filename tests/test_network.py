@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,3 +203,38 @@ def test_wrong_patch_dimension_rejected():
     net = build_network(ISO_3D, 1, 2)
     with pytest.raises(SelfUNetError, match="patch_size"):
         net.count_feature_map_elements((16, 16))
+
+
+REF_PYTHON = "/work/refvenv/bin/python"
+_REF_SCRIPT = """
+import json, sys
+from torch import nn
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+c = json.loads(sys.argv[1])
+conv, norm = (nn.Conv3d, nn.InstanceNorm3d) if c["dim"] == 3 else (nn.Conv2d, nn.InstanceNorm2d)
+net = PlainConvUNet(1, len(c["f"]), c["f"], conv, c["k"], c["s"], 2, c["classes"], 2, conv_bias=True,
+                    norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+                    nonlin_kwargs={"inplace": True}, deep_supervision=False)
+print(json.dumps([sum(p.numel() for p in net.parameters()), int(net.compute_conv_feature_map_size(c["p"]))]))
+"""
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize(
+    ("spacing", "patch", "dim"), [((3.0, 0.7, 0.7), (20, 96, 112), 3), ((1.0, 1.0), (160, 192), 2)]
+)
+def test_same_parameters_and_feature_maps_as_the_reference_network(spacing, patch, dim):
+    """Same template as the reference's plain U-Net: equal parameter count and activation count."""
+    if not Path(REF_PYTHON).exists():
+        pytest.skip("no reference venv")
+    topology, padded = _topology(spacing, patch, dim)
+    cfg = {"dim": dim, "f": topology.features_per_stage, "k": topology.kernel_sizes, "s": topology.strides,
+           "classes": 3, "p": padded}
+    run = subprocess.run([REF_PYTHON, "-c", _REF_SCRIPT, json.dumps(cfg)], capture_output=True, text=True)
+    if run.returncode != 0:
+        pytest.skip(f"reference network not importable: {run.stderr[-200:]}")
+    ref_params, ref_maps = json.loads(run.stdout)
+    with torch.device("meta"):
+        net = build_network(topology, 1, 3)
+    assert count_parameters(net) == ref_params
+    assert net.count_feature_map_elements(padded) == ref_maps
