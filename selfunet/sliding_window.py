@@ -313,6 +313,8 @@ def _predict_mirrored(
 ) -> torch.Tensor:
     """Average of the network's logits over every subset of ``mirror_axes`` (2^n passes)."""
     subsets = [c for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
+    if len(subsets) == 1:
+        return _forward(network, x, amp_dtype, device)
     # clone: the sum is updated in place and a network may return (a view of) its input
     total = _forward(network, x, amp_dtype, device).clone()
     for subset in subsets[1:]:  # subsets[0] is the empty subset, done above
