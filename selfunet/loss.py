@@ -77,9 +77,10 @@ class DiceCELoss(nn.Module):
 
     def dice_term(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Negative mean soft Dice over foreground classes, in [-1, 0]."""
-        num_classes = logits.shape[1]
-        probs = torch.softmax(logits.float(), dim=1)[:, 1:]
-        onehot = F.one_hot(labels, num_classes).movedim(-1, 1)[:, 1:].to(probs.dtype)
+        probs_all = torch.softmax(logits.float(), dim=1)
+        # float one-hot built by scatter: 4 bytes per class and voxel instead of F.one_hot's int64
+        onehot = torch.zeros_like(probs_all).scatter_(1, labels.unsqueeze(1), 1.0)[:, 1:]
+        probs = probs_all[:, 1:]
         if mask is not None:
             probs = probs * mask
             onehot = onehot * mask

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -160,3 +164,35 @@ def test_bf16_logits_accepted():
     assert out.dtype == torch.float32
     out.backward()
     assert logits.grad is not None
+
+
+_REF_LOSS = """
+import sys, numpy as np, torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.helpers import softmax_helper_dim1
+logits = torch.from_numpy(np.load(sys.argv[1])); target = torch.from_numpy(np.load(sys.argv[2]))
+for batch_dice in (True, False):
+    loss = DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                          weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+    print(float(loss(logits, target)))
+"""
+
+
+@pytest.mark.oracle
+def test_same_value_as_the_reference_loss(tmp_path):
+    ref_python = Path("/work/refvenv/bin/python")
+    if not ref_python.exists():
+        pytest.skip("no reference venv")
+    logits = torch.randn(2, 3, 6, 10, 12, generator=torch.Generator().manual_seed(5)) * 3
+    target = _random_labels((2, 1, 6, 10, 12), 3, seed=6)
+    target[1][target[1] == 2] = 0  # class 2 absent in sample 1: batch and per-sample Dice differ
+    np.save(tmp_path / "l.npy", logits.numpy())
+    np.save(tmp_path / "t.npy", target.numpy())
+    run = subprocess.run([str(ref_python), "-c", _REF_LOSS, str(tmp_path / "l.npy"), str(tmp_path / "t.npy")],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        pytest.skip(f"reference loss not importable: {run.stderr[-200:]}")
+    ref_batch, ref_sample = (float(v) for v in run.stdout.split())
+    assert DiceCELoss(batch_dice=True)(logits, target).item() == pytest.approx(ref_batch, abs=1e-5)
+    assert DiceCELoss(batch_dice=False)(logits, target).item() == pytest.approx(ref_sample, abs=1e-5)
