@@ -201,13 +201,14 @@ def _resample_box(
 # images, label maps, probabilities
 
 
-def _orders(
+def interpolation_orders(
     spacing: Sequence[float],
     new_spacing: Sequence[float],
     in_plane: int,
     out_of_plane: int,
     threshold: float,
 ) -> list[int]:
+    """Per-axis order: ``in_plane`` everywhere except ``out_of_plane`` on a single coarse axis."""
     orders = [in_plane] * len(spacing)
     axis = anisotropic_axis(spacing, new_spacing, threshold)
     if axis is not None:
@@ -249,7 +250,7 @@ def resample_image(
     target = _resolve_shape(shape, spacing, target_spacing, new_shape)
     if tuple(target) == tuple(shape):
         return np.array(image, dtype=np.float32, copy=True)
-    orders = _orders(
+    orders = interpolation_orders(
         spacing,
         _new_spacing(shape, spacing, target),
         settings.image_order,
@@ -274,7 +275,7 @@ def resample_probabilities(
     target = _resolve_shape(shape, spacing, target_spacing, new_shape)
     if tuple(target) == tuple(shape):
         return np.array(probabilities, dtype=np.float32, copy=True)
-    orders = _orders(
+    orders = interpolation_orders(
         spacing,
         _new_spacing(shape, spacing, target),
         settings.probabilities_order,
@@ -306,7 +307,7 @@ def resample_segmentation(
     target = _resolve_shape(shape, spacing, target_spacing, new_shape)
     if tuple(target) == tuple(shape):
         return segmentation.copy()
-    orders = _orders(
+    orders = interpolation_orders(
         spacing,
         _new_spacing(shape, spacing, target),
         settings.label_order,
