@@ -171,6 +171,27 @@ def train(
     run_training(work, configuration, fold, config, resume=resume, restart=restart, console=console)
 
 
+@app.command()
+@user_errors
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="image files and/or folders (MSD or nnU-Net v2 naming)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the label maps")],
+    work: Annotated[Path, typer.Option("--work", "-w", help="work directory holding the trained folds")],
+    configuration: Annotated[str, typer.Option("--configuration", "-c")] = "3d_fullres",
+    folds: Annotated[Optional[list[int]], typer.Option("--fold", "-f", help="folds to average (default: all)")] = None,
+    checkpoint: Annotated[str, typer.Option(help="checkpoint file name in each fold folder")] = "checkpoint_final.pt",
+    mirroring: Annotated[bool, typer.Option("--mirroring/--no-mirroring", help="mirror TTA")] = True,
+    amp: Annotated[str, typer.Option(help="auto | off | bf16 | fp16")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="also write <case>.npz")] = False,
+) -> None:
+    """Predict images with the trained folds of one configuration (sliding window, TTA, fold average)."""
+    from selfunet.predict import predict_cases
+
+    predict_cases(inputs, output, work, configuration, folds or None, checkpoint, mirroring, amp, device,
+                  save_probabilities, console=console)
+
+
 def main() -> None:
     app()
 

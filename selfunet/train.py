@@ -145,7 +145,7 @@ class Trainer:
                 f"`selfunet preprocess {self.work.root} -c {configuration}` first."
             )
         splits = load_or_create_splits(self.work.splits, case_ids, config.num_folds, config.split_seed)
-        split = get_fold(splits, fold, source=self.work.splits)
+        split = get_fold(splits, fold)
         self.train_ids, self.val_ids = list(split.train), list(split.val)
         if self.configuration.previous_stage is not None:
             raise SelfUNetError(

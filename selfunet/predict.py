@@ -1,0 +1,244 @@
+"""``selfunet predict``: trained folds -> label maps in the original geometry (SPEC section 3).
+
+The chain for one case: read the image(s) -> preprocess in memory exactly like the training data
+-> sliding-window prediction with every fold (softmax probabilities averaged) -> revert to the
+original crop space and shape -> write with the input's header. Out-of-fold validation
+predictions use the same chain on the already preprocessed arrays, and keep their probabilities
+(in the original crop space, where every configuration of a case agrees) for ensemble selection.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from selfunet.artifacts import atomic_write_bytes
+from selfunet.errors import SelfUNetError
+from selfunet.io import SUPPORTED_ENDINGS, file_ending, read_image, strip_ending
+from selfunet.plan_types import Configuration, Plan
+from selfunet.preprocess import PreprocessedCase, preprocess_image_for_inference
+from selfunet.revert import revert_probabilities, revert_to_labels, write_prediction
+from selfunet.sliding_window import InferenceConfig, predict_probabilities
+from selfunet.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    network: torch.nn.Module
+    plan: Plan
+    configuration: Configuration
+    checkpoint: Path
+
+
+def load_trained_model(checkpoint: Path, device: torch.device) -> TrainedModel:
+    """Rebuild the network from the plan stored inside the checkpoint and load its weights."""
+    from selfunet.network import build_network
+    from selfunet.train import load_checkpoint
+
+    payload = load_checkpoint(checkpoint)
+    plan = Plan.from_dict(payload["plan"], source=str(checkpoint))
+    configuration = plan.configurations[payload["configuration"]]
+    network = build_network(configuration.topology, plan.num_input_channels, plan.num_classes,
+                            deep_supervision=False)
+    network.load_state_dict(payload["network"])
+    network.to(device).eval()
+    return TrainedModel(network, plan, configuration, Path(checkpoint))
+
+
+def inference_config(configuration: Configuration, mirroring: bool, amp_dtype: torch.dtype | None,
+                     device: torch.device, windows_per_batch: int = 4) -> InferenceConfig:
+    return InferenceConfig(
+        mirror_axes=None if mirroring else (), amp_dtype=amp_dtype, device=device,
+        windows_per_batch=windows_per_batch,
+    )
+
+
+def predict_array(models: list[TrainedModel], data: np.ndarray, config: InferenceConfig) -> np.ndarray:
+    """Averaged softmax probabilities ``(K, *spatial)`` for one preprocessed case."""
+    first = models[0]
+    probabilities = predict_probabilities(
+        [m.network for m in models], torch.from_numpy(np.ascontiguousarray(data)),
+        first.configuration.patch_size, first.plan.num_classes, config,
+    )
+    return probabilities.numpy()
+
+
+def save_probabilities(path: Path, probabilities: np.ndarray, properties: PreprocessedCase) -> None:
+    """Crop-space probabilities (float16) plus the properties needed to un-crop them, atomically."""
+    buffer = _io.BytesIO()
+    np.savez_compressed(buffer, probabilities=probabilities.astype(np.float16),
+                        properties=np.array(properties.model_dump_json()))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_probabilities(path: Path) -> tuple[np.ndarray, PreprocessedCase]:
+    if not path.is_file():
+        raise SelfUNetError(f"{path}: probabilities file not found; predict with --save-probabilities.")
+    with np.load(path) as archive:
+        probabilities = archive["probabilities"].astype(np.float32)
+        properties = PreprocessedCase.model_validate_json(str(archive["properties"]))
+    return probabilities, properties
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_ids: list[str], checkpoint: Path,
+                             mirroring: bool = True, amp: str = "auto", console: Console | None = None) -> Path:
+    """Out-of-fold predictions of one fold: labels (original geometry) + crop-space probabilities.
+
+    Already finished cases (label and probabilities present) are skipped, so an interrupted
+    validation resumes.
+    """
+    from selfunet.train import resolve_amp, resolve_device
+
+    console = console or Console(stderr=True)
+    device = resolve_device("auto")
+    model = load_trained_model(checkpoint, device)
+    config = inference_config(model.configuration, mirroring, resolve_amp(amp, device), device)
+    folder = work.preprocessed(model.configuration.data_identifier)
+    out = work.training(configuration, fold) / "validation"
+    out.mkdir(parents=True, exist_ok=True)
+    ending = _dataset_ending(work)
+    with _progress(console) as progress:
+        task = progress.add_task(f"validation {configuration} fold {fold}", total=len(case_ids))
+        for case_id in case_ids:
+            label_path, prob_path = out / f"{case_id}{ending}", out / f"{case_id}.npz"
+            if not (label_path.is_file() and prob_path.is_file()):
+                properties = PreprocessedCase.load(folder / f"{case_id}.json")
+                data = np.load(folder / f"{case_id}.npy", mmap_mode="r")
+                probabilities = predict_array([model], data, config)
+                save_probabilities(prob_path, revert_probabilities(
+                    probabilities, properties, model.configuration.resampling), properties)
+                labels = revert_to_labels(probabilities, properties, model.configuration.resampling)
+                write_prediction(label_path, labels, properties)
+            progress.advance(task)
+    return out
+
+
+def _dataset_ending(work: WorkDir) -> str:
+    from selfunet.fingerprint_types import Fingerprint
+
+    try:
+        return Fingerprint.load(work.fingerprint).dataset.file_ending
+    except SelfUNetError:
+        return ".nii.gz"
+
+
+@dataclass(frozen=True)
+class InputCase:
+    case_id: str
+    files: tuple[Path, ...]
+    output_name: str
+
+
+def discover_inputs(inputs: list[Path], num_channels: int) -> list[InputCase]:
+    """Cases from files and folders: MSD style (one file per case, channels in a 4D file) or
+    nnU-Net v2 style (``case_0000.nii.gz`` per channel). Output names follow the input's style."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+                            and p.name.lower().endswith(SUPPORTED_ENDINGS))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise SelfUNetError(f"{item}: no such file or folder to predict.")
+    if not files:
+        raise SelfUNetError(f"no images ({', '.join(SUPPORTED_ENDINGS)}) found in {', '.join(map(str, inputs))}.")
+    channel_style = all(len(s := strip_ending(f)) > 5 and s[-5] == "_" and s[-4:].isdigit() for f in files)
+    if channel_style:
+        groups: dict[str, dict[int, Path]] = {}
+        for f in files:
+            stem = strip_ending(f)
+            groups.setdefault(stem[:-5], {})[int(stem[-4:])] = f
+        cases = []
+        for case_id, by_channel in sorted(groups.items()):
+            missing = [c for c in range(num_channels) if c not in by_channel]
+            if missing:
+                raise SelfUNetError(
+                    f"case '{case_id}': channel file(s) {', '.join(f'{case_id}_{c:04d}' for c in missing)} missing; "
+                    f"the model needs {num_channels} channel(s)."
+                )
+            first = by_channel[0]
+            cases.append(InputCase(case_id, tuple(by_channel[c] for c in range(num_channels)),
+                                   f"{case_id}{file_ending(first)}"))
+        return cases
+    return [InputCase(strip_ending(f), (f,), f.name) for f in files]
+
+
+def read_input_case(case: InputCase, num_channels: int):
+    arrays, geometry = [], None
+    for path in case.files:
+        array, geo = read_image(path)
+        arrays.append(array)
+        geometry = geometry or geo
+    image = np.concatenate(arrays, axis=0).astype(np.float32, copy=False)
+    if image.shape[0] != num_channels:
+        raise SelfUNetError(
+            f"case '{case.case_id}' ({case.files[0]}): {image.shape[0]} channel(s), the model expects "
+            f"{num_channels}; give all channels (one 4D file or case_0000.. files)."
+        )
+    return image, geometry
+
+
+def find_checkpoints(work: WorkDir, configuration: str, folds: list[int] | None, name: str) -> list[Path]:
+    root = work.root / "train" / configuration
+    if folds is None:
+        found = sorted(root.glob(f"fold_*/{name}"))
+        if not found:
+            raise SelfUNetError(
+                f"no {name} under {root}: train first (`selfunet train {work.root} -c {configuration} -f 0`)."
+            )
+        return found
+    paths = [work.training(configuration, f) / name for f in folds]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SelfUNetError(f"checkpoint(s) missing: {', '.join(missing)}; train those folds first.")
+    return paths
+
+
+def predict_cases(inputs: list[Path], output: Path, work: Path, configuration: str, folds: list[int] | None = None,
+                  checkpoint_name: str = "checkpoint_final.pt", mirroring: bool = True, amp: str = "auto",
+                  device: str = "auto", save_probabilities_files: bool = False,
+                  console: Console | None = None) -> list[Path]:
+    """Predict every input case with the averaged folds and write label maps into ``output``."""
+    from selfunet.train import resolve_amp, resolve_device
+
+    console = console or Console(stderr=True)
+    workdir = WorkDir(work)
+    torch_device = resolve_device(device)
+    models = [load_trained_model(p, torch_device)
+              for p in find_checkpoints(workdir, configuration, folds, checkpoint_name)]
+    plan, config_obj = models[0].plan, models[0].configuration
+    cases = discover_inputs(inputs, plan.num_input_channels)
+    config = inference_config(config_obj, mirroring, resolve_amp(amp, torch_device), torch_device)
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    with _progress(console) as progress:
+        task = progress.add_task(f"predict {configuration} ({len(models)} fold(s))", total=len(cases))
+        for case in cases:
+            image, geometry = read_input_case(case, plan.num_input_channels)
+            data, properties = preprocess_image_for_inference(image, geometry, plan, config_obj, case.case_id)
+            probabilities = predict_array(models, data, config)
+            if save_probabilities_files:
+                save_probabilities(output / f"{case.case_id}.npz",
+                                   revert_probabilities(probabilities, properties, config_obj.resampling), properties)
+            labels = revert_to_labels(probabilities, properties, config_obj.resampling)
+            target = output / case.output_name
+            write_prediction(target, labels, properties)
+            written.append(target)
+            progress.advance(task)
+    console.print(f"wrote {len(written)} prediction(s) to {output}")
+    return written
