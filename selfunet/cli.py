@@ -177,7 +177,12 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="image files and/or folders (MSD or nnU-Net v2 naming)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the label maps")],
     work: Annotated[Path, typer.Option("--work", "-w", help="work directory holding the trained folds")],
-    configuration: Annotated[str, typer.Option("--configuration", "-c")] = "3d_fullres",
+    configurations: Annotated[
+        Optional[list[str]], typer.Option("--configuration", "-c", help="repeat for an ensemble (default 3d_fullres)")
+    ] = None,
+    selection: Annotated[
+        Optional[Path], typer.Option(help="selection.json: use its members and postprocessing rule")
+    ] = None,
     folds: Annotated[Optional[list[int]], typer.Option("--fold", "-f", help="folds to average (default: all)")] = None,
     checkpoint: Annotated[str, typer.Option(help="checkpoint file name in each fold folder")] = "checkpoint_final.pt",
     mirroring: Annotated[bool, typer.Option("--mirroring/--no-mirroring", help="mirror TTA")] = True,
@@ -185,11 +190,19 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="also write <case>.npz")] = False,
 ) -> None:
-    """Predict images with the trained folds of one configuration (sliding window, TTA, fold average)."""
+    """Predict images with trained folds (sliding window, mirror TTA, fold and ensemble averaging)."""
     from selfunet.predict import predict_cases
 
-    predict_cases(inputs, output, work, configuration, folds or None, checkpoint, mirroring, amp, device,
-                  save_probabilities, console=console)
+    rule = None
+    members = list(configurations or [])
+    if selection is not None:
+        from selfunet.ensemble import Selection
+
+        chosen = Selection.load(selection)
+        members = members or list(chosen.members)
+        rule = chosen.postprocessing
+    predict_cases(inputs, output, work, members or ["3d_fullres"], folds or None, checkpoint, mirroring, amp,
+                  device, save_probabilities, postprocessing=rule, console=console)
 
 
 def main() -> None:

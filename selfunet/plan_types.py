@@ -131,3 +131,9 @@ class Plan(Artifact):
     transpose_backward: list[int]
     settings: PlannerSettings
     configurations: dict[str, Configuration]
+
+    def input_channels(self, configuration: str) -> int:
+        """Network input channels: the image channels, plus for a cascade stage one channel per
+        foreground class holding the previous stage's one-hot prediction."""
+        extra = self.num_classes - 1 if self.configurations[configuration].previous_stage else 0
+        return self.num_input_channels + extra

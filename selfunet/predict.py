@@ -47,7 +47,7 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> TrainedModel:
     payload = load_checkpoint(checkpoint)
     plan = Plan.from_dict(payload["plan"], source=str(checkpoint))
     configuration = plan.configurations[payload["configuration"]]
-    network = build_network(configuration.topology, plan.num_input_channels, plan.num_classes,
+    network = build_network(configuration.topology, plan.input_channels(configuration.name), plan.num_classes,
                             deep_supervision=False)
     network.load_state_dict(payload["network"])
     network.to(device).eval()
@@ -108,6 +108,10 @@ def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_
     model = load_trained_model(checkpoint, device)
     config = inference_config(model.configuration, mirroring, resolve_amp(amp, device), device)
     folder = work.preprocessed(model.configuration.data_identifier)
+    if model.configuration.previous_stage is not None:
+        from selfunet.cascade import cascade_data_identifier
+
+        folder = work.preprocessed(cascade_data_identifier(model.configuration))
     out = work.training(configuration, fold) / "validation"
     out.mkdir(parents=True, exist_ok=True)
     ending = _dataset_ending(work)
@@ -209,33 +213,86 @@ def find_checkpoints(work: WorkDir, configuration: str, folds: list[int] | None,
     return paths
 
 
-def predict_cases(inputs: list[Path], output: Path, work: Path, configuration: str, folds: list[int] | None = None,
-                  checkpoint_name: str = "checkpoint_final.pt", mirroring: bool = True, amp: str = "auto",
-                  device: str = "auto", save_probabilities_files: bool = False,
+def case_probabilities(stage: str, image: np.ndarray, geometry, case_id: str, models: dict[str, list[TrainedModel]],
+                       configs: dict[str, InferenceConfig]) -> tuple[np.ndarray, PreprocessedCase]:
+    """Crop-space probabilities ``(K, *shape_after_crop)`` of one stage for one case.
+
+    Crop space is the same for every configuration of a case, so ensembles average there; a
+    cascade stage first predicts its previous stage and appends that segmentation as channels.
+    """
+    from selfunet.cascade import previous_stage_channels
+
+    first = models[stage][0]
+    plan, configuration = first.plan, first.configuration
+    data, properties = preprocess_image_for_inference(image, geometry, plan, configuration, case_id)
+    if configuration.previous_stage is not None:
+        previous, _ = case_probabilities(configuration.previous_stage, image, geometry, case_id, models, configs)
+        extra = previous_stage_channels(previous.argmax(0), properties, plan.num_classes)
+        data = np.concatenate([data, extra], axis=0)
+    probabilities = predict_array(models[stage], data, configs[stage])
+    return revert_probabilities(probabilities, properties, configuration.resampling), properties
+
+
+def _load_stage_models(workdir: WorkDir, members: list[str], folds: list[int] | None, checkpoint_name: str,
+                       device: torch.device) -> dict[str, list[TrainedModel]]:
+    models: dict[str, list[TrainedModel]] = {}
+    pending = list(members)
+    while pending:
+        stage = pending.pop()
+        if stage in models:
+            continue
+        models[stage] = [load_trained_model(p, device)
+                         for p in find_checkpoints(workdir, stage, folds, checkpoint_name)]
+        previous = models[stage][0].configuration.previous_stage
+        if previous is not None:
+            pending.append(previous)
+    return models
+
+
+def predict_cases(inputs: list[Path], output: Path, work: Path, configurations: list[str],
+                  folds: list[int] | None = None, checkpoint_name: str = "checkpoint_final.pt",
+                  mirroring: bool = True, amp: str = "auto", device: str = "auto",
+                  save_probabilities_files: bool = False, postprocessing=None,
                   console: Console | None = None) -> list[Path]:
-    """Predict every input case with the averaged folds and write label maps into ``output``."""
+    """Predict every input case and write label maps into ``output``.
+
+    ``configurations`` with more than one entry is an ensemble: crop-space probabilities of the
+    members (each averaged over its folds) are averaged. ``postprocessing`` is a
+    :class:`selfunet.postprocess.PostprocessingRule` applied to the final labels.
+    """
+    from selfunet.revert import labels_from_cropped_probabilities
     from selfunet.train import resolve_amp, resolve_device
 
+    if not configurations:
+        raise SelfUNetError("no configuration to predict with; pass -c CONFIG (several for an ensemble).")
     console = console or Console(stderr=True)
     workdir = WorkDir(work)
     torch_device = resolve_device(device)
-    models = [load_trained_model(p, torch_device)
-              for p in find_checkpoints(workdir, configuration, folds, checkpoint_name)]
-    plan, config_obj = models[0].plan, models[0].configuration
+    models = _load_stage_models(workdir, configurations, folds, checkpoint_name, torch_device)
+    amp_dtype = resolve_amp(amp, torch_device)
+    configs = {stage: inference_config(m[0].configuration, mirroring, amp_dtype, torch_device)
+               for stage, m in models.items()}
+    plan = models[configurations[0]][0].plan
     cases = discover_inputs(inputs, plan.num_input_channels)
-    config = inference_config(config_obj, mirroring, resolve_amp(amp, torch_device), torch_device)
     output.mkdir(parents=True, exist_ok=True)
     written = []
     with _progress(console) as progress:
-        task = progress.add_task(f"predict {configuration} ({len(models)} fold(s))", total=len(cases))
+        task = progress.add_task(f"predict {'+'.join(configurations)}", total=len(cases))
         for case in cases:
             image, geometry = read_input_case(case, plan.num_input_channels)
-            data, properties = preprocess_image_for_inference(image, geometry, plan, config_obj, case.case_id)
-            probabilities = predict_array(models, data, config)
+            probabilities, properties = None, None
+            for member in configurations:
+                member_probabilities, properties = case_probabilities(
+                    member, image, geometry, case.case_id, models, configs)
+                probabilities = member_probabilities if probabilities is None else probabilities + member_probabilities
+            probabilities /= len(configurations)
             if save_probabilities_files:
-                save_probabilities(output / f"{case.case_id}.npz",
-                                   revert_probabilities(probabilities, properties, config_obj.resampling), properties)
-            labels = revert_to_labels(probabilities, properties, config_obj.resampling)
+                save_probabilities(output / f"{case.case_id}.npz", probabilities, properties)
+            labels = labels_from_cropped_probabilities(probabilities, properties)
+            if postprocessing is not None:
+                from selfunet.postprocess import apply_postprocessing
+
+                labels = apply_postprocessing(labels, postprocessing)
             target = output / case.output_name
             write_prediction(target, labels, properties)
             written.append(target)

@@ -137,6 +137,10 @@ class Trainer:
         self.fold = fold
         self.out = self.work.training(configuration, fold)
         self.data_folder = self.work.preprocessed(self.configuration.data_identifier)
+        if self.configuration.previous_stage is not None:
+            from selfunet.cascade import prepare_cascade_data
+
+            self.data_folder = prepare_cascade_data(work, self.plan, self.configuration, self.console)
         case_ids = sorted(p.name[: -len(".json")] for p in self.data_folder.glob("*.json")
                           if not p.name.startswith(("dataset", ".")))
         if not case_ids:
@@ -147,11 +151,6 @@ class Trainer:
         splits = load_or_create_splits(self.work.splits, case_ids, config.num_folds, config.split_seed)
         split = get_fold(splits, fold)
         self.train_ids, self.val_ids = list(split.train), list(split.val)
-        if self.configuration.previous_stage is not None:
-            raise SelfUNetError(
-                f"configuration '{configuration}' is a cascade stage; cascade training arrives with "
-                "`selfunet run` (train '3d_fullres', '3d_lowres' or '2d' for now)."
-            )
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.stop_requested: int | None = None
@@ -168,7 +167,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
         self.network = build_network(
-            self.configuration.topology, self.plan.num_input_channels, self.plan.num_classes,
+            self.configuration.topology, self.plan.input_channels(self.configuration.name), self.plan.num_classes,
             deep_supervision=True,
         ).to(self.device)
         if cfg.channels_last:
