@@ -205,6 +205,27 @@ def predict(
                   device, save_probabilities, postprocessing=rule, console=console)
 
 
+@app.command()
+@user_errors
+def evaluate(
+    prediction_dir: Annotated[Path, typer.Argument(help="folder of predicted label maps (<case><ending>)")],
+    reference_dir: Annotated[Path, typer.Argument(help="folder of reference label maps, e.g. DATASET/labelsTr")],
+    dataset: Annotated[Optional[Path], typer.Option(help="take the labels from this dataset's dataset.json")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="label values to evaluate: '1,2' or '1:liver,2:tumour'")] = None,
+    nsd_tolerance_mm: Annotated[Optional[float], typer.Option(min=0, help="also report NSD at this tolerance")] = None,
+    hd95: Annotated[bool, typer.Option("--hd95", help="also report HD95 in mm")] = False,
+    processes: ProcessesOpt = 1,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="folder for the outputs (default: PREDICTION_DIR)")
+    ] = None,
+) -> None:
+    """Dice, IoU, TP/FP/FN (and NSD, HD95) per case and class, with per-class means (SPEC section 5)."""
+    from selfunet.evaluate import run_evaluate
+
+    run_evaluate(prediction_dir, reference_dir, output, labels, dataset, nsd_tolerance_mm, hd95, processes,
+                 console=console, table_console=Console())
+
+
 def main() -> None:
     app()
 
