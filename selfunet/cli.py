@@ -226,6 +226,74 @@ def evaluate(
                  console=console, table_console=Console())
 
 
+@app.command()
+@user_errors
+def crossval(
+    work: WorkArg,
+    configuration: Annotated[str, typer.Option("--configuration", "-c", help="e.g. 3d_fullres")],
+    nsd_tolerance_mm: Annotated[Optional[float], typer.Option(help="also compute NSD at this tolerance")] = None,
+    hd95: Annotated[bool, typer.Option("--hd95", help="also compute HD95")] = False,
+    processes: ProcessesOpt = 1,
+) -> None:
+    """Merge one configuration's out-of-fold predictions into WORK/crossval/CONFIG and evaluate them."""
+    from selfunet.crossval import render_crossval, run_crossval
+
+    run_crossval(work, configuration, nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95, processes=processes)
+    render_crossval(work, configuration, console)
+
+
+@app.command()
+@user_errors
+def select(
+    work: WorkArg,
+    configurations: Annotated[
+        Optional[list[str]],
+        typer.Option("--configuration", "-c", help="repeat; default: every configuration with complete folds"),
+    ] = None,
+    processes: ProcessesOpt = 1,
+) -> None:
+    """Rank configurations and pairs on the cross-validation, decide postprocessing -> WORK/selection.json."""
+    from selfunet.ensemble import render_selection, select_model
+
+    render_selection(select_model(work, configurations or None, processes=processes, console=console), console)
+
+
+@app.command()
+@user_errors
+def postprocess(
+    input_dir: Annotated[Path, typer.Argument(help="folder of label maps")],
+    output_dir: Annotated[Path, typer.Argument(help="folder for the postprocessed label maps")],
+    selection: Annotated[Path, typer.Option(help="WORK/selection.json holding the postprocessing rule")],
+) -> None:
+    """Apply the connected-component rule decided by `selfunet select` to a folder of label maps."""
+    from selfunet.ensemble import Selection
+    from selfunet.postprocess import postprocess_folder
+
+    written = postprocess_folder(input_dir, output_dir, Selection.load(selection).postprocessing, console=console)
+    console.print(f"wrote {len(written)} label map(s) to {output_dir}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    prediction_dir: Annotated[Path, typer.Argument(help="folder of predicted label maps (<case><ending>)")],
+    reference_dir: Annotated[Path, typer.Argument(help="folder of reference label maps, e.g. DATASET/labelsTr")],
+    dataset: Annotated[Optional[Path], typer.Option(help="take the labels from this dataset's dataset.json")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="label values to evaluate: '1,2' or '1:liver,2:tumour'")] = None,
+    nsd_tolerance_mm: Annotated[Optional[float], typer.Option(min=0, help="also report NSD at this tolerance")] = None,
+    hd95: Annotated[bool, typer.Option("--hd95", help="also report HD95 in mm")] = False,
+    processes: ProcessesOpt = 1,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="folder for the outputs (default: PREDICTION_DIR)")
+    ] = None,
+) -> None:
+    """Dice, IoU, TP/FP/FN (and NSD, HD95) per case and class, with per-class means (SPEC section 5)."""
+    from selfunet.evaluate import run_evaluate
+
+    run_evaluate(prediction_dir, reference_dir, output, labels, dataset, nsd_tolerance_mm, hd95, processes,
+                 console=console, table_console=Console())
+
+
 def main() -> None:
     app()
 
