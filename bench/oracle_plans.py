@@ -88,8 +88,8 @@ TASKS = (
          (1, 600, 800), (0.0, 0.1, 0.1), 0.7, 61),  # 2D-only; special normalization names
     Task(62, "LargeMRI", ("T1", "T2"), ("lesion",), 25, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
          (150, 300, 300), (0.03, 0.03, 0.03), 0.7, 62),  # 12.5..25%, but lowres too close: dropped
-    Task(63, "CascadeBoundary", ("MRI",), ("lesion",), 20, (1.5, 0.8, 0.8), (0.0, 0.0, 0.0),
-         (60, 512, 512), (0.0, 0.0, 0.0), 1.0, 63),  # fullres patch covers 13%: only the reference cascades
+    Task(63, "CascadeBoundary", ("MRI",), ("lesion",), 20, (2.5, 0.8, 0.8), (0.0, 0.0, 0.0),
+         (100, 400, 400), (0.0, 0.0, 0.0), 1.0, 63),  # fullres patch covers 12.9%: only the reference cascades
     Task(64, "StepEffect", ("MRI",), ("lesion",), 20, (2.5, 0.8, 0.8), (0.0, 0.0, 0.0),
          (60, 512, 512), (0.0, 0.0, 0.0), 1.0, 64),  # 11.7%: both trigger; step 1.01 lands on a dropped lowres
 )

@@ -386,6 +386,7 @@ def plan_table(plan: Plan) -> Table:
         ("batch dice", [str(c.batch_dice) for c in configs]),
         ("memory estimate", [f"{c.estimated_feature_map_elements / 1e6:.1f}M" for c in configs]),
         ("previous stage", [c.previous_stage or "-" for c in configs]),
+        ("data", [c.data_identifier for c in configs]),
     ]
     for label, cells in rows:
         table.add_row(label, *cells)
