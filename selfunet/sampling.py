@@ -41,7 +41,7 @@ class Batch:
     image: np.ndarray
     """float32 [B, C, *read_patch]."""
     label: np.ndarray
-    """int8 [B, 1, *read_patch]; -1 outside the image."""
+    """int8 [B, 1, *read_patch] (int16 if preprocessing stored >127 classes); -1 outside the image."""
     case_ids: list[str]
     lower_corners: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
     """[B, 3] lower corner of each read patch in the case's voxel grid (plan order); for 2D
@@ -58,6 +58,7 @@ class _Case:
     channels: int
     classes: tuple[int, ...]
     """foreground classes with stored voxel coordinates."""
+    label_dtype: np.dtype
 
 
 class PatchSampler:
@@ -99,6 +100,8 @@ class PatchSampler:
                 f"each at least the patch size {list(self.patch_size)}."
             )
         self.cases = [self._inspect(str(c)) for c in case_ids]
+        # int8 per the format; wider only where preprocessing stored more than 127 classes
+        self.label_dtype = np.result_type(np.int8, *(c.label_dtype for c in self.cases))
 
     # ------------------------------------------------------------------ setup
     def _inspect(self, case_id: str) -> _Case:
@@ -140,7 +143,11 @@ class PatchSampler:
             raise SelfUNetError(
                 f"case {case_id}: {fg_path} is missing although the case has foreground; rerun preprocessing."
             )
-        return _Case(case_id, tuple(int(s) for s in image.shape[1:]), int(image.shape[0]), classes)
+        if seg.dtype.kind != "i":
+            raise SelfUNetError(
+                f"case {case_id}: {seg_path} holds {seg.dtype}, not signed integer labels; rerun preprocessing."
+            )
+        return _Case(case_id, tuple(int(s) for s in image.shape[1:]), int(image.shape[0]), classes, seg.dtype)
 
     @property
     def num_channels(self) -> int:
@@ -160,7 +167,7 @@ class PatchSampler:
         b, read = self.batch_size, self.read_patch_size
         channels = self.num_channels
         image = np.zeros((b, channels, *read), dtype=np.float32)
-        label = np.full((b, 1, *read), IGNORE_LABEL, dtype=np.int8)
+        label = np.full((b, 1, *read), IGNORE_LABEL, dtype=self.label_dtype)
         corners = np.zeros((b, 3), dtype=np.int64)
         forced = np.zeros(b, dtype=bool)
         case_ids = []

@@ -193,3 +193,17 @@ def test_missing_case_file_names_file_and_fix(folder: Path) -> None:
 def test_patch_dimension_mismatch_rejected(folder: Path) -> None:
     with pytest.raises(SelfUNetError, match="dimension"):
         PatchSampler(folder, ["case_0"], (8, 24), batch_size=2, dimension=3)
+
+
+def test_wide_label_dtype_kept(tmp_path: Path) -> None:
+    """More than 127 classes are stored as int16 by preprocessing; the batch must not wrap them."""
+    rng = np.random.default_rng(3)
+    image, seg = make_case((6, 20, 20), rng)
+    seg = seg.astype(np.int16)
+    seg[seg == 1] = 300
+    write_case(tmp_path, "many", image, seg)
+    np.save(tmp_path / "many_seg.npy", seg)  # write_case stores int8; keep the int16 original
+    sampler = PatchSampler(tmp_path, ["many"], (6, 16, 16), batch_size=3, dimension=3)
+    batch = sampler.sample_batch(0, 0)
+    assert batch.label.dtype == np.int16
+    assert (batch.label == 300).any()
