@@ -395,3 +395,14 @@ def test_cli_plans_from_nnunet_fingerprint(tmp_path: Path) -> None:
     assert Plan.load(work / "plan.json").dataset_name == "Spleenish"
     alone = CliRunner().invoke(app, ["plan", str(work), "--nnunet-fingerprint", str(fp_path)])
     assert alone.exit_code == 1 and "both" in alone.output
+
+
+def test_plans_the_demo_dataset_fingerprint(demo_fingerprint: Fingerprint) -> None:
+    """End to end with a fingerprint computed from real NIfTI files (the demo task)."""
+    plan = plan_experiment(demo_fingerprint)
+    assert {"2d", "3d_fullres"} <= set(plan.configurations)
+    fullres = plan.configurations["3d_fullres"]
+    assert len(fullres.normalization) == len(demo_fingerprint.dataset.channel_names)
+    topology, padded = derive_topology(fullres.spacing, fullres.patch_size, plan.settings, 3)
+    assert padded == fullres.patch_size and topology == fullres.topology
+    assert fullres.batch_size >= 2
