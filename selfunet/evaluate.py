@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -225,6 +226,8 @@ def summarize(
     per_case: Sequence[CaseMetrics], labels: dict[int, str], nsd_tolerance_mm: float | None = None, hd95: bool = False
 ) -> EvaluationSummary:
     """Per-class means over cases (NaNs left out) and the mean foreground Dice."""
+    # one fixed order, so float sums (and thus the JSON) do not depend on which worker finished first
+    per_case = sorted(per_case, key=lambda c: c.case_id)
     names = metric_names(nsd_tolerance_mm, hd95)
     mean: dict[str, dict[str, float]] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -248,7 +251,7 @@ def summarize(
         nsd_tolerance_mm=nsd_tolerance_mm,
         hd95=hd95,
         empty_mask_rule=EMPTY_MASK_RULE,
-        per_case=sorted(per_case, key=lambda c: c.case_id),
+        per_case=per_case,
         mean=mean,
         mean_foreground_dice=mean_foreground.get("dice", math.nan),
         mean_foreground=mean_foreground,
@@ -433,23 +436,29 @@ def write_evaluation(summary: EvaluationSummary, out_dir: Path) -> None:
     atomic_write_text(out_dir / "per_case.csv", per_case_csv(summary))
 
 
-def _fmt(value: float, digits: int = 4) -> str:
+def _fmt(value: float, digits: int = 3) -> str:
     return "NaN" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def render_summary(summary: EvaluationSummary, console: Console) -> None:
     """Per-class means as a table, with the empty-mask rule printed under it."""
-    table = Table(title=f"evaluation of {len(summary.per_case)} case(s): per-class means over cases")
-    table.add_column("class")
+    units = []
+    if summary.nsd_tolerance_mm is not None:
+        units.append(f"NSD at {summary.nsd_tolerance_mm:g} mm")
+    if summary.hd95:
+        units.append("HD95 in mm")
+    table = Table(title=f"evaluation of {len(summary.per_case)} case(s): per-class means over cases",
+                  caption="; ".join(units) or None, box=box.SIMPLE_HEAD)
+    table.add_column("class", no_wrap=True)
     table.add_column("cases", justify="right")
     table.add_column("Dice", justify="right")
     table.add_column("IoU", justify="right")
     if summary.nsd_tolerance_mm is not None:
-        table.add_column(f"NSD@{summary.nsd_tolerance_mm:g}mm", justify="right")
+        table.add_column("NSD", justify="right")
     if summary.hd95:
-        table.add_column("HD95 mm", justify="right")
+        table.add_column("HD95", justify="right")
     table.add_column("both empty", justify="right")
-    table.add_column("one side empty", justify="right")
+    table.add_column("one empty", justify="right")
     for key, name in summary.labels.items():
         mean, count = summary.mean.get(key, {}), summary.counts.get(key, {})
         cells = [f"{key}: {name}", str(count.get("cases", "")), _fmt(mean.get("dice", math.nan)),
@@ -466,6 +475,64 @@ def render_summary(summary: EvaluationSummary, console: Console) -> None:
         cells.append(_fmt(fg.get("nsd", math.nan)))
     if summary.hd95:
         cells.append(_fmt(fg.get("hd95", math.nan), 2))
-    table.add_row(*cells, "", "", style="bold")
+    table.add_row(*cells, "", "", style="bold", end_section=True)
     console.print(table)
     console.print(f"Empty-mask rule: {summary.empty_mask_rule}", highlight=False)
+
+
+# --------------------------------------------------------------------------------------------
+# command
+
+
+def parse_labels(text: str) -> dict[int, str]:
+    """``"1,2"`` or ``"1:liver,2:tumour"`` -> ``{1: "liver", 2: "tumour"}`` (unnamed: the value)."""
+    labels: dict[int, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        value, _, name = item.partition(":")
+        try:
+            labels[int(value)] = name.strip() or value.strip()
+        except ValueError as exc:
+            raise SelfUNetError(
+                f"--labels: {item!r} is not a label value; write e.g. '1,2' or '1:liver,2:tumour'."
+            ) from exc
+    if not labels:
+        raise SelfUNetError("--labels is empty; write e.g. '1,2' or '1:liver,2:tumour'.")
+    return labels
+
+
+def resolve_labels(labels: str | None, dataset: Path | None, reference_dir: Path) -> dict[int, str]:
+    """The classes to evaluate: ``--labels``, else the foreground of ``--dataset``'s dataset.json,
+    else of the dataset.json next to the reference folder (``DATASET/labelsTr``)."""
+    from selfunet.dataset import load_dataset
+
+    if labels is not None and dataset is not None:
+        raise SelfUNetError("give either --labels or --dataset, not both.")
+    if labels is not None:
+        return parse_labels(labels)
+    if dataset is None:
+        if not (Path(reference_dir).parent / "dataset.json").is_file():
+            raise SelfUNetError(
+                f"which labels? {reference_dir} is not inside a dataset folder with a dataset.json; "
+                "pass --labels 1,2 or --dataset DATASET."
+            )
+        dataset = Path(reference_dir).parent
+    spec = load_dataset(dataset)
+    return {value: name for value, name in spec.labels.items() if value > 0}
+
+
+def run_evaluate(
+    prediction_dir: Path, reference_dir: Path, out_dir: Path | None = None, labels: str | None = None,
+    dataset: Path | None = None, nsd_tolerance_mm: float | None = None, hd95: bool = False,
+    processes: int = 1, console: Console | None = None, table_console: Console | None = None,
+) -> EvaluationSummary:
+    """What ``selfunet evaluate`` does: evaluate, write summary.json + per_case.csv, print the table."""
+    label_map = resolve_labels(labels, dataset, reference_dir)
+    summary = evaluate_folders(prediction_dir, reference_dir, label_map, nsd_tolerance_mm, hd95, processes,
+                               console=console)
+    out_dir = Path(out_dir) if out_dir is not None else Path(prediction_dir)
+    write_evaluation(summary, out_dir)
+    render_summary(summary, table_console or Console())
+    (console or Console(stderr=True)).print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'per_case.csv'}")
+    return summary
