@@ -193,11 +193,21 @@ def reference_plans(reference_python: str, crafted: dict[Task, tuple[dict, dict]
     res.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
                nnUNet_n_proc_DA="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([reference_python, "-c", _REFERENCE_SNIPPET, *[_folder(t) for t in crafted]],
-                          env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(f"reference planner failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # one process per core (the reference spends its time instantiating networks), tasks dealt out
+    folders = [_folder(t) for t in crafted]
+    jobs = max(1, min(len(folders), os.cpu_count() or 1))
+    procs = [
+        subprocess.Popen([reference_python, "-c", _REFERENCE_SNIPPET, *folders[i::jobs]], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(jobs)
+    ]
+    result: dict[str, dict] = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"reference planner failed:\n{err[-3000:]}")
+        result.update(json.loads(out.strip().splitlines()[-1]))
+    return result
 
 
 def our_plans(crafted: dict[Task, tuple[dict, dict]], tmp: Path, settings: PlannerSettings) -> dict[str, Plan]:
