@@ -10,9 +10,12 @@ Definitions (fixed here so that every number selfunet reports means the same thi
 * **surface distance** of a surface voxel of A = Euclidean distance in mm from its centre to the
   centre of the nearest surface voxel of B, with voxel indices scaled by the spacing, so
   anisotropic voxels (e.g. 3.0 x 0.8 x 0.8 mm) are measured exactly.
-* **HD95** = max of the two directed 95th percentiles (A->B and B->A) of the surface distances.
+* **HD95** = max of the two directed 95th percentiles (A->B and B->A) of the surface distances
+  (``numpy.percentile``'s default linear interpolation between the sorted distances).
 * **NSD** at tolerance ``tau`` = (surface voxels of A within ``tau`` of B's surface + those of B
-  within ``tau`` of A's) / (surface voxels of A + of B). Voxel counts, not areas.
+  within ``tau`` of A's) / (surface voxels of A + of B). Voxel counts, not areas (DeepMind's
+  ``surface-distance`` package weights each surface element by its area instead, so its NSD can
+  differ slightly on strongly anisotropic grids).
 
 Empty masks are *not* handled here (the caller decides the rule, see :mod:`selfunet.evaluate`);
 :func:`surface_distances` refuses them.

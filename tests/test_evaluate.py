@@ -139,12 +139,9 @@ def test_mean_foreground_dice_excludes_background_and_averages_class_means():
 
 
 def _metrics_with_dice(dice: float):
-    """A 1-voxel-wide case with the given Dice in {0, 0.5, 1}, from real arrays."""
+    """A one-row case with the given Dice in {0, 0.5, 1}, from real arrays."""
     reference = np.array([[[1, 1, 0, 0]]])
-    prediction = {1.0: reference, 0.5: np.array([[[1, 0, 1, 1]]]) * 0 + np.array([[[1, 0, 0, 0]]]),
-                  0.0: np.array([[[0, 0, 1, 1]]])}[dice]
-    if dice == 0.5:  # TP 1, FP 1, FN 1 -> 2/(2+1+1)
-        prediction = np.array([[[1, 0, 1, 0]]])
+    prediction = np.array([[{1.0: [1, 1, 0, 0], 0.5: [1, 0, 1, 0], 0.0: [0, 0, 1, 1]}[dice]]])
     metrics = evaluate_arrays(prediction, reference, [1], (1.0, 1.0, 1.0))[1]
     assert metrics.dice == pytest.approx(dice)
     return metrics
