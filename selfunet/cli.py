@@ -207,23 +207,52 @@ def predict(
 
 @app.command()
 @user_errors
-def evaluate(
-    prediction_dir: Annotated[Path, typer.Argument(help="folder of predicted label maps (<case><ending>)")],
-    reference_dir: Annotated[Path, typer.Argument(help="folder of reference label maps, e.g. DATASET/labelsTr")],
-    dataset: Annotated[Optional[Path], typer.Option(help="take the labels from this dataset's dataset.json")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="label values to evaluate: '1,2' or '1:liver,2:tumour'")] = None,
-    nsd_tolerance_mm: Annotated[Optional[float], typer.Option(min=0, help="also report NSD at this tolerance")] = None,
-    hd95: Annotated[bool, typer.Option("--hd95", help="also report HD95 in mm")] = False,
-    processes: ProcessesOpt = 1,
-    output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="folder for the outputs (default: PREDICTION_DIR)")
+def run(
+    dataset: DatasetArg,
+    work: Annotated[Path, typer.Option("--work", "-w", help="work directory (created if missing)")],
+    configurations: Annotated[
+        Optional[list[str]], typer.Option("--configuration", "-c", help="repeat; default: all the plan makes")
     ] = None,
+    budget: Annotated[str, typer.Option(help="full (SPEC: 1000 x 250) | ci | demo")] = "full",
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    iterations_per_epoch: Annotated[Optional[int], typer.Option(min=1)] = None,
+    num_folds: Annotated[Optional[int], typer.Option(min=1)] = None,
+    gpu_memory_gb: Annotated[float, typer.Option(help="GPU memory budget the plan is made for")] = 8.0,
+    processes: ProcessesOpt = 2,
+    nsd_tolerance_mm: Annotated[Optional[float], typer.Option(help="also compute NSD at this tolerance")] = None,
+    hd95: Annotated[bool, typer.Option("--hd95", help="also compute HD95")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="auto | off | bf16 | fp16")] = None,
 ) -> None:
-    """Dice, IoU, TP/FP/FN (and NSD, HD95) per case and class, with per-class means (SPEC section 5)."""
-    from selfunet.evaluate import run_evaluate
+    """The whole pipeline for one dataset; a rerun resumes where the last one stopped."""
+    from selfunet.budgets import budget_config
+    from selfunet.pipeline import RunOptions, run_pipeline
+    from selfunet.plan_types import PlannerSettings
 
-    run_evaluate(prediction_dir, reference_dir, output, labels, dataset, nsd_tolerance_mm, hd95, processes,
-                 console=console, table_console=Console())
+    config = budget_config(budget, epochs=epochs, iterations_per_epoch=iterations_per_epoch,
+                           num_folds=num_folds, device=device, amp=amp)
+    options = RunOptions(
+        configurations=tuple(configurations) if configurations else None, train=config,
+        planner=PlannerSettings(gpu_memory_gb=gpu_memory_gb), processes=processes,
+        nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
+    )
+    run_pipeline(dataset, work, options, console=console)
+
+
+@app.command()
+@user_errors
+def demo(
+    work: Annotated[Path, typer.Argument(help="work directory; the demo data go to WORK/data")] = Path("work/demo"),
+    budget: Annotated[str, typer.Option(help="demo | ci | full")] = "demo",
+    processes: ProcessesOpt = 2,
+) -> None:
+    """The embedded demo: generate the synthetic task and run the whole pipeline on it (CPU, minutes)."""
+    from selfunet.budgets import budget_config
+    from selfunet.demo import make_demo_dataset
+    from selfunet.pipeline import RunOptions, run_pipeline
+
+    data = make_demo_dataset(work / "data", num_training=8, num_test=2, seed=0)
+    run_pipeline(data.root, work, RunOptions(train=budget_config(budget), processes=processes), console=console)
 
 
 @app.command()

@@ -216,7 +216,8 @@ class Trainer:
         if self.device.type != "cpu":
             generator = torch.Generator(device=self.device).manual_seed(batch_seed(self.config.seed, index))
             image, label = self.augmenter(image, label, generator)
-        return image.contiguous(memory_format=self.memory_format), label.long()
+        # like the reference: voxels outside the non-zero mask (and padding) train as background
+        return image.contiguous(memory_format=self.memory_format), label.long().clamp_min_(0)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -250,7 +251,7 @@ class Trainer:
             image = _center_crop(torch.from_numpy(np.ascontiguousarray(batch.image)), self.patch)
             label = _center_crop(torch.from_numpy(np.ascontiguousarray(batch.label)), self.patch)
             image = image.to(self.device).contiguous(memory_format=self.memory_format)
-            label = label.to(self.device).long()
+            label = label.to(self.device).long().clamp_min_(0)
             with self._autocast():
                 outputs = self.model(image)
                 losses.append(float(self.loss([o.float() for o in outputs], label)))

@@ -33,7 +33,8 @@ class TrainConfig(Artifact):
     split_seed: int = 12345
     amp: AmpMode = "auto"
     """auto: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs with AMX/AVX512-BF16, else off."""
-    channels_last: bool = True
+    channels_last: bool = False
+    """measured slower on CPU (docs/benchmarks.md); worth trying on CUDA."""
     compile: bool = False
     deterministic: bool = False
     checkpoint_every: int = 10
@@ -45,3 +46,4 @@ class TrainConfig(Artifact):
     predict_validation: bool = True
     """after training, predict the fold's validation cases with the full sliding-window scheme."""
     validation_mirroring: bool = True
+    """mirror TTA for the out-of-fold (and, in ``selfunet run``, the test) predictions."""
