@@ -1,11 +1,141 @@
-"""The ``harness`` command line (task descriptors and the job graph arrive with the harness issue)."""
+"""The ``harness`` command line: ``run``, ``ls`` and ``validate`` over task descriptors.
+
+Commands are thin: they call :mod:`harness.tasks` and :mod:`harness.runner`; library errors
+(:class:`~selfunet.errors.SelfUNetError`) become a red message and exit code 1.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from selfunet.errors import SelfUNetError
 
 app = typer.Typer(name="harness", help="Benchmark selfunet over many tasks.", no_args_is_help=True,
-                  add_completion=False)
+                  add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+TasksArg = Annotated[
+    Optional[list[Path]], typer.Argument(help="descriptor files or folders (default: tasks/)", show_default=False)
+]
+DataRootOpt = Annotated[
+    Optional[Path], typer.Option(help="use DIR/<dataset folder name> instead of each descriptor's dataset path")
+]
+
+
+def user_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SelfUNetError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Optional[str] = None) -> list:
+    from harness.tasks import load_tasks
+
+    tasks = load_tasks(paths or None)
+    if data_root is not None:
+        tasks = [t.with_data_root(data_root) for t in tasks]
+    if budget is not None:
+        tasks = [t.with_budget(budget) for t in tasks]
+    return tasks
+
+
+@app.command("ls")
+@user_errors
+def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
+    """List the tasks: dataset, configurations, folds, budget, and whether the data is there."""
+    from harness.tasks import dataset_problem
+
+    table = Table(title="tasks")
+    for column in ("task", "descriptor", "dataset", "configurations", "folds", "budget", "data"):
+        table.add_column(column)
+    for t in _load(paths, data_root):
+        cfg = t.train_config()
+        data = "[red]missing[/]" if dataset_problem(t) else (
+            "[green]ok[/]" if (t.dataset / "dataset.json").is_file() else "generated on first run")
+        table.add_row(t.name, str(t.source), str(t.dataset), ", ".join(t.configurations or ["(all planned)"]),
+                      str(cfg.num_folds), f"{t.budget.preset}: {cfg.epochs} x {cfg.iterations_per_epoch}", data)
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def validate(paths: TasksArg = None, data_root: DataRootOpt = None,
+             processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2) -> None:
+    """Check descriptors and their datasets (selfunet check) without running anything; exit 1 on problems."""
+    from harness.tasks import check_task
+
+    problems: list[str] = []
+    tasks = _load(paths, data_root)
+    for t in tasks:
+        found = check_task(t, processes=processes)
+        problems += found
+        mark = "[green]ok[/]" if not found else f"[red]{len(found)} problem(s)[/]"
+        console.print(f"{t.name} ({t.source}): {mark}", highlight=False, soft_wrap=True)
+    for p in problems:
+        console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{len(tasks)} task(s) valid.")
+
+
+@app.command()
+@user_errors
+def run(
+    tasks: Annotated[list[Path], typer.Argument(help="descriptor files or folders, e.g. tasks/demo.yaml")],
+    budget: Annotated[Optional[str], typer.Option(help="preset replacing each descriptor's budget: full | ci | demo")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="redo every job, ignoring finished markers")] = False,
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="jobs at once (default: one per GPU, 1 on CPU)")] = None,
+    executor: Annotated[str, typer.Option(help="where jobs run: local")] = "local",
+    sandbox: Annotated[str, typer.Option(help="how jobs run: process")] = "process",
+    work_root: Annotated[Path, typer.Option(help="work directories go to DIR/<task>")] = Path("work"),
+    results: Annotated[Path, typer.Option(help="results go to DIR/<task>")] = Path("results"),
+    data_root: DataRootOpt = None,
+) -> None:
+    """Run every job of the tasks (resumable: finished jobs are skipped); exit 1 if any job failed."""
+    from harness.executors import EXECUTORS
+    from harness.runner import run_tasks, summary_table
+    from harness.sandboxes import SANDBOXES
+    from harness.tasks import dataset_problem
+
+    if executor not in EXECUTORS:
+        raise SelfUNetError(f"--executor {executor}: unknown; choose one of {', '.join(EXECUTORS)}.")
+    if sandbox not in SANDBOXES:
+        raise SelfUNetError(f"--sandbox {sandbox}: unknown; choose one of {', '.join(SANDBOXES)}.")
+    loaded = _load(tasks, data_root, budget)
+    problems = [p for p in (dataset_problem(t) for t in loaded) if p]
+    if problems:
+        raise SelfUNetError("\n".join(problems))
+    with EXECUTORS[executor](SANDBOXES[sandbox](), jobs=jobs) as ex:
+        records = run_tasks(loaded, ex, work_root, results, force=force, console=console, executor_name=executor)
+    Console().print(summary_table(records))
+    failed = [r for r in records if r.status == "failed"]
+    for r in failed:
+        console.print(f"[bold red]{r.task}/{r.job} failed[/] ({r.reason.splitlines()[0] if r.reason else ''}); "
+                      f"last lines of {r.log}:", highlight=False)
+        console.print("\n".join(r.log_tail[-15:]), highlight=False, markup=False)
+    if failed or any(r.status == "blocked" for r in records):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -18,3 +148,7 @@ def version() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

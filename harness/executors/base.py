@@ -1,0 +1,56 @@
+"""The executor interface: submit ready jobs, wait for finished ones."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from harness.sandboxes.base import Sandbox, SandboxRequest
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished job: ``exit_code`` 0 is success; ``error`` explains a sandbox breakdown."""
+
+    key: str
+    exit_code: int
+    started: float
+    finished: float
+    slot: str = ""
+    error: str = ""
+
+
+class Executor(ABC):
+    """Places jobs on resource slots and runs them through a sandbox.
+
+    Contract (what the graph relies on): ``submit`` never blocks for long and never runs the job
+    in the caller's thread; ``wait`` blocks until at least one submitted job has finished and
+    returns every finished one not returned before (empty only when nothing is in flight); a job
+    whose sandbox raised comes back with a non-zero exit code and ``error`` set instead of
+    raising. ``key`` is opaque to the executor (the graph's ``task/job`` id). A Ray executor
+    would ``submit`` a remote task holding ``num_gpus=1`` and ``wait`` with ``ray.wait``.
+    """
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """How many jobs may run at once (the graph submits at most this many)."""
+
+    @abstractmethod
+    def submit(self, key: str, request: SandboxRequest, uses_gpu: bool = True) -> None: ...
+
+    @abstractmethod
+    def wait(self) -> list[Completion]: ...
+
+    def close(self) -> None:
+        """Release workers; called once at the end of a run (also after Ctrl-C)."""
+        return None
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

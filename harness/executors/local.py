@@ -1,0 +1,100 @@
+"""The local executor: one job per visible GPU at a time (one at a time on CPU, or ``--jobs N``)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from harness.executors.base import Completion, Executor
+from harness.sandboxes.base import Sandbox, SandboxRequest, Slot
+
+log = logging.getLogger(__name__)
+
+
+def visible_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken CUDA install must not stop CPU runs
+        return 0
+
+
+def make_slots(jobs: int | None = None, gpus: int | None = None) -> list[Slot]:
+    """One slot per GPU (``gpus`` defaults to the visible count), or ``jobs`` slots spread over them.
+
+    On a CPU-only machine the default is one slot: parallel CPU trainings only fight over cores.
+    """
+    gpus = visible_gpus() if gpus is None else gpus
+    count = jobs if jobs is not None else max(gpus, 1)
+    if count < 1:
+        raise ValueError("jobs must be at least 1")
+    return [Slot(index=i, gpu=(i % gpus) if gpus else None) for i in range(count)]
+
+
+class SlotPool:
+    """A thread-safe pool: ``acquire`` blocks until a slot is free; no slot is handed out twice."""
+
+    def __init__(self, slots: list[Slot]) -> None:
+        self.slots = list(slots)
+        self._free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
+        for slot in slots:
+            self._free.put(slot)
+
+    def acquire(self) -> Slot:
+        return self._free.get()
+
+    def release(self, slot: Slot) -> None:
+        self._free.put(slot)
+
+
+class LocalExecutor(Executor):
+    def __init__(self, sandbox: Sandbox, jobs: int | None = None, gpus: int | None = None) -> None:
+        super().__init__(sandbox)
+        self.pool = SlotPool(make_slots(jobs, gpus))
+        self._threads = ThreadPoolExecutor(max_workers=len(self.pool.slots), thread_name_prefix="harness-job")
+        self._futures: set[Future] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return len(self.pool.slots)
+
+    def _run(self, key: str, request: SandboxRequest) -> Completion:
+        slot = self.pool.acquire()
+        started = time.time()
+        try:
+            code, error = self.sandbox.run(request, slot), ""
+        except Exception as exc:  # the sandbox broke: report it as this job's failure
+            log.debug("sandbox failed for %s", key, exc_info=True)
+            code, error = -1, f"{type(exc).__name__}: {exc}"
+            try:
+                with open(request.log_path, "a") as handle:
+                    handle.write(traceback.format_exc())
+            except OSError:
+                pass
+        finally:
+            self.pool.release(slot)
+        gpu = f" gpu {slot.gpu}" if slot.gpu is not None else ""
+        return Completion(key, code, started, time.time(), slot=f"{slot.index}{gpu}", error=error)
+
+    def submit(self, key: str, request: SandboxRequest, uses_gpu: bool = True) -> None:
+        with self._lock:
+            self._futures.add(self._threads.submit(self._run, key, request))
+
+    def wait(self) -> list[Completion]:
+        with self._lock:
+            pending = set(self._futures)
+        if not pending:
+            return []
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        with self._lock:
+            self._futures -= done
+        return [f.result() for f in done]
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,298 @@
+"""Run the job graphs of several tasks on one executor: skip what is done, redo what changed.
+
+The loop: every job whose dependencies are done gets its hash; a matching marker skips it, an
+in-process job runs right here, anything else goes to the executor. A failed job marks its
+dependents "blocked" and nothing else; independent jobs (other folds, other tasks) go on. When a
+task's graph has settled, its run record and results are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.executors.base import Completion, Executor
+from harness.jobs import Job, TaskGraph, code_version, is_done, job_hash
+from harness.sandboxes.base import SandboxRequest
+from selfunet.artifacts import atomic_write_json
+from selfunet.errors import SelfUNetError
+
+log = logging.getLogger(__name__)
+
+STATUS_STYLE = {"succeeded": "green", "skipped": "dim", "failed": "bold red", "blocked": "yellow"}
+
+
+@dataclass
+class JobRecord:
+    task: str
+    job: str
+    stage: str
+    status: str = "pending"
+    """pending | running | succeeded | skipped | failed | blocked"""
+    hash: str = ""
+    started: float | None = None
+    finished: float | None = None
+    exit_code: int | None = None
+    log: str = ""
+    reason: str = ""
+    slot: str = ""
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished - self.started) if self.started and self.finished else 0.0
+
+
+class Runner:
+    def __init__(self, graphs: list[TaskGraph], executor: Executor, force: bool = False,
+                 console: Console | None = None, version: str | None = None) -> None:
+        self.graphs = {g.task.name: g for g in graphs}
+        self.executor = executor
+        self.force = force
+        self.console = console or Console(stderr=True)
+        self.version = version or code_version()
+        self.jobs: dict[str, Job] = {}
+        self.records: dict[str, JobRecord] = {}
+        self._settled: set[str] = set()
+        self.task_started: dict[str, float] = {}
+
+    # --- bookkeeping
+    def _add(self, task: str, jobs: list[Job]) -> None:
+        for job in jobs:
+            key = f"{task}/{job.id}"
+            if key in self.jobs:
+                raise SelfUNetError(f"task '{task}': job '{job.id}' defined twice (a bug in the graph).")
+            self.jobs[key] = job
+            self.records[key] = JobRecord(task, job.id, job.stage, log=str(self.graphs[task].markers.log(job.id)))
+
+    def _finish(self, key: str, status: str, exit_code: int | None = None, reason: str = "") -> None:
+        rec, job = self.records[key], self.jobs[key]
+        graph = self.graphs[rec.task]
+        rec.status, rec.exit_code, rec.reason = status, exit_code, reason or rec.reason
+        rec.finished = rec.finished or time.time()
+        if status == "failed":
+            rec.log_tail = graph.markers.log_tail(job.id) or reason.splitlines()
+        if status in ("succeeded", "failed"):
+            graph.markers.write(job.id, {
+                "job": job.id, "task": rec.task, "hash": rec.hash, "status": status, "exit_code": exit_code,
+                "started": rec.started, "finished": rec.finished, "seconds": rec.seconds, "argv": list(job.argv),
+                "log": rec.log, "slot": rec.slot, "reason": rec.reason, "log_tail": rec.log_tail,
+            })
+        if status in ("succeeded", "skipped"):
+            try:
+                self._add(rec.task, graph.expand(job.id))
+            except Exception as exc:  # the graph cannot grow: this job counts as failed
+                detail = str(exc) if isinstance(exc, SelfUNetError) else traceback.format_exc()
+                rec.status, rec.reason, rec.log_tail = "failed", f"after {job.id}: {detail}", detail.splitlines()
+                graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "failed",
+                                             "reason": rec.reason, "log_tail": rec.log_tail})
+        symbol = {"succeeded": "[green]done[/]", "failed": "[bold red]FAILED[/]", "skipped": "[dim]skipped[/]",
+                  "blocked": "[yellow]blocked[/]"}[rec.status]
+        took = f" ({rec.seconds:.1f} s)" if rec.status in ("succeeded", "failed") and rec.started else ""
+        self.console.print(f"{symbol} {rec.task}/{job.id}{took}" + (
+            f"  log: {rec.log}" if rec.status == "failed" else ""), highlight=False)
+
+    def _dep_status(self, key: str) -> str:
+        """ready | waiting | blocked"""
+        task = self.records[key].task
+        states = [self.records[f"{task}/{d}"].status if f"{task}/{d}" in self.records else "unknown"
+                  for d in self.jobs[key].deps]
+        if any(s in ("failed", "blocked") for s in states):
+            return "blocked"
+        return "ready" if all(s in ("succeeded", "skipped") for s in states) else "waiting"
+
+    def _start(self, key: str, may_submit: bool) -> str:
+        """Skip, run in-process, or submit one ready job: skipped | inline | submitted | deferred."""
+        rec, job = self.records[key], self.jobs[key]
+        graph = self.graphs[rec.task]
+        deps = {d: self.records[f"{rec.task}/{d}"].hash for d in job.deps}
+        rec.hash = job_hash(job, deps, self.executor.sandbox.image, self.version)
+        previous = graph.markers.read(job.id)
+        if not self.force and is_done(previous, rec.hash, job):
+            rec.started, rec.finished = previous.get("started"), previous.get("finished")
+            self._finish(key, "skipped", previous.get("exit_code"))
+            return "skipped"
+        if job.action is None and not may_submit:
+            return "deferred"
+        stale = self.force or (previous is not None and previous.get("hash") != rec.hash)
+        argv = job.restart_argv if stale and job.restart_argv is not None else job.argv
+        rec.started, rec.status = time.time(), "running"
+        if job.action is not None:
+            try:
+                job.action()
+            except Exception as exc:
+                detail = str(exc) if isinstance(exc, SelfUNetError) else traceback.format_exc()
+                rec.finished = time.time()
+                self._finish(key, "failed", 1, detail)
+                return "inline"
+            self._finish(key, "succeeded", 0)
+            return "inline"
+        graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "running", "started": rec.started})
+        self.console.print(f"[bold]start[/] {rec.task}/{job.id}: selfunet {' '.join(argv)}", highlight=False,
+                           soft_wrap=True)
+        task = graph.task
+        request = SandboxRequest(
+            job_id=f"{rec.task}-{job.id}", argv=argv, log_path=graph.markers.log(job.id),
+            read_only=job.read_only, read_write=(graph.work,), cpus=task.resources.cpus,
+            memory_gb=task.resources.memory_gb,
+        )
+        self.executor.submit(key, request, uses_gpu=job.uses_gpu)
+        return "submitted"
+
+    def _complete(self, done: Completion) -> None:
+        rec = self.records[done.key]
+        rec.started, rec.finished, rec.slot = done.started, done.finished, done.slot
+        if done.exit_code == 0:
+            self._finish(done.key, "succeeded", 0)
+        else:
+            self._finish(done.key, "failed", done.exit_code, done.error or f"exit code {done.exit_code}")
+
+    # --- the loop
+    def run(self, on_task_done=None) -> list[JobRecord]:
+        """Run everything; ``on_task_done(graph, records)`` is called once per task when it settles."""
+        for name, graph in self.graphs.items():
+            self.task_started[name] = time.time()
+            self._add(name, graph.initial_jobs())
+        running = 0
+        while True:
+            progressed = True
+            while progressed:
+                progressed = False
+                for key in [k for k, r in self.records.items() if r.status == "pending"]:
+                    state = self._dep_status(key)
+                    if state == "blocked":
+                        self._finish(key, "blocked", reason="a job it depends on failed")
+                        progressed = True
+                    elif state == "ready":
+                        outcome = self._start(key, may_submit=running < self.executor.capacity)
+                        running += outcome == "submitted"
+                        progressed = progressed or outcome != "deferred"
+                self._settle(on_task_done)
+            if running == 0:
+                break
+            for completion in self.executor.wait():
+                running -= 1
+                self._complete(completion)
+        for rec in self.records.values():  # jobs whose dependency never appeared (cannot happen normally)
+            if rec.status == "pending":
+                rec.status, rec.reason = "blocked", "its dependencies never became ready"
+        self._settle(on_task_done)
+        return list(self.records.values())
+
+    def _settle(self, on_task_done) -> None:
+        for name, graph in self.graphs.items():
+            if name in self._settled:
+                continue
+            mine = [r for r in self.records.values() if r.task == name]
+            if all(r.status in ("succeeded", "skipped", "failed", "blocked") for r in mine):
+                self._settled.add(name)
+                if on_task_done is not None:
+                    on_task_done(graph, mine)
+
+
+# -- reporting ------------------------------------------------------------------------------------
+def summary_table(records: list[JobRecord]) -> Table:
+    table = Table(title="harness run", show_lines=False)
+    for column in ("task", "job", "status", "seconds", "note"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for r in records:
+        seconds = f"{r.seconds:.1f}" if r.status in ("succeeded", "failed") else ""
+        note = r.reason.splitlines()[0][:80] if r.reason else ""
+        if r.status == "failed":
+            note = f"{note}  log: {r.log}".strip()
+        style = STATUS_STYLE.get(r.status, "")
+        table.add_row(r.task, r.job, f"[{style}]{r.status}[/]" if style else r.status, seconds, note)
+    counts = {s: sum(r.status == s for r in records) for s in STATUS_STYLE}
+    table.caption = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return table
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("selfunet", "torch", "numpy", "SimpleITK", "scipy", "pydantic", "typer", "rich"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def _device() -> dict:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return {"type": "cuda", "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    except Exception:
+        pass
+    import os
+
+    return {"type": "cpu", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+
+
+def run_record(graph: TaskGraph, records: list[JobRecord], started: float, executor: str, sandbox: str,
+               image: str | None, version: str) -> dict:
+    """results/<task>/run.json: what ran, with which software, where, and how long each job took."""
+    task = graph.task
+    return {
+        "schema_version": 1, "task": task.name, "descriptor": str(task.source), "descriptor_hash": task.digest(),
+        "descriptor_content": task.content(), "dataset": str(task.dataset), "work": str(graph.work),
+        "code_version": version, "packages": _package_versions(), "device": _device(), "executor": executor,
+        "sandbox": sandbox, "image": image, "command": sys.argv,
+        "seeds": {"train": graph.train_config.seed, "split": graph.train_config.split_seed},
+        "train_config": graph.train_config.model_dump(mode="json"),
+        "configurations": graph.configurations, "folds": graph.num_folds,
+        "started": started, "finished": time.time(), "seconds": time.time() - started,
+        "succeeded": all(r.status in ("succeeded", "skipped") for r in records),
+        "jobs": [{k: v for k, v in asdict(r).items() if k not in ("task", "log_tail")} | {"seconds": r.seconds}
+                 for r in records],
+    }
+
+
+def write_results(graph: TaskGraph, record: dict) -> Path:
+    """Hand over to ``harness.leaderboard.write_task_results`` when it exists, else write run.json only."""
+    out = graph.results / graph.task.name
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "run.json", record)
+    try:
+        from harness import leaderboard  # type: ignore[attr-defined]
+    except ImportError:
+        leaderboard = None
+    if leaderboard is not None and hasattr(leaderboard, "write_task_results"):
+        leaderboard.write_task_results(graph.task, graph.work, graph.results, record)
+    return out
+
+
+def run_tasks(tasks: list, executor: Executor, work_root: Path, results_root: Path, force: bool = False,
+              console: Console | None = None, executor_name: str = "local") -> list[JobRecord]:
+    """``harness run``: every task's graph on one executor; results written as each task settles."""
+    console = console or Console(stderr=True)
+    version = code_version()
+    graphs = [TaskGraph(t, Path(work_root) / t.name, results_root) for t in tasks]
+    runner = Runner(graphs, executor, force=force, console=console, version=version)
+
+    def task_done(graph: TaskGraph, records: list[JobRecord]) -> None:
+        record = run_record(graph, records, runner.task_started[graph.task.name], executor_name,
+                            executor.sandbox.name, executor.sandbox.image, version)
+        try:
+            out = write_results(graph, record)
+            console.print(f"[bold]{graph.task.name}[/]: results in {out}", highlight=False)
+        except Exception as exc:  # results of one task must not lose the others'
+            log.error("task %s: writing results failed: %s", graph.task.name, exc)
+            runner.records[f"{graph.task.name}/results"] = JobRecord(
+                graph.task.name, "results", "results", status="failed", reason=str(exc),
+                log_tail=traceback.format_exc().splitlines()[-LOG_TAIL:])
+
+    return runner.run(on_task_done=task_done)
+
+
+LOG_TAIL = 50

@@ -1,0 +1,326 @@
+"""Task descriptors: one YAML file per task, validated by a schema, with ``include:`` of shared bases.
+
+A descriptor says *what* to benchmark (the dataset folder, which configurations, how many folds,
+the training budget, the metrics, the export format); the job graph (:mod:`harness.jobs`) says
+*how*. Loading is strict on purpose (lm-evaluation-harness skips broken descriptors at debug
+level; we do not): an unknown key, a bad value, a missing include or a missing dataset folder is a
+:class:`~selfunet.errors.SelfUNetError` naming the file, the key and the fix, with "did you mean
+...?" for near-miss keys.
+
+``include:`` (a path or a list of paths, relative to the including file) pulls in base files
+first; the including file's keys override them, mappings merged key by key (so a task can change
+``metrics.hd95`` and keep the base's ``metrics.nsd_tolerance_mm``). A relative ``dataset`` path is
+resolved against the folder of the file that wrote it, so a base may name a data folder too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selfunet.budgets import BUDGETS, budget_config
+from selfunet.errors import SelfUNetError
+from selfunet.train_config import TrainConfig
+
+#: where ``harness ls`` / ``validate`` / ``run`` look when no path is given.
+DEFAULT_TASKS_DIR = Path("tasks")
+#: files or folders starting with these are bases, not tasks (``tasks/_base/decathlon.yaml``).
+BASE_PREFIXES = ("_", ".")
+KNOWN_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Budget(_Strict):
+    """A named preset (``selfunet.budgets``) plus optional overrides of its fields."""
+
+    preset: str = "full"
+    epochs: Optional[int] = Field(default=None, ge=1)
+    iterations_per_epoch: Optional[int] = Field(default=None, ge=1)
+    validation_iterations: Optional[int] = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_shorthand(cls, value: Any) -> Any:
+        return {"preset": value} if isinstance(value, str) else value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in BUDGETS:
+            raise ValueError(f"unknown budget preset '{value}'; choose one of {', '.join(BUDGETS)}")
+        return value
+
+
+class Metrics(_Strict):
+    """Dice is always computed; NSD and HD95 only when asked (they cost surface distances)."""
+
+    nsd_tolerance_mm: Optional[float] = Field(default=None, gt=0)
+    hd95: bool = False
+
+
+class Demo(_Strict):
+    """Generate the synthetic demo task into ``dataset`` on first use (``selfunet demo-data``)."""
+
+    cases: int = Field(default=8, ge=2)
+    test_cases: int = Field(default=2, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _true_shorthand(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+
+class Export(_Strict):
+    """Challenge-format output: ``msd`` = one label map per test image, named like the image."""
+
+    format: Literal["msd", "none"] = "msd"
+    folder: Optional[str] = None
+    """folder name under results/<task>/predictions/ (default: the dataset folder's name)."""
+
+
+class Resources(_Strict):
+    """What one job of this task may use; the process sandbox passes ``cpus`` as worker processes,
+    container sandboxes will also enforce the limits."""
+
+    cpus: int = Field(default=2, ge=1)
+    memory_gb: Optional[float] = Field(default=None, gt=0)
+
+
+class TaskDescriptor(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    dataset: Path
+    """dataset folder (MSD or nnU-Net v2 layout); absolute after loading."""
+    demo: Optional[Demo] = None
+    configurations: Optional[list[str]] = None
+    """configurations to train and consider; default: every one the planner makes."""
+    folds: Optional[int] = Field(default=None, ge=1)
+    """cross-validation folds; default: the budget preset's (5 for ``full``)."""
+    budget: Budget = Field(default_factory=Budget)
+    gpu_memory_gb: float = Field(default=8.0, gt=0)
+    metrics: Metrics = Field(default_factory=Metrics)
+    seed: int = 0
+    export: Export = Field(default_factory=Export)
+    resources: Resources = Field(default_factory=Resources)
+
+    # not part of the YAML: where the descriptor came from (set by the loader).
+    source: Path = Field(default=Path("<memory>"), exclude=True)
+
+    @field_validator("configurations")
+    @classmethod
+    def _known_configurations(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("empty list; leave the key out to use every configuration the planner makes")
+        for name in value:
+            if name not in KNOWN_CONFIGURATIONS:
+                close = difflib.get_close_matches(name, KNOWN_CONFIGURATIONS, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ValueError(f"unknown configuration '{name}'; {hint}choose from {', '.join(KNOWN_CONFIGURATIONS)}")
+        return sorted(dict.fromkeys(value), key=KNOWN_CONFIGURATIONS.index)
+
+    # -- derived ----------------------------------------------------------------------------------
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig the train jobs run with (preset, then this file's overrides)."""
+        b = self.budget
+        return budget_config(b.preset, epochs=b.epochs, iterations_per_epoch=b.iterations_per_epoch,
+                             validation_iterations=b.validation_iterations, num_folds=self.folds, seed=self.seed)
+
+    @property
+    def num_folds(self) -> int:
+        return self.train_config().num_folds
+
+    @property
+    def export_folder(self) -> str:
+        return self.export.folder or self.dataset.name
+
+    def with_budget(self, preset: str) -> TaskDescriptor:
+        """``harness run --budget``: the preset replaces this file's budget and folds."""
+        if preset not in BUDGETS:
+            raise SelfUNetError(f"--budget {preset}: unknown preset; choose one of {', '.join(BUDGETS)}.")
+        return self.model_copy(update={"budget": Budget(preset=preset), "folds": None})
+
+    def with_data_root(self, data_root: Path) -> TaskDescriptor:
+        """``harness run --data-root DIR``: the dataset folder of the same name under DIR."""
+        return self.model_copy(update={"dataset": (Path(data_root) / self.dataset.name).resolve()})
+
+    def content(self) -> dict:
+        """Everything that affects results, as plain JSON (what the descriptor hash covers)."""
+        return json.loads(self.model_dump_json())
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _read_yaml(path: Path, included_from: Path | None) -> dict:
+    if not path.is_file():
+        where = f" (included from {included_from})" if included_from else ""
+        raise SelfUNetError(f"{path}: descriptor not found{where}; fix the path (includes are relative to the "
+                            "including file) or create the file.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SelfUNetError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', exc)}); fix the syntax.") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SelfUNetError(f"{path}: a descriptor must be a mapping of keys (name: ..., dataset: ...), "
+                            f"not a {type(raw).__name__}.")
+    return raw
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The merged mapping of ``path`` and its includes (recursively), relative dataset resolved."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise SelfUNetError(f"{chain[-1]}: key 'include': include cycle {cycle}; remove one of these includes.")
+    raw = _read_yaml(path, chain[-1] if chain else None)
+    includes = raw.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise SelfUNetError(f"{path}: key 'include': expected a file path or a list of file paths, got {includes!r}.")
+    merged: dict = {}
+    for include in includes:
+        merged = _merge(merged, _load_raw(path.parent / include, (*chain, path)))
+    if isinstance(raw.get("dataset"), str) and raw["dataset"]:
+        raw["dataset"] = str((path.parent / Path(raw["dataset"]).expanduser()).resolve())
+    return _merge(merged, raw)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The sub-model that holds the key at ``loc`` (for the did-you-mean of nested keys)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _yaml_keys(model: type[BaseModel]) -> list[str]:
+    return [name for name, f in model.model_fields.items() if not f.exclude] + (
+        ["include"] if model is TaskDescriptor else [])
+
+
+def _describe(err: dict, path: Path) -> str:
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(TaskDescriptor, loc[:-1])
+        known = _yaml_keys(parent) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        fix = f"did you mean '{'.'.join(map(str, (*loc[:-1], close[0])))}'?" if close else (
+            f"remove it; known keys here: {', '.join(known)}")
+        return f"{path}: key '{key}': unknown key; {fix}"
+    if err["type"] == "missing":
+        return f"{path}: key '{key}': required but missing; add `{loc[-1]}: ...` (or include a base that sets it)."
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: key '{key}': {msg}{shown}; fix the value."
+
+
+def load_task(path: Path) -> TaskDescriptor:
+    """Read, include, merge and validate one descriptor; every problem in one error."""
+    path = Path(path)
+    raw = _load_raw(path)
+    try:
+        task = TaskDescriptor.model_validate(raw)
+    except ValidationError as exc:
+        raise SelfUNetError("\n".join(_describe(e, path) for e in exc.errors())) from None
+    return task.model_copy(update={"source": path})
+
+
+def dataset_problem(task: TaskDescriptor) -> str | None:
+    """Why the task's dataset folder cannot be used as it stands (None when it can)."""
+    root = task.dataset
+    if task.demo is not None:
+        if (root / "dataset.json").is_file() and not (root / ".selfunet_demo.json").is_file():
+            return (f"{task.source}: key 'dataset': {root} holds a dataset that is not the demo; point 'dataset' at "
+                    "an empty folder or remove 'demo:'.")
+        return None
+    if not root.is_dir():
+        return (f"{task.source}: key 'dataset': folder {root} does not exist; put the dataset there, fix the path "
+                f"(relative to {task.source.parent}), or pass --data-root DIR (uses DIR/{root.name}).")
+    if not (root / "dataset.json").is_file():
+        return f"{task.source}: key 'dataset': {root} has no dataset.json; point 'dataset' at the task folder itself."
+    return None
+
+
+def discover(paths: list[Path] | None = None) -> list[Path]:
+    """Descriptor files named by ``paths`` (files, or folders searched recursively), sorted, bases left out."""
+    paths = list(paths) if paths else [DEFAULT_TASKS_DIR]
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for f in sorted(p.rglob("*.y*ml")):
+                rel = f.relative_to(p)
+                if f.suffix in (".yaml", ".yml") and not any(part.startswith(BASE_PREFIXES) for part in rel.parts):
+                    found.append(f)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise SelfUNetError(f"{p}: no such task file or folder; pass a descriptor (tasks/demo.yaml) or a folder.")
+    return list(dict.fromkeys(found))
+
+
+def load_tasks(paths: list[Path] | None = None) -> list[TaskDescriptor]:
+    """All tasks under ``paths``; every broken descriptor reported together; duplicate names refused."""
+    tasks, errors = [], []
+    for f in discover(paths):
+        try:
+            tasks.append(load_task(f))
+        except SelfUNetError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise SelfUNetError("\n".join(errors))
+    seen: dict[str, Path] = {}
+    for t in tasks:
+        if t.name in seen:
+            raise SelfUNetError(f"{t.source}: key 'name': task '{t.name}' is also defined in {seen[t.name]}; "
+                                "give each task its own name.")
+        seen[t.name] = t.source
+    return tasks
+
+
+def check_task(task: TaskDescriptor, processes: int = 1) -> list[str]:
+    """``harness validate``: the descriptor's paths and, when present, the dataset (``selfunet check``)."""
+    problem = dataset_problem(task)
+    if problem:
+        return [problem]
+    if task.demo is not None and not (task.dataset / "dataset.json").is_file():
+        return []  # generated on first run
+    from selfunet.check import check_dataset
+
+    report = check_dataset(task.dataset, processes=processes)
+    return [f"{task.source}: dataset {task.dataset}: {p.message} ({p.fix})" for p in report.errors]
+

@@ -1,0 +1,303 @@
+"""The job graph at the sandbox seam: hashes, markers, skip/redo/force, failures, slots.
+
+A fake in-process sandbox stands in for ``selfunet``: it writes the files each stage's
+successors read (a real plan of the demo fingerprint, preprocessed case stubs, checkpoints), so
+the real graph, runner, markers and local executor run in milliseconds per job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.executors import LocalExecutor, SlotPool, make_slots
+from harness.jobs import TaskGraph
+from harness.runner import Runner, summary_table
+from harness.sandboxes import ProcessSandbox, Sandbox, SandboxRequest, Slot
+from harness.tasks import TaskDescriptor
+from selfunet.fingerprint_types import Fingerprint
+from selfunet.plan import plan_experiment
+
+
+class FakeSandbox(Sandbox):
+    """Writes each stage's outputs instead of computing them; can fail chosen jobs."""
+
+    name = "fake"
+
+    def __init__(self, plan_json: str, case_ids: list[str], fail: set[str] | None = None) -> None:
+        self.plan_json, self.case_ids, self.fail = plan_json, case_ids, set(fail or ())
+        self.calls: list[tuple[str, ...]] = []
+        self._lock = threading.Lock()
+
+    def run(self, request: SandboxRequest, slot: Slot) -> int:
+        argv = request.argv
+        with self._lock:
+            self.calls.append(argv)
+        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(request.log_path, "a") as log:
+            log.write(f"fake {' '.join(argv)}\n")
+            if request.job_id.split("-", 1)[1] in self.fail:
+                log.write("Traceback: something broke\n")
+                return 3
+        stage = argv[0]
+        work = Path(argv[argv.index("--work") + 1]) if stage == "fingerprint" else Path(argv[1])
+        if stage == "fingerprint":
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "fingerprint.json").write_text("{}")
+        elif stage == "plan":
+            (work / "plan.json").write_text(self.plan_json)
+        elif stage == "preprocess":
+            plan = json.loads((work / "plan.json").read_text())
+            for name in argv[3::2][: argv.count("-c")]:
+                folder = work / "preprocessed" / plan["configurations"][name]["data_identifier"]
+                folder.mkdir(parents=True, exist_ok=True)
+                for case in self.case_ids:
+                    (folder / f"{case}.json").write_text("{}")
+        elif stage == "train":
+            out = work / "train" / argv[argv.index("-c") + 1] / f"fold_{argv[argv.index('-f') + 1]}"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "checkpoint_final.pt").write_text("weights")
+        elif stage == "select":
+            (work / "selection.json").write_text("{}")
+        elif stage == "predict":
+            out = Path(argv[argv.index("-o") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            for f in argv[1:argv.index("-o")]:
+                (out / Path(f).name).write_text("labels")
+        return 0
+
+    def stages(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+@pytest.fixture(scope="module")
+def plan_json(demo_fingerprint: Fingerprint) -> str:
+    return plan_experiment(demo_fingerprint).model_dump_json()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, demo_root: Path, plan_json: str):
+    case_ids = sorted(json.loads((demo_root / "dataset.json").read_text())["training"][i]["image"].split("/")[-1]
+                      .removesuffix(".nii.gz") for i in range(6))
+
+    def task(**fields) -> TaskDescriptor:
+        return TaskDescriptor.model_validate({"name": "t", "dataset": str(demo_root), "budget": "ci", **fields})
+
+    def run(t: TaskDescriptor, fail: set[str] | None = None, force: bool = False, jobs: int | None = None):
+        sandbox = FakeSandbox(plan_json, case_ids, fail)
+        graph = TaskGraph(t, tmp_path / "work" / t.name, tmp_path / "results")
+        with LocalExecutor(sandbox, jobs=jobs, gpus=0) as executor:
+            records = Runner([graph], executor, force=force, version="test").run()
+        return {r.job: r for r in records}, sandbox
+
+    return task, run, tmp_path / "work" / "t"
+
+
+def statuses(records: dict, status: str) -> set[str]:
+    return {job for job, r in records.items() if r.status == status}
+
+
+def test_first_run_runs_every_job_and_leaves_markers(setup) -> None:
+    task, run, work = setup
+    records, sandbox = run(task())
+    assert set(statuses(records, "succeeded")) == set(records)
+    jobs = set(records)
+    configurations = {j.split("-")[1] for j in jobs if j.startswith("train-")}
+    assert configurations and {f"train-{c}-fold{k}" for c in configurations for k in (0, 1)} <= jobs
+    assert {"check", "fingerprint", "plan", "preprocess", "select", "predict-test", "export"} <= jobs
+    assert (work / "splits.json").is_file() and len(json.loads((work / "splits.json").read_text())) == 2
+    marker = json.loads((work / ".harness" / "jobs" / "plan.json").read_text())
+    assert marker["status"] == "succeeded" and marker["exit_code"] == 0 and len(marker["hash"]) == 64
+    assert all(c[-1] == "--resume" for c in sandbox.calls if c[0] == "train")
+    # order: every job started after the jobs it depends on
+    stages = sandbox.stages()
+    assert stages.index("plan") < stages.index("preprocess") < stages.index("train") < stages.index("crossval")
+    assert stages.index("select") < stages.index("predict")
+
+
+def test_rerun_skips_everything(setup) -> None:
+    task, run, _ = setup
+    run(task())
+    records, sandbox = run(task())
+    assert sandbox.calls == []
+    assert statuses(records, "skipped") == set(records)
+
+
+def test_changed_planner_input_redoes_plan_and_everything_downstream(setup) -> None:
+    task, run, _ = setup
+    run(task())
+    records, sandbox = run(task(gpu_memory_gb=11))
+    assert statuses(records, "skipped") == {"check", "fingerprint"}
+    assert "plan" in statuses(records, "succeeded") and "export" in statuses(records, "succeeded")
+    # earlier results of different inputs are discarded, not resumed
+    assert all(c[-1] == "--restart" for c in sandbox.calls if c[0] == "train")
+
+
+def test_changed_metrics_redo_only_evaluation_and_later(setup) -> None:
+    task, run, _ = setup
+    run(task())
+    records, sandbox = run(task(metrics={"hd95": True}))
+    assert set(sandbox.stages()) == {"crossval", "select", "predict"}
+    assert all("--hd95" in c for c in sandbox.calls if c[0] == "crossval")
+    assert not {j for j in statuses(records, "succeeded") if j.startswith("train-")}
+
+
+def test_changed_budget_redoes_training_with_restart(setup) -> None:
+    task, run, _ = setup
+    run(task())
+    records, sandbox = run(task(budget={"preset": "ci", "epochs": 5}))
+    trains = [c for c in sandbox.calls if c[0] == "train"]
+    assert trains and all("--restart" in c and c[c.index("--epochs") + 1] == "5" for c in trains)
+    assert statuses(records, "skipped") == {"check", "fingerprint", "plan", "preprocess"}
+
+
+def test_hand_edited_plan_redoes_preprocessing(setup) -> None:
+    task, run, work = setup
+    run(task())
+    plan = json.loads((work / "plan.json").read_text())
+    (work / "plan.json").write_text(json.dumps(plan, indent=4))  # same content, different bytes
+    records, sandbox = run(task())
+    # the plan job is skipped (its own inputs did not change) but its consumers see the edit
+    assert "plan" in statuses(records, "skipped") and sandbox.stages()[0] == "preprocess"
+
+
+def test_deleted_output_redoes_that_job_and_downstream_only(setup) -> None:
+    task, run, work = setup
+    first, _ = run(task())
+    fold = next(j for j in first if j.startswith("train-") and j.endswith("fold1"))
+    config = fold.split("-")[1]
+    (work / "train" / config / "fold_1" / "checkpoint_final.pt").unlink()
+    records, sandbox = run(task())
+    trained = {j for j in statuses(records, "succeeded") if j.startswith("train-")}
+    assert trained == {fold}
+    assert sandbox.calls[0][-1] == "--resume"  # same inputs: continue, do not discard
+
+
+def test_force_redoes_everything(setup) -> None:
+    task, run, _ = setup
+    first, _ = run(task())
+    records, sandbox = run(task(), force=True)
+    assert statuses(records, "succeeded") == set(first)
+    assert all(c[-1] == "--restart" for c in sandbox.calls if c[0] == "train")
+
+
+def test_interrupted_job_resumes_instead_of_restarting(setup) -> None:
+    task, run, work = setup
+    run(task())
+    marker_path = work / ".harness" / "jobs" / "train-3d_fullres-fold0.json"
+    marker = json.loads(marker_path.read_text())
+    marker_path.write_text(json.dumps({"job": marker["job"], "hash": marker["hash"], "status": "running"}))
+    records, sandbox = run(task())
+    assert sandbox.calls[0][:6] == ("train", str(work.resolve()), "-c", "3d_fullres", "-f", "0")
+    assert sandbox.calls[0][-1] == "--resume"
+
+
+def test_failed_job_blocks_only_its_dependents(setup) -> None:
+    task, run, work = setup
+    records, sandbox = run(task(configurations=["2d", "3d_fullres"]), fail={"train-2d-fold0"})
+    assert statuses(records, "failed") == {"train-2d-fold0"}
+    # the other configuration's folds, and the other fold of 2d, still ran
+    assert {"train-2d-fold1", "train-3d_fullres-fold0", "train-3d_fullres-fold1", "crossval-3d_fullres"} <= \
+        statuses(records, "succeeded")
+    assert statuses(records, "blocked") == {"crossval-2d", "select", "predict-test", "export"}
+    marker = json.loads((work / ".harness" / "jobs" / "train-2d-fold0.json").read_text())
+    assert marker["status"] == "failed" and marker["exit_code"] == 3
+    assert "Traceback: something broke" in marker["log_tail"]
+    table = summary_table(list(records.values()))
+    assert "1 failed" in table.caption and "4 blocked" in table.caption
+    # the fix: a rerun redoes the failed job and what it blocked, nothing else
+    again, sandbox = run(task(configurations=["2d", "3d_fullres"]))
+    assert set(sandbox.stages()) == {"train", "crossval", "select", "predict"}
+    assert statuses(again, "succeeded") == {"train-2d-fold0", "crossval-2d", "select", "predict-test", "export"}
+
+
+def test_export_copies_predictions_named_like_test_images(setup, demo_root: Path) -> None:
+    task, run, _ = setup
+    run(task(export={"folder": "Task00_Demo"}))
+    out = setup[2].parents[1] / "results" / "t" / "predictions" / "Task00_Demo"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (demo_root / "imagesTs").iterdir())
+
+
+def test_slots_one_per_gpu_or_jobs_spread_over_gpus() -> None:
+    assert [s.gpu for s in make_slots(gpus=4)] == [0, 1, 2, 3]
+    assert [s.gpu for s in make_slots(jobs=3, gpus=2)] == [0, 1, 0]
+    assert make_slots(gpus=0) == [Slot(0, None)]
+    assert [s.gpu for s in make_slots(jobs=2, gpus=0)] == [None, None]
+    assert make_slots(gpus=2)[1].env() == {"CUDA_VISIBLE_DEVICES": "1"}
+
+
+class SleepySandbox(Sandbox):
+    """Holds each slot for a moment and records which slots are busy at the same time."""
+
+    name = "sleepy"
+
+    def __init__(self) -> None:
+        self.busy: set[int] = set()
+        self.max_busy = 0
+        self.clash = False
+        self.lock = threading.Lock()
+
+    def run(self, request: SandboxRequest, slot: Slot) -> int:
+        with self.lock:
+            self.clash |= slot.index in self.busy
+            self.busy.add(slot.index)
+            self.max_busy = max(self.max_busy, len(self.busy))
+        time.sleep(0.05)
+        with self.lock:
+            self.busy.discard(slot.index)
+        return 0
+
+
+def test_local_executor_never_hands_out_a_slot_twice(tmp_path: Path) -> None:
+    sandbox = SleepySandbox()
+    with LocalExecutor(sandbox, gpus=3) as executor:
+        assert executor.capacity == 3
+        for i in range(12):
+            executor.submit(f"k{i}", SandboxRequest(f"k{i}", ("x",), tmp_path / f"{i}.log"))
+        done = []
+        while len(done) < 12:
+            done += executor.wait()
+    assert not sandbox.clash and sandbox.max_busy == 3
+    assert {c.slot for c in done} == {"0 gpu 0", "1 gpu 1", "2 gpu 2"}
+
+
+def test_slot_pool_blocks_until_release() -> None:
+    pool = SlotPool(make_slots(gpus=1))
+    slot = pool.acquire()
+    got: list[Slot] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    time.sleep(0.05)
+    assert got == []
+    pool.release(slot)
+    waiter.join(timeout=5)
+    assert got == [slot]
+
+
+def test_process_sandbox_logs_output_and_returns_exit_code(tmp_path: Path) -> None:
+    code = "import os, sys; print('hello', os.environ.get('CUDA_VISIBLE_DEVICES')); sys.exit(int(sys.argv[1]))"
+    sandbox = ProcessSandbox(program=[sys.executable, "-c", code])
+    log = tmp_path / "logs" / "job.log"
+    assert sandbox.run(SandboxRequest("job", ("0",), log), Slot(0, gpu=5)) == 0
+    assert sandbox.run(SandboxRequest("job", ("4",), log), Slot(0, gpu=None)) == 4
+    text = log.read_text()
+    assert "hello 5" in text and text.count("=== ") == 2  # appended, one header per attempt
+
+
+def test_broken_sandbox_becomes_a_failed_job(tmp_path: Path) -> None:
+    class Broken(Sandbox):
+        name = "broken"
+
+        def run(self, request: SandboxRequest, slot: Slot) -> int:
+            raise RuntimeError("engine unreachable")
+
+    with LocalExecutor(Broken(), gpus=0) as executor:
+        executor.submit("k", SandboxRequest("k", ("x",), tmp_path / "k.log"))
+        (done,) = executor.wait()
+    assert done.exit_code != 0 and "engine unreachable" in done.error
+    assert "engine unreachable" in (tmp_path / "k.log").read_text()
