@@ -306,8 +306,7 @@ def render_crossval(work: Path | WorkDir, configuration: str, console: Console) 
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
-    table = Table(title=f"cross-validation {configuration}",
-                  caption="Dice undefined (empty reference and prediction) is left out of means.")
+    table = Table(title=f"cross-validation {configuration}")
     table.add_column("fold")
     table.add_column("cases", justify="right")
     table.add_column("mean fg Dice", justify="right")
@@ -318,3 +317,4 @@ def render_crossval(work: Path | WorkDir, configuration: str, console: Console) 
     console.print(table)
     console.print(f"fold spread: std {fmt(spread.std)}, min {fmt(spread.min)}, max {fmt(spread.max)}; "
                   f"results in {crossval_dir(work, configuration)}", highlight=False)
+    console.print("Dice undefined (reference and prediction both empty) is left out of the means.", highlight=False)

@@ -3,7 +3,8 @@
 Candidates are every configuration whose cross-validation is complete and every pair of them.
 A pair's prediction for a case is the argmax of the mean of its two members' out-of-fold
 probabilities, averaged in the original *crop* space (the same grid for every configuration, see
-:mod:`selfunet.revert`) and then un-cropped; it is written to ``WORK/ensembles/<a>+<b>/``.
+:mod:`selfunet.revert`) and then un-cropped; it is written to ``WORK/ensembles/<a>+<b>/`` (labels;
+the averaged probabilities too with ``save_probabilities``).
 
 Ranking is by mean foreground Dice over all cross-validation cases. Candidates within
 :data:`TIE_TOLERANCE` of the best count as tied; a tie goes to the simpler candidate (a single
@@ -172,7 +173,7 @@ def _progress(console: Console) -> Progress:
 
 
 def build_ensemble(work: WorkDir, members: Sequence[str], case_ids: Sequence[str], file_ending: str,
-                   save_probabilities: bool = True, console: Console | None = None) -> Path:
+                   save_probabilities: bool = False, console: Console | None = None) -> Path:
     """Write the members' averaged predictions of every case; cases newer than their inputs are kept."""
     out = ensemble_dir(work, members)
     console = console or Console(stderr=True)
@@ -239,8 +240,13 @@ def discover_configurations(work: WorkDir) -> list[str]:
 
 def select_model(work: Path | WorkDir, configurations: list[str] | None = None, nsd_tolerance_mm: float | None = None,
                  hd95: bool = False, processes: int = 1, postprocess_all: bool = True,
-                 save_probabilities: bool = True, console: Console | None = None) -> Selection:
-    """Evaluate every candidate, pick the best, decide its postprocessing; write ``WORK/selection.json``."""
+                 save_probabilities: bool = False, console: Console | None = None) -> Selection:
+    """Evaluate every candidate, pick the best, decide its postprocessing; write ``WORK/selection.json``.
+
+    ``save_probabilities`` also keeps each pair's averaged probabilities (``<case>.npz``); off by
+    default because nothing downstream reads them and, for large 3D datasets, six pairs of
+    compressed float16 volumes per case cost a lot of disk and time.
+    """
     work = work if isinstance(work, WorkDir) else WorkDir(work)
     console = console or Console(stderr=True)
     names = sorted(dict.fromkeys(configurations or discover_configurations(work)), key=configuration_sort_key)

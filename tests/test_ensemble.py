@@ -142,7 +142,7 @@ def test_select_picks_the_pair_that_fixes_both_members(tmp_path):
     work = build_work(tmp_path)
     write_validation(work, "2d", organ_sure_lesion_unsure)
     write_validation(work, "3d_fullres", lesion_sure_organ_unsure)
-    selection = select_model(work)
+    selection = select_model(work, save_probabilities=True)
     assert selection.selected == "2d+3d_fullres"
     assert selection.members == ["2d", "3d_fullres"]
     assert selection.candidates[0].name == "2d+3d_fullres"
@@ -182,6 +182,7 @@ def test_select_command_prints_every_candidate_and_marks_the_winner(tmp_path):
     write_validation(work, "3d_fullres", lesion_sure_organ_unsure)
     result = CliRunner().invoke(app, ["select", str(work.root)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
+    assert not list((work.root / "ensembles" / "2d+3d_fullres").glob("*.npz"))  # labels only by default
     for name in ("2d+3d_fullres", "3d_fullres", "2d", "selected"):
         assert name in result.output
     assert (work.root / "selection.json").is_file()
