@@ -184,15 +184,20 @@ def case_effects(prediction: np.ndarray, reference: np.ndarray, labels: Sequence
     Removing voxels of class ``c`` turns them into background, so it changes only class ``c``'s
     Dice; step 2 can therefore be measured one class at a time.
     """
-    refs = {c: reference == c for c in labels}
     step1 = _largest_foreground(prediction)
+    step1_changed = not np.array_equal(step1, prediction)
     base, after1, pc_base, pc_after1 = {}, {}, {}, {}
     for c in labels:
-        mask, mask1 = prediction == c, step1 == c
-        base[c] = dice(mask, refs[c])
-        after1[c] = dice(mask1, refs[c])
-        pc_base[c] = dice(keep_largest_component(mask), refs[c])
-        pc_after1[c] = dice(keep_largest_component(mask1), refs[c])
+        reference_mask = reference == c
+        mask = prediction == c
+        base[c] = dice(mask, reference_mask)
+        pc_base[c] = dice(keep_largest_component(mask), reference_mask)
+        mask1 = step1 == c if step1_changed else mask
+        if mask1 is mask or np.array_equal(mask1, mask):  # step 1 left this class alone: same numbers
+            after1[c], pc_after1[c] = base[c], pc_base[c]
+        else:
+            after1[c] = dice(mask1, reference_mask)
+            pc_after1[c] = dice(keep_largest_component(mask1), reference_mask)
     return CaseEffects(base, after1, pc_base, pc_after1)
 
 
