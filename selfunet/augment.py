@@ -331,12 +331,16 @@ class Augmenter:
         patch_size: Sequence[int],
         dimension: int,
         device: torch.device | str = "cpu",
+        intensity_channels: int | None = None,
     ) -> None:
+        """``intensity_channels``: only the first N channels get intensity transforms (a cascade's
+        extra one-hot channels must stay one-hot); None = all channels."""
         if dimension not in (2, 3) or len(patch_size) != dimension:
             raise SelfUNetError(
                 f"augmentation: patch size {list(patch_size)} does not match dimension {dimension}."
             )
         self.config = config
+        self.intensity_channels = intensity_channels
         self.patch_size = tuple(int(p) for p in patch_size)
         self.dimension = dimension
         self.device = torch.device(device)
@@ -400,7 +404,8 @@ class Augmenter:
         self, image: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self._to_device(image, label)
-        params = self.draw(image.shape[0], image.shape[1], generator)
+        channels = image.shape[1] if self.intensity_channels is None else min(self.intensity_channels, image.shape[1])
+        params = self.draw(image.shape[0], channels, generator)
         return self.apply(image, label, params)
 
     def apply(
@@ -410,7 +415,10 @@ class Augmenter:
         image, label = self._to_device(image, label)
         image, label = self._spatial(image, label, params)
         image, label = self._mirror(image, label, params.mirror)
-        return self._intensity(image, params), label
+        n = self.intensity_channels
+        if n is None or n >= image.shape[1]:
+            return self._intensity(image, params), label
+        return torch.cat([self._intensity(image[:, :n], params), image[:, n:]], dim=1), label
 
     def center_crop(
         self, image: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray

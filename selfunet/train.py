@@ -189,7 +189,8 @@ class Trainer:
         )
         patch = list(self.configuration.patch_size)
         self.patch = patch
-        self.augmenter = Augmenter(AugmentationConfig(), patch, self.configuration.dimension, self.device)
+        self.augmenter = Augmenter(AugmentationConfig(), patch, self.configuration.dimension, self.device,
+                                   intensity_channels=self.plan.num_input_channels)
         common = dict(
             patch_size=patch, batch_size=self.configuration.batch_size,
             dimension=self.configuration.dimension, oversample_foreground=cfg.oversample_foreground,
