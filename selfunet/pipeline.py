@@ -204,5 +204,6 @@ def _predict_test(workdir: WorkDir, dataset: Path, selection_path: Path, options
     done = all(p.is_file() and p.stat().st_mtime >= selection_path.stat().st_mtime for p in expected)
     stages.run("test predictions", done, lambda: predict_cases(
         files, out, workdir.root, list(selection.members), postprocessing=selection.postprocessing,
-        mirroring=options.train.validation_mirroring, amp=options.train.amp, device=options.train.device, console=console))
+        mirroring=options.train.validation_mirroring, amp=options.train.amp, device=options.train.device,
+        console=console))
     report.test_predictions = out
