@@ -59,6 +59,13 @@ def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Option
     return tasks
 
 
+def _short(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 @app.command("ls")
 @user_errors
 def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
@@ -67,12 +74,12 @@ def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
 
     table = Table(title="tasks")
     for column in ("task", "descriptor", "dataset", "configurations", "folds", "budget", "data"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "task", overflow="fold")
     for t in _load(paths, data_root):
         cfg = t.train_config()
         data = "[red]missing[/]" if dataset_problem(t) else (
             "[green]ok[/]" if (t.dataset / "dataset.json").is_file() else "generated on first run")
-        table.add_row(t.name, str(t.source), str(t.dataset), ", ".join(t.configurations or ["(all planned)"]),
+        table.add_row(t.name, str(t.source), _short(t.dataset), ", ".join(t.configurations or ["(all planned)"]),
                       str(cfg.num_folds), f"{t.budget.preset}: {cfg.epochs} x {cfg.iterations_per_epoch}", data)
     Console().print(table)
 

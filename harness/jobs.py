@@ -80,16 +80,25 @@ class Job:
 
 @functools.cache
 def code_version() -> str:
-    """selfunet's version plus the git revision of the checkout it runs from (when there is one)."""
+    """selfunet's version plus the git tree id of the committed ``selfunet/`` package, when there is one.
+
+    The tree of the package, not the commit: a commit that only touches the harness, tests or docs
+    does not redo trainings. Uncommitted edits are not seen; use ``--force`` after those.
+    """
     import selfunet
 
     version = selfunet.__version__
+    package = Path(selfunet.__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(selfunet.__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode == 0:
-            version += f"+{rev.stdout.strip()[:12]}"
-    except (OSError, subprocess.TimeoutExpired):
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode == 0:
+            rel = package.relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+            tree = subprocess.run(["git", "rev-parse", f"HEAD:{rel}"], cwd=package, capture_output=True, text=True,
+                                  timeout=10)
+            if tree.returncode == 0:
+                version += f"+tree.{tree.stdout.strip()[:12]}"
+    except (OSError, ValueError, subprocess.TimeoutExpired):
         pass
     return version
 

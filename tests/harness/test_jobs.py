@@ -192,7 +192,7 @@ def test_interrupted_job_resumes_instead_of_restarting(setup) -> None:
     marker_path = work / ".harness" / "jobs" / "train-3d_fullres-fold0.json"
     marker = json.loads(marker_path.read_text())
     marker_path.write_text(json.dumps({"job": marker["job"], "hash": marker["hash"], "status": "running"}))
-    records, sandbox = run(task())
+    _, sandbox = run(task())
     assert sandbox.calls[0][:6] == ("train", str(work.resolve()), "-c", "3d_fullres", "-f", "0")
     assert sandbox.calls[0][-1] == "--resume"
 
@@ -301,3 +301,21 @@ def test_broken_sandbox_becomes_a_failed_job(tmp_path: Path) -> None:
         (done,) = executor.wait()
     assert done.exit_code != 0 and "engine unreachable" in done.error
     assert "engine unreachable" in (tmp_path / "k.log").read_text()
+
+
+def test_configuration_missing_from_plan_fails_the_plan_job_with_the_reason(setup, plan_json: str) -> None:
+    task, run, work = setup
+    if "3d_lowres" in json.loads(plan_json)["configurations"]:
+        pytest.skip("the demo plan has a lowres configuration")
+    records, _ = run(task(configurations=["3d_lowres"]))
+    assert records["plan"].status == "failed"
+    assert "3d_lowres" in records["plan"].reason and "not in the plan" in records["plan"].reason
+    assert json.loads((work / ".harness" / "jobs" / "plan.json").read_text())["status"] == "failed"
+
+
+def test_parallel_slots_give_the_same_result(setup) -> None:
+    task, run, _ = setup
+    records, _ = run(task(), jobs=3)
+    assert statuses(records, "succeeded") == set(records)
+    _, sandbox = run(task(), jobs=1)
+    assert sandbox.calls == []  # worker count is not part of any hash
