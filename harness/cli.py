@@ -145,6 +145,91 @@ def run(
         raise typer.Exit(1)
 
 
+# -- results: leaderboard, export, compare (harness/leaderboard.py, export.py, compare.py) ----------
+ResultsOpt = Annotated[Path, typer.Option("--results", help="results root (holds <task>/)")]
+
+
+@app.command()
+@user_errors
+def leaderboard(
+    tasks: Annotated[Optional[list[str]], typer.Argument(help="task names (default: every task under --results)",
+                                                          show_default=False)] = None,
+    results: ResultsOpt = Path("results"),
+    work_root: Annotated[Optional[Path], typer.Option(help="work directories are DIR/<task> (default: the one "
+                                                      "recorded in run.json)")] = None,
+) -> None:
+    """Re-render results/<task>/leaderboard.csv|.md and results/leaderboard.md from what is on disk."""
+    from harness.leaderboard import rerender
+
+    boards = rerender(tasks, results, work_root, console=Console())
+    console.print(f"{len(boards)} leaderboard(s) written; overview: {results / 'leaderboard.md'}", highlight=False)
+
+
+class _ExportGroup(typer.core.TyperGroup):
+    """``harness export TASK`` runs the ``task`` subcommand; named subcommands (``gc``) stay reachable."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["task", *args]
+        return super().parse_args(ctx, args)
+
+
+export_app = typer.Typer(cls=_ExportGroup, no_args_is_help=True,
+                         help="Challenge-format predictions: `harness export TASK [--zip]` (and `harness export gc`).")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("task")
+@user_errors
+def export_task_command(
+    task: Annotated[str, typer.Argument(help="task name (looked up under --tasks) or descriptor file")],
+    make_zip: Annotated[bool, typer.Option("--zip", help="also pack results/<task>/<TaskName>_predictions.zip")]
+    = False,
+    tasks_dir: Annotated[Path, typer.Option("--tasks", help="where task names are looked up")] = Path("tasks"),
+    work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
+    results: ResultsOpt = Path("results"),
+    data_root: DataRootOpt = None,
+) -> None:
+    """Copy the selected model's test predictions to results/<task>/predictions/<TaskName>/ (headers checked)."""
+    from harness.export import export_command
+
+    path = Path(task)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        loaded = _load([path], data_root)
+    else:
+        candidates = _load([tasks_dir], data_root)
+        loaded = [t for t in candidates if t.name == task]
+        if not loaded:
+            known = ", ".join(t.name for t in candidates) or "none"
+            raise SelfUNetError(f"task '{task}': not found under {tasks_dir} (tasks: {known}); pass its descriptor "
+                                "file or --tasks DIR.")
+    t = loaded[0]
+    folder, archive = export_command(t, work_root / t.name, results, make_zip)
+    if folder is None:
+        console.print(f"{t.name}: nothing to export (no test cases, or export format 'none').", highlight=False)
+        return
+    console.print(f"{t.name}: predictions in {folder}" + (f", zip {archive}" if archive else ""), highlight=False)
+
+
+@app.command()
+@user_errors
+def compare(
+    results: Annotated[Path, typer.Argument(help="results root to check (holds <task>/leaderboard.csv)")],
+    baseline: Annotated[Path, typer.Option(help="baseline root, e.g. results/baselines")],
+    max_drop: Annotated[float, typer.Option(help="largest tolerated Dice drop (mean fg and per class)")] = 0.02,
+) -> None:
+    """Compare the selected models' CV Dice with a baseline; exit 1 on a drop beyond --max-drop or a missing task."""
+    from harness.compare import compare as run_compare
+    from harness.compare import comparison_table
+
+    comparison = run_compare(results, baseline, max_drop)
+    Console().print(comparison_table(comparison))
+    if not comparison.ok:
+        for c in comparison.failures:
+            console.print(f"[bold red]{c.task} {c.metric}: {c.status}[/] {c.note}".rstrip(), highlight=False)
+        raise typer.Exit(1)
+
+
 @app.command()
 def version() -> None:
     """Print the installed selfunet version."""

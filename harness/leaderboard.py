@@ -1,0 +1,565 @@
+"""Leaderboards: every candidate of a task's model selection, as CSV, Markdown and a rich table.
+
+A task's leaderboard (``results/<task>/leaderboard.csv`` and ``.md``) has two rows per candidate
+of ``WORK/selection.json`` (each configuration, each pair): its cross-validation scores without
+postprocessing and with the postprocessing rule that candidate would get. The selected model's
+postprocessed row is marked (``selected = yes``): that is what ``selfunet predict`` deploys and
+the number ``harness compare`` guards. ``results/leaderboard.md`` has one row per task.
+
+Where the numbers come from (all read from disk, so ``harness leaderboard`` can re-render):
+
+* mean foreground Dice, per-class Dice, postprocessing rule and its Dice before/after:
+  ``WORK/selection.json`` (:class:`selfunet.ensemble.Selection`), or ``results/<task>/selection.json``
+  when the work directory is gone;
+* NSD and HD95 (only when the task's ``metrics`` ask): ``mean[<label>]["nsd"|"hd95"]`` and
+  ``mean_foreground`` of the candidate's ``summary.json`` (``WORK/<prediction_dir>/summary.json``,
+  an :class:`selfunet.evaluate.EvaluationSummary`), used only when its ``nsd_tolerance_mm`` equals
+  the one asked; otherwise "n/a". Postprocessed rows carry them only when the rule changes
+  nothing (the evaluation of postprocessed predictions keeps Dice only);
+* spread over folds: ``WORK/crossval/<config>/crossval.json`` for configurations; for pairs the
+  fold means are recomputed from the pair's per-case metrics and the folds' case lists.
+
+The empty-mask rule (:data:`selfunet.evaluate.EMPTY_MASK_RULE`) is stated in every Markdown file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from selfunet.artifacts import atomic_write_text
+from selfunet.errors import SelfUNetError
+
+log = logging.getLogger(__name__)
+
+NA = "n/a"
+SELECTED = "yes"
+#: folders under the results root that are not tasks.
+NOT_TASKS = ("baselines",)
+
+
+# -- the rows -------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    candidate: str
+    members: list[str]
+    postprocessing: str
+    """"none" for the raw row; the rule in words for the postprocessed one."""
+    selected: bool
+    mean_fg_dice: float | None
+    dice: dict[str, float | None]
+    """label value -> mean Dice."""
+    nsd: dict[str, float | None] = field(default_factory=dict)
+    """"fg" (mean over foreground classes) and label value -> mean NSD."""
+    hd95: dict[str, float | None] = field(default_factory=dict)
+    fold_mean: float | None = None
+    fold_std: float | None = None
+    fold_min: float | None = None
+    fold_max: float | None = None
+    num_cases: int = 0
+
+
+@dataclass
+class Leaderboard:
+    task: str
+    labels: dict[str, str]
+    """foreground label value -> name (column names)."""
+    rows: list[Row]
+    nsd_tolerance_mm: float | None = None
+    hd95: bool = False
+    selected: str | None = None
+    empty_mask_rule: str = ""
+    notes: list[str] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+    """what the Markdown header states: dataset, date, budget, ..."""
+
+    @property
+    def selected_row(self) -> Row | None:
+        return next((r for r in self.rows if r.selected), None)
+
+    def columns(self) -> list[str]:
+        names = [class_column("dice", self.labels, v) for v in self.labels]
+        cols = ["task", "selected", "candidate", "members", "postprocessing", "mean_fg_dice", *names]
+        if self.nsd_tolerance_mm is not None:
+            cols += ["nsd", *(class_column("nsd", self.labels, v) for v in self.labels)]
+        if self.hd95:
+            cols += ["hd95", *(class_column("hd95", self.labels, v) for v in self.labels)]
+        return [*cols, "fold_mean", "fold_std", "fold_min", "fold_max", "num_cases"]
+
+    def records(self) -> list[dict[str, str]]:
+        out = []
+        for r in self.rows:
+            rec = {"task": self.task, "selected": SELECTED if r.selected else "", "candidate": r.candidate,
+                   "members": "+".join(r.members), "postprocessing": r.postprocessing,
+                   "mean_fg_dice": fmt(r.mean_fg_dice)}
+            for v in self.labels:
+                rec[class_column("dice", self.labels, v)] = fmt(r.dice.get(v))
+            for metric, values, on in (("nsd", r.nsd, self.nsd_tolerance_mm is not None), ("hd95", r.hd95, self.hd95)):
+                if on:
+                    rec[metric] = fmt(values.get("fg"))
+                    for v in self.labels:
+                        rec[class_column(metric, self.labels, v)] = fmt(values.get(v))
+            rec |= {"fold_mean": fmt(r.fold_mean), "fold_std": fmt(r.fold_std), "fold_min": fmt(r.fold_min),
+                    "fold_max": fmt(r.fold_max), "num_cases": str(r.num_cases)}
+            out.append(rec)
+        return out
+
+
+def class_column(metric: str, labels: dict[str, str], value: str) -> str:
+    """``dice_organ``; the label value joins the name when two classes share a name."""
+    name = labels[value]
+    clash = sum(n == name for n in labels.values()) > 1
+    return f"{metric}_{value}_{name}" if clash else f"{metric}_{name}"
+
+
+def fmt(value: float | None, digits: int = 6) -> str:
+    return NA if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+# -- reading the work directory -------------------------------------------------------------------
+def _load_summary(path: Path):
+    from selfunet.evaluate import EvaluationSummary
+
+    if not path.is_file():
+        return None
+    try:
+        return EvaluationSummary.load(path)
+    except SelfUNetError as exc:
+        log.warning("%s: unreadable (%s); its NSD/HD95 show as n/a.", path, exc)
+        return None
+
+
+def _surface_metrics(summary, labels: dict[str, str], nsd_tol: float | None, hd95: bool
+                     ) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """NSD and HD95 (mean over foreground and per class) from an EvaluationSummary, when it has them."""
+    nsd: dict[str, float | None] = {}
+    hd: dict[str, float | None] = {}
+    if summary is None:
+        return nsd, hd
+    if nsd_tol is not None and summary.nsd_tolerance_mm == nsd_tol:
+        nsd["fg"] = _finite(summary.mean_foreground.get("nsd"))
+        nsd |= {v: _finite(summary.mean.get(v, {}).get("nsd")) for v in labels}
+    if hd95 and summary.hd95:
+        hd["fg"] = _finite(summary.mean_foreground.get("hd95"))
+        hd |= {v: _finite(summary.mean.get(v, {}).get("hd95")) for v in labels}
+    return nsd, hd
+
+
+def _covers(summary, nsd_tol: float | None, hd95: bool) -> bool:
+    from selfunet.crossval import metrics_cover
+
+    return summary is not None and metrics_cover(summary.nsd_tolerance_mm, summary.hd95, nsd_tol, hd95)
+
+
+def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol: float | None, hd95: bool,
+                       processes: int = 1):
+    """The candidate's CV evaluation with the metrics asked, postprocessed by ``rule`` when it does something.
+
+    Reuses the candidate's own summary.json when it has those metrics and no rule applies;
+    otherwise evaluates (after applying the rule) into ``WORK/leaderboard/<name>/<raw|postprocessed>/``,
+    a cache kept while it is newer than the predictions and covers the metrics. Returns None when
+    the predictions are not there.
+    """
+    from selfunet.crossval import load_references
+    from selfunet.evaluate import EvaluationSummary, evaluate_folders, write_evaluation
+    from selfunet.postprocess import postprocess_folder
+    from selfunet.workdir import WorkDir
+
+    folder = work / prediction_dir
+    applies = rule is not None and not rule.is_identity
+    own = None if applies else _load_summary(folder / "summary.json")
+    if own is not None and _covers(own, nsd_tol, hd95):
+        return own
+    if not folder.is_dir():
+        return own
+    references = load_references(WorkDir(work))
+    inputs = [folder / f"{c}{references.file_ending}" for c in references.case_ids]
+    if not all(p.is_file() for p in inputs):
+        return own
+    out = work / "leaderboard" / name / ("postprocessed" if applies else "raw")
+    cached = _load_summary(out / "summary.json")
+    rule_file = out / "rule.json"
+    rule_text = rule.model_dump_json() if applies else ""
+    newest = max(p.stat().st_mtime for p in inputs)
+    if (cached is not None and _covers(cached, nsd_tol, hd95) and (out / "summary.json").stat().st_mtime >= newest
+            and (not applies or (rule_file.is_file() and rule_file.read_text() == rule_text))):
+        return cached
+    source = folder
+    if applies:
+        source = out / "labels"
+        postprocess_folder(folder, source, rule, console=Console(stderr=True, quiet=True))
+    summary: EvaluationSummary = evaluate_folders(
+        source, references.folder, references.labels, nsd_tolerance_mm=nsd_tol, hd95=hd95, processes=processes,
+        case_ids=list(references.case_ids), file_ending=references.file_ending,
+        console=Console(stderr=True, quiet=True))
+    write_evaluation(summary, out)
+    if applies:
+        atomic_write_text(rule_file, rule_text)
+    return summary
+
+
+def _fold_cases(work: Path) -> list[list[str]]:
+    """Validation cases of each fold, from any configuration's crossval.json (all share splits.json)."""
+    for path in sorted((work / "crossval").glob("*/crossval.json")):
+        try:
+            raw = json.loads(path.read_text())
+            return [list(f["cases"]) for f in raw.get("folds", [])]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return []
+
+
+def _pair_spread(summary, labels: dict[str, str], folds: list[list[str]]):
+    """Spread over folds of a pair's mean foreground Dice, from its per-case metrics."""
+    from selfunet.crossval import fold_spread
+    from selfunet.evaluate import summarize
+
+    if summary is None or not folds:
+        return None
+    int_labels = {int(v): n for v, n in summary.labels.items()}
+    means = []
+    for cases in folds:
+        wanted = set(cases)
+        subset = [c for c in summary.per_case if c.case_id in wanted]
+        if not subset:
+            return None
+        means.append(summarize(subset, int_labels).mean_foreground_dice)
+    return fold_spread(means)
+
+
+def describe_rule(rule, labels: dict[str, str]) -> str:
+    if rule is None:
+        return "not computed"
+    parts = []
+    if rule.largest_component_all_foreground:
+        parts.append("largest foreground component")
+    if rule.largest_component_per_class:
+        names = ", ".join(labels.get(str(c), str(c)) for c in rule.largest_component_per_class)
+        parts.append(f"largest component of {names}")
+    return "; ".join(parts) or "none (no rule helped)"
+
+
+def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_tolerance_mm: float | None = None,
+                      hd95: bool = False, meta: dict[str, str] | None = None, compute: bool = True,
+                      processes: int = 1) -> Leaderboard:
+    """Every candidate of ``selection_path`` without and with its postprocessing (see module doc)."""
+    from selfunet.ensemble import Selection
+    from selfunet.evaluate import EMPTY_MASK_RULE
+
+    selection = Selection.load(selection_path)
+    labels = dict(sorted(selection.labels.items(), key=lambda kv: int(kv[0])))
+    have_work = work is not None and work.is_dir()
+    folds = _fold_cases(work) if have_work else []
+    rows: list[Row] = []
+    notes: list[str] = []
+    for cand in selection.candidates:
+        summary = None
+        if have_work:
+            summary = (evaluate_candidate(work, cand.prediction_dir, cand.name, None, nsd_tolerance_mm, hd95,
+                                          processes) if compute else
+                       _load_summary(work / cand.prediction_dir / "summary.json"))
+        nsd, hd = _surface_metrics(summary, labels, nsd_tolerance_mm, hd95)
+        spread = cand.fold_spread if cand.fold_spread is not None else _pair_spread(summary, labels, folds)
+        raw = Row(cand.name, list(cand.members), "none", False, _finite(cand.mean_foreground_dice),
+                  {v: _finite(cand.dice.get(v)) for v in labels}, nsd, hd, num_cases=cand.num_cases)
+        if spread is not None:
+            raw.fold_mean, raw.fold_std = _finite(spread.mean), _finite(spread.std)
+            raw.fold_min, raw.fold_max = _finite(spread.min), _finite(spread.max)
+        rows.append(raw)
+        rule = cand.postprocessing
+        if cand.name == selection.selected and rule is None:
+            rule = selection.postprocessing
+        if rule is None:
+            continue
+        if rule.is_identity:  # applying nothing changes nothing: every number carries over
+            post = Row(**{**raw.__dict__, "postprocessing": describe_rule(rule, labels)})
+        else:
+            post = Row(cand.name, list(cand.members), describe_rule(rule, labels), False,
+                       _finite(rule.mean_foreground_dice_after), {v: _finite(rule.dice_after.get(v)) for v in labels},
+                       num_cases=rule.num_cases or cand.num_cases)
+            done = (evaluate_candidate(work, cand.prediction_dir, cand.name, rule, nsd_tolerance_mm, hd95, processes)
+                    if have_work and compute else None)
+            if done is not None:
+                post.nsd, post.hd95 = _surface_metrics(done, labels, nsd_tolerance_mm, hd95)
+                spread = _pair_spread(done, labels, folds)
+                if spread is not None:
+                    post.fold_mean, post.fold_std = _finite(spread.mean), _finite(spread.std)
+                    post.fold_min, post.fold_max = _finite(spread.min), _finite(spread.max)
+        post.selected = cand.name == selection.selected
+        rows.append(post)
+    if not any(r.selected for r in rows):  # a selection without postprocessing rows: mark the raw one
+        for r in rows:
+            r.selected = r.candidate == selection.selected
+            if r.selected:
+                break
+    if nsd_tolerance_mm is not None or hd95:
+        asked = " and ".join(([f"NSD ({nsd_tolerance_mm:g} mm)"] if nsd_tolerance_mm is not None else [])
+                             + (["HD95 (mm)"] if hd95 else []))
+        notes.append(f"{asked}: evaluated on the cross-validation predictions (postprocessed ones for "
+                     "postprocessed rows; cached under WORK/leaderboard/); n/a where the work directory or its "
+                     "predictions are gone.")
+    notes.append("Fold spread: population std, min and max over folds of each fold's mean foreground Dice.")
+    return Leaderboard(task=task, labels=labels, rows=rows, nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
+                       selected=selection.selected, empty_mask_rule=selection.empty_mask_rule or EMPTY_MASK_RULE,
+                       notes=notes, meta=dict(meta or {}))
+
+
+# -- rendering ------------------------------------------------------------------------------------
+def to_csv(board: Leaderboard) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=board.columns(), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(board.records())
+    return buffer.getvalue()
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _short(text: str) -> str:
+    return text if text == NA else f"{float(text):.4f}"
+
+
+def _display_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """Human columns: four decimals, fold spread as "std (min-max)", members folded into the name."""
+    cols = [c for c in board.columns() if c not in ("task", "members", "fold_mean", "fold_std", "fold_min",
+                                                    "fold_max")]
+    header = [("" if c == "selected" else c) for c in cols] + ["fold std (min-max)"]
+    rows = []
+    for rec in board.records():
+        cells = []
+        for c in cols:
+            value = rec[c]
+            if c == "selected":
+                value = "**→**" if value == SELECTED else ""
+            elif c not in ("candidate", "postprocessing", "num_cases"):
+                value = _short(value)
+            cells.append(value)
+        spread = NA if rec["fold_std"] == NA else (
+            f"{_short(rec['fold_std'])} ({_short(rec['fold_min'])}-{_short(rec['fold_max'])})")
+        rows.append([*cells, spread])
+    return header, rows
+
+
+def to_markdown(board: Leaderboard) -> str:
+    header, rows = _display_rows(board)
+    sel = board.selected_row
+    lines = [f"# Leaderboard: {board.task}", ""]
+    lines += [f"- {k}: {v}" for k, v in board.meta.items()]
+    if sel is not None:
+        lines.append(f"- selected: **{sel.candidate}** (postprocessing: {sel.postprocessing}), cross-validation "
+                     f"mean foreground Dice {fmt(sel.mean_fg_dice, 4)}")
+    lines += ["", "Every candidate without and with its postprocessing; scores are means over all "
+              "cross-validation cases.", "", md_table(header, rows), ""]
+    lines += [f"Empty masks: {board.empty_mask_rule}", ""]
+    lines += [f"{note}" + "\n" for note in board.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def rich_table(board: Leaderboard) -> Table:
+    header, rows = _display_rows(board)
+    table = Table(title=f"{board.task}: cross-validation leaderboard", caption=f"Empty masks: {board.empty_mask_rule}")
+    for h in header:
+        table.add_column(h, justify="left" if h in ("", "candidate", "postprocessing") else "right")
+    for rec, row in zip(board.records(), rows, strict=True):
+        cells = [("[bold green]→[/]" if c == "**→**" else c) for c in row]
+        table.add_row(*cells, style="bold" if rec["selected"] == SELECTED else None)
+    return table
+
+
+# -- results/<task>/ and results/leaderboard.md ---------------------------------------------------
+def _meta(record: dict | None) -> dict[str, str]:
+    if not record:
+        return {}
+    meta = {}
+    if record.get("dataset"):
+        meta["dataset"] = str(record["dataset"])
+    when = record.get("finished") or record.get("started")
+    if when:
+        meta["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(when)))
+    meta["budget"] = budget_text(record)
+    if record.get("seeds"):
+        meta["seeds"] = ", ".join(f"{k} {v}" for k, v in record["seeds"].items())
+    if record.get("code_version"):
+        meta["code"] = str(record["code_version"])
+    return meta
+
+
+def budget_text(record: dict | None) -> str:
+    if not record:
+        return NA
+    preset = ((record.get("descriptor_content") or {}).get("budget") or {}).get("preset", "?")
+    cfg = record.get("train_config") or {}
+    if "epochs" in cfg:
+        return (f"{preset} ({cfg['epochs']} epochs x {cfg.get('iterations_per_epoch', '?')} iterations, "
+                f"{cfg.get('num_folds', record.get('folds', '?'))} folds)")
+    return str(preset)
+
+
+def _read_record(task_dir: Path) -> dict | None:
+    try:
+        return json.loads((task_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def render_task(task: str, results_root: Path, work: Path | None = None, nsd_tolerance_mm: float | None = None,
+                hd95: bool | None = None, record: dict | None = None, console: Console | None = None,
+                compute: bool = True, processes: int = 1) -> Leaderboard | None:
+    """Copy selection.json into results/<task>/ and write leaderboard.csv/.md from what is on disk.
+
+    ``work`` defaults to the one recorded in run.json; the metrics asked default to the recorded
+    descriptor's. Returns None (with a warning) when the task has no selection yet.
+    """
+    out = Path(results_root) / task
+    record = record if record is not None else _read_record(out)
+    if work is None and record and record.get("work"):
+        work = Path(record["work"])
+    metrics = ((record or {}).get("descriptor_content") or {}).get("metrics") or {}
+    if nsd_tolerance_mm is None:
+        nsd_tolerance_mm = metrics.get("nsd_tolerance_mm")
+    if hd95 is None:
+        hd95 = bool(metrics.get("hd95", False))
+    source = work / "selection.json" if work is not None and (work / "selection.json").is_file() else None
+    out.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        atomic_write_text(out / "selection.json", source.read_text())
+    elif not (out / "selection.json").is_file():
+        log.warning("task %s: no selection.json in %s or %s; no leaderboard (did `selfunet select` run?).",
+                    task, work, out)
+        return None
+    board = build_leaderboard(task, work, out / "selection.json", nsd_tolerance_mm, hd95, _meta(record),
+                              compute=compute, processes=processes)
+    atomic_write_text(out / "leaderboard.csv", to_csv(board))
+    atomic_write_text(out / "leaderboard.md", to_markdown(board))
+    if console is not None:
+        console.print(rich_table(board))
+    return board
+
+
+def task_dirs(results_root: Path) -> list[Path]:
+    root = Path(results_root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_TASKS and not p.name.startswith(".")
+                  and ((p / "run.json").is_file() or (p / "selection.json").is_file()
+                       or (p / "leaderboard.csv").is_file()))
+
+
+def read_selected(csv_path: Path) -> dict[str, str] | None:
+    """The selected row of a leaderboard.csv (None when the file is missing or marks none)."""
+    try:
+        with open(csv_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None
+    return next((r for r in rows if r.get("selected") == SELECTED), None)
+
+
+def write_overview(results_root: Path) -> Path:
+    """results/leaderboard.md: one row per task, from each task's leaderboard.csv and run.json."""
+    root = Path(results_root)
+    rows = []
+    for d in task_dirs(root):
+        sel = read_selected(d / "leaderboard.csv")
+        record = _read_record(d)
+        meta = _meta(record)
+        status = NA if record is None else ("ok" if record.get("succeeded") else "failed jobs")
+        if sel is None:
+            rows.append([d.name, "no selection", NA, NA, meta.get("date", NA), meta.get("budget", NA), status])
+            continue
+        spread = NA if sel.get("fold_std", NA) == NA else (
+            f"{_short(sel['fold_std'])} ({_short(sel['fold_min'])}-{_short(sel['fold_max'])})")
+        rows.append([d.name, f"{sel['candidate']} (postprocessing: {sel['postprocessing']})",
+                     _short(sel["mean_fg_dice"]), spread, meta.get("date", NA), meta.get("budget", NA), status])
+    text = "\n".join([
+        "# Leaderboard", "",
+        "One row per task: the selected model and its cross-validation mean foreground Dice (with its "
+        "postprocessing). Details in `<task>/leaderboard.md`.", "",
+        md_table(["task", "selected model", "CV mean fg Dice", "fold std (min-max)", "date", "budget", "run"], rows),
+        "", f"Empty masks: {_empty_rule()}", "",
+    ])
+    atomic_write_text(root / "leaderboard.md", text)
+    return root / "leaderboard.md"
+
+
+def _empty_rule() -> str:
+    from selfunet.evaluate import EMPTY_MASK_RULE
+
+    return EMPTY_MASK_RULE
+
+
+def _job_ok(record: dict, job: str) -> bool:
+    """Whether ``job`` succeeded or was skipped as done in this run (True when the graph has no such job)."""
+    states = [j.get("status") for j in record.get("jobs", []) if j.get("job") == job]
+    return not states or states[-1] in ("succeeded", "skipped")
+
+
+def write_task_results(task, work: Path, results_root: Path, record: dict) -> Path:
+    """Called by the harness runner when a task settles (run.json already written): selection.json,
+    leaderboard.csv/.md, the challenge-format predictions and results/leaderboard.md.
+
+    Outputs of a stage whose job failed in this run are left as they were (a stale selection or
+    old test predictions must not pass for this run's).
+    """
+    from harness.export import export_task
+
+    results_root, work = Path(results_root), Path(work)
+    out = results_root / task.name
+    try:
+        if not _job_ok(record, "select"):
+            log.warning("task %s: the select job did not succeed; leaderboard not updated.", task.name)
+            return out
+        board = render_task(task.name, results_root, work, task.metrics.nsd_tolerance_mm, task.metrics.hd95,
+                            record, Console(stderr=True), processes=task.resources.cpus)
+        if board is not None and _job_ok(record, "predict-test") and (work / "test_predictions").is_dir():
+            export_task(task, work, results_root)
+    finally:
+        write_overview(results_root)
+    return out
+
+
+def rerender(tasks: list[str] | None, results_root: Path, work_root: Path | None = None,
+             console: Console | None = None) -> list[Leaderboard]:
+    """``harness leaderboard``: re-render the named tasks (default: every task under results_root)."""
+    results_root = Path(results_root)
+    names = tasks or [d.name for d in task_dirs(results_root)]
+    if not names:
+        raise SelfUNetError(f"{results_root}: no task results found; run `harness run TASKS --results "
+                            f"{results_root}` first or pass --results DIR.")
+    boards = []
+    for name in names:
+        if not (results_root / name).is_dir():
+            known = ", ".join(d.name for d in task_dirs(results_root)) or "none"
+            raise SelfUNetError(f"{results_root / name}: no results for task '{name}' (tasks there: {known}).")
+        work = Path(work_root) / name if work_root is not None else None
+        board = render_task(name, results_root, work, console=console)
+        if board is not None:
+            boards.append(board)
+    write_overview(results_root)
+    return boards
+
