@@ -159,7 +159,8 @@ def run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Consol
                    lambda n=name: run_crossval(workdir.root, n, nsd_tolerance_mm=options.nsd_tolerance_mm,
                                                hd95=options.hd95))
     selection_path = workdir.root / "selection.json"
-    stages.run("selection + postprocessing", False, lambda: select_model(workdir.root, configurations))
+    stages.run("selection + postprocessing", _selection_current(workdir, selection_path, configurations),
+               lambda: select_model(workdir.root, configurations))
     report.selection_path = selection_path
 
     if options.predict_test:
@@ -184,6 +185,21 @@ def _validation_complete(workdir: WorkDir, name: str, fold: int) -> bool:
     validation = workdir.training(name, fold) / "validation"
     cases = json.loads(summary.read_text()).get("validation_cases", [])
     return all((validation / f"{c}.npz").is_file() for c in cases)
+
+
+def _selection_current(workdir: WorkDir, selection_path: Path, configurations: list[str]) -> bool:
+    """selection.json exists, covers these configurations and is newer than every CV result."""
+    from selfunet.ensemble import Selection
+
+    if not selection_path.is_file():
+        return False
+    selection = Selection.load(selection_path)
+    singles = {c.name for c in selection.candidates if len(c.members) == 1}
+    if singles != set(configurations):
+        return False
+    newest = max(((workdir.root / "crossval" / c / "crossval.json").stat().st_mtime
+                  for c in configurations if (workdir.root / "crossval" / c / "crossval.json").is_file()), default=None)
+    return newest is not None and selection_path.stat().st_mtime >= newest
 
 
 def _predict_test(workdir: WorkDir, dataset: Path, selection_path: Path, options: RunOptions, stages: _Stages,

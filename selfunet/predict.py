@@ -66,7 +66,7 @@ def predict_array(models: list[TrainedModel], data: np.ndarray, config: Inferenc
     """Averaged softmax probabilities ``(K, *spatial)`` for one preprocessed case."""
     first = models[0]
     probabilities = predict_probabilities(
-        [m.network for m in models], torch.from_numpy(np.ascontiguousarray(data)),
+        [m.network for m in models], torch.from_numpy(np.array(data, dtype=np.float32)),
         first.configuration.patch_size, first.plan.num_classes, config,
     )
     return probabilities.numpy()
