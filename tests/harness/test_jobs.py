@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 
 from harness.executors import LocalExecutor, SlotPool, make_slots
 from harness.jobs import TaskGraph
@@ -22,6 +23,19 @@ from harness.sandboxes import ProcessSandbox, Sandbox, SandboxRequest, Slot
 from harness.tasks import TaskDescriptor
 from selfunet.fingerprint_types import Fingerprint
 from selfunet.plan import plan_experiment
+
+
+def write_label_map_like(image_path: Path, out: Path) -> None:
+    """An empty label map with the (spatial) header of a test image, as `selfunet predict` writes."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(image_path))
+    reader.ReadImageInformation()
+    dim = reader.GetDimension()
+    labels = sitk.Image([int(s) for s in reader.GetSize()[:3]], sitk.sitkUInt8)
+    labels.SetSpacing(reader.GetSpacing()[:3])
+    labels.SetOrigin(reader.GetOrigin()[:3])
+    labels.SetDirection([reader.GetDirection()[r * dim + c] for r in range(3) for c in range(3)])
+    sitk.WriteImage(labels, str(out))
 
 
 class FakeSandbox(Sandbox):
@@ -68,7 +82,7 @@ class FakeSandbox(Sandbox):
             out = Path(argv[argv.index("-o") + 1])
             out.mkdir(parents=True, exist_ok=True)
             for f in argv[1:argv.index("-o")]:
-                (out / Path(f).name).write_text("labels")
+                write_label_map_like(Path(f), out / Path(f).name)
         return 0
 
     def stages(self) -> list[str]:

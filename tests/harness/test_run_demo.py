@@ -16,10 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) -> None:
+    started = time.perf_counter()
     args = ["run", str(REPO / "tasks" / "demo.yaml"), "--budget", "ci", "--work-root", str(tmp_path / "work"),
             "--results", str(tmp_path / "results"), "--data-root", str(tmp_path / "data")]
     first = CliRunner().invoke(app, args, terminal_width=200)
     assert first.exit_code == 0, first.output
+    print(f"first run: {time.perf_counter() - started:.1f} s")
     record = json.loads((tmp_path / "results" / "demo" / "run.json").read_text())
     jobs = {j["job"]: j for j in record["jobs"]}
     assert all(j["status"] == "succeeded" for j in jobs.values()), jobs
@@ -35,6 +37,7 @@ def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) 
     second = CliRunner().invoke(app, args, terminal_width=200)
     seconds = time.perf_counter() - start
     assert second.exit_code == 0, second.output
+    print(f"rerun: {seconds:.1f} s")
     again = json.loads((tmp_path / "results" / "demo" / "run.json").read_text())
     assert {j["status"] for j in again["jobs"]} == {"skipped"}
     assert seconds < 30, f"a rerun with nothing to do took {seconds:.1f} s"
