@@ -189,7 +189,12 @@ def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol
         return own
     if not folder.is_dir():
         return own
-    references = load_references(WorkDir(work))
+    try:
+        references = load_references(WorkDir(work))
+    except SelfUNetError as exc:
+        log.warning("%s: cannot find the reference labels (%s); metrics not in %s show as n/a.", work, exc,
+                    folder / "summary.json")
+        return own
     inputs = [folder / f"{c}{references.file_ending}" for c in references.case_ids]
     if not all(p.is_file() for p in inputs):
         return own
@@ -384,7 +389,8 @@ def rich_table(board: Leaderboard) -> Table:
     header, rows = _display_rows(board)
     table = Table(title=f"{board.task}: cross-validation leaderboard", caption=f"Empty masks: {board.empty_mask_rule}")
     for h in header:
-        table.add_column(h, justify="left" if h in ("", "candidate", "postprocessing") else "right")
+        table.add_column(h, justify="left" if h in ("", "candidate", "postprocessing") else "right",
+                         no_wrap=h == "candidate", min_width=6 if h.startswith(("dice", "nsd", "hd95")) else None)
     for rec, row in zip(board.records(), rows, strict=True):
         cells = [("[bold green]→[/]" if c == "**→**" else c) for c in row]
         table.add_row(*cells, style="bold" if rec["selected"] == SELECTED else None)
