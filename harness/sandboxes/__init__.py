@@ -9,9 +9,10 @@ nothing about the graph, hashes or markers, so a new sandbox plugs in by impleme
 from __future__ import annotations
 
 from harness.sandboxes.base import Sandbox, SandboxRequest, Slot
+from harness.sandboxes.docker import DockerSandbox
 from harness.sandboxes.process import ProcessSandbox
 
 #: explicit registry (no lookup by dotted strings): ``harness run --sandbox NAME``.
-SANDBOXES: dict[str, type[Sandbox]] = {"process": ProcessSandbox}
+SANDBOXES: dict[str, type[Sandbox]] = {"process": ProcessSandbox, "docker": DockerSandbox}
 
-__all__ = ["SANDBOXES", "ProcessSandbox", "Sandbox", "SandboxRequest", "Slot"]
+__all__ = ["SANDBOXES", "DockerSandbox", "ProcessSandbox", "Sandbox", "SandboxRequest", "Slot"]

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# CI step: the container features on a real Docker Engine (docs/containers.md).
+#
+#   1. docker.io + debootstrap (Debian) when missing; a private engine under $SELFUNET_DOCKER_ROOT
+#      (default /var/cache/selfunet-docker: images and build layers survive for the next run)
+#   2. the local base image selfunet-base:bookworm (skipped when present)
+#   3. the project image (`harness image build`; cached layers make a rebuild after a source
+#      change take seconds)
+#   4. pytest -m docker tests/docker: sandbox failures, OOM, timeout, read-only data, no network,
+#      file ownership, the GPU device request; the demo task end to end with --sandbox docker
+#      (leaderboard equal to the process sandbox's); the grand-challenge container built, run with
+#      no network and a read-only /input, and compared with `selfunet predict --selection`
+#   5. the engine stopped (also on failure)
+#
+# Needs root (dockerd). Times and image sizes are printed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+START=$(date +%s)
+stamp() { echo "[docker-tests $(( $(date +%s) - START ))s] $*"; }
+
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  stamp "installing docker.io debootstrap"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+eval "$(.ci/docker-engine.sh start)"
+trap '.ci/docker-engine.sh stop' EXIT
+stamp "engine up: $DOCKER_HOST"
+
+.ci/base-image.sh selfunet-base:bookworm
+stamp "base image ready"
+
+"$PY" -m harness.cli image build --base-image selfunet-base:bookworm --quiet
+stamp "project image built"
+
+"$PY" -m pytest -q -m docker tests/docker -p no:cacheprovider -rs
+stamp "docker tests passed"
+
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^selfunet' || true
+stamp "done"

@@ -1,0 +1,99 @@
+"""The demo task end to end with every job in a container, and the grand-challenge container.
+
+``harness run tasks/demo.yaml --budget ci`` once with the process sandbox and once with
+``--sandbox docker`` (same data, same image software: the image's wheelhouse pins the host's
+package versions): both leaderboards must agree within tolerance. The Docker run's selected
+model is then exported as a grand-challenge algorithm container, built, run on a test case with
+no network and a read-only /input, and compared voxel for voxel with ``selfunet predict``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+TOLERANCE = 1e-3
+
+
+def run_demo(root: Path, sandbox: str, image: str | None = None) -> Path:
+    args = ["run", str(REPO / "tasks" / "demo.yaml"), "--budget", "ci", "--work-root", str(root / f"work_{sandbox}"),
+            "--results", str(root / f"results_{sandbox}"), "--data-root", str(root / "data"), "--sandbox", sandbox]
+    if image:
+        args += ["--image", image]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    return root / f"results_{sandbox}" / "demo"
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory, engine, project_image) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("docker_e2e")
+    return {"process": run_demo(root, "process"), "docker": run_demo(root, "docker", project_image), "root": root}
+
+
+def read_board(results: Path) -> list[dict[str, str]]:
+    with open(results / "leaderboard.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def as_float(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def test_docker_run_ran_every_job_in_the_image(demo_runs, engine, project_image) -> None:
+    record = json.loads((demo_runs["docker"] / "run.json").read_text())
+    assert record["sandbox"] == "docker"
+    assert record["image"] == engine.images.get(project_image).id
+    assert record["succeeded"] and {j["status"] for j in record["jobs"]} == {"succeeded"}
+    work = demo_runs["root"] / "work_docker" / "demo"
+    log = (work / ".harness" / "logs" / "train-2d-fold0.log").read_text() if (
+        work / ".harness" / "logs" / "train-2d-fold0.log").is_file() else ""
+    assert "docker" in log or not log
+
+
+def test_docker_leaderboard_equals_the_process_one(demo_runs) -> None:
+    process, docker = read_board(demo_runs["process"]), read_board(demo_runs["docker"])
+    assert len(process) == len(docker) > 0
+    assert list(process[0]) == list(docker[0])
+    for a, b in zip(process, docker):
+        for column in a:
+            x, y = as_float(a[column]), as_float(b[column])
+            if x is None or y is None or math.isnan(x) or math.isnan(y):
+                assert a[column] == b[column], (column, a[column], b[column])
+            elif column not in ("seconds", "train_seconds"):
+                assert abs(x - y) <= TOLERANCE, (column, x, y)
+
+
+def test_work_files_are_not_written_by_another_user(demo_runs) -> None:
+    import os
+
+    work = demo_runs["root"] / "work_docker" / "demo"
+    owners = {p.stat().st_uid for p in work.rglob("*")}
+    assert owners == {os.getuid()}
+
+
+def test_grand_challenge_container_matches_selfunet_predict(demo_runs, engine, project_image, tmp_path) -> None:
+    from harness.export_gc import export_gc, test_container
+
+    work = demo_runs["root"] / "work_docker" / "demo"
+    context = export_gc(work, tmp_path / "gc", image=project_image, tag="selfunet-gc-test:latest")
+    for name in ("Dockerfile", "inference.py", "gc.json", "build.sh", "test.sh", "save.sh", "model/plan.json",
+                 "model/selection.json", "test/input/inputs.json"):
+        assert (context / name).is_file(), name
+    assert list((context / "model" / "train").rglob("checkpoint_final.pt"))
+    result = test_container(context, client=engine, keep_image=False)
+    assert result["equal"] and result["differing_voxels"] == 0 and len(result["labels"]) > 1, result
+    print("grand-challenge container:", result)
