@@ -114,7 +114,13 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="redo every job, ignoring finished markers")] = False,
     jobs: Annotated[Optional[int], typer.Option(min=1, help="jobs at once (default: one per GPU, 1 on CPU)")] = None,
     executor: Annotated[str, typer.Option(help="where jobs run: local")] = "local",
-    sandbox: Annotated[str, typer.Option(help="how jobs run: process")] = "process",
+    sandbox: Annotated[str, typer.Option(help="how jobs run: process | docker")] = "process",
+    image: Annotated[Optional[str], typer.Option(help="--sandbox docker: image tag or id (default selfunet:latest)")]
+    = None,
+    cpus: Annotated[Optional[float], typer.Option(help="--sandbox docker: CPUs per job (overrides resources.cpus)")]
+    = None,
+    memory_gb: Annotated[Optional[float], typer.Option(help="--sandbox docker: memory limit per job in GB")] = None,
+    job_timeout: Annotated[Optional[float], typer.Option(help="--sandbox docker: kill a job after SECONDS")] = None,
     work_root: Annotated[Path, typer.Option(help="work directories go to DIR/<task>")] = Path("work"),
     results: Annotated[Path, typer.Option(help="results go to DIR/<task>")] = Path("results"),
     data_root: DataRootOpt = None,
@@ -133,7 +139,10 @@ def run(
     problems = [p for p in (dataset_problem(t) for t in loaded) if p]
     if problems:
         raise SelfUNetError("\n".join(problems))
-    with EXECUTORS[executor](SANDBOXES[sandbox](), jobs=jobs) as ex:
+    options = {"image": image, "cpus": cpus, "memory_gb": memory_gb, "timeout_s": job_timeout}
+    if sandbox != "docker" and any(v is not None for v in options.values()):
+        raise SelfUNetError("--image/--cpus/--memory-gb/--job-timeout apply to --sandbox docker only.")
+    with EXECUTORS[executor](SANDBOXES[sandbox](**(options if sandbox == "docker" else {})), jobs=jobs) as ex:
         records = run_tasks(loaded, ex, work_root, results, force=force, console=console, executor_name=executor)
     Console().print(summary_table(records))
     failed = [r for r in records if r.status == "failed"]
@@ -228,6 +237,64 @@ def compare(
         for c in comparison.failures:
             console.print(f"[bold red]{c.task} {c.metric}: {c.status}[/] {c.note}".rstrip(), highlight=False)
         raise typer.Exit(1)
+
+
+@export_app.command("gc")
+@user_errors
+def export_gc_command(
+    task: Annotated[str, typer.Argument(help="work directory with selection.json, descriptor file, or task name")],
+    out: Annotated[Path, typer.Option("--out", help="build context folder to write")],
+    test: Annotated[bool, typer.Option("--test", help="build it, run it on a test case, compare with "
+                                       "`selfunet predict --selection`")] = False,
+    image: Annotated[str, typer.Option(help="base: the project image (harness image build)")] = "selfunet:latest",
+    input_slug: Annotated[Optional[list[str]], typer.Option(help="input socket slug; repeat: one per channel file")]
+    = None,
+    output_slug: Annotated[str, typer.Option(help="output socket slug")] = "segmentation",
+    tag: Annotated[Optional[str], typer.Option(help="algorithm image tag (default selfunet-gc-<task>:latest)")] = None,
+    tasks_dir: Annotated[Path, typer.Option("--tasks", help="where task names are looked up")] = Path("tasks"),
+    work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
+) -> None:
+    """A grand-challenge algorithm container build context for the task's selected model (docs/containers.md)."""
+    from harness.export_gc import export_gc, test_container
+
+    path = Path(task)
+    if not path.exists():
+        found = [t for t in _load([tasks_dir], None) if t.name == task]
+        if not found:
+            raise SelfUNetError(f"task '{task}': not a folder, a descriptor or a task name under {tasks_dir}.")
+        path = found[0].source
+    context = export_gc(path, out, image=image, input_slugs=input_slug, output_slug=output_slug,
+                        work_root=work_root, tag=tag)
+    console.print(f"grand-challenge build context: {context} (build.sh, test.sh, save.sh)", highlight=False)
+    if test:
+        result = test_container(context)
+        console.print(f"[green]container test passed[/]: {result}", highlight=False)
+
+
+image_app = typer.Typer(no_args_is_help=True, help="The project's Docker image (Dockerfile; docs/containers.md).")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+@user_errors
+def image_build(
+    base_image: Annotated[str, typer.Option(help="FROM image: a CUDA PyTorch runtime, or selfunet-base:bookworm "
+                                            "(.ci/base-image.sh) where no registry is reachable")]
+    = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+    tag: Annotated[Optional[list[str]], typer.Option(help="tags (default selfunet:<version>-<git rev>, "
+                                                     "selfunet:<version>, selfunet:latest)")] = None,
+    torch: Annotated[Optional[str], typer.Option(help="torch for the wheelhouse: a wheel file, a requirement, or "
+                                                 "'none' (default: none on a pytorch/ base, else the CPU wheel)")]
+    = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="do not print the build output")] = False,
+) -> None:
+    """Build the project image through the Docker Engine API (DOCKER_HOST honoured)."""
+    from harness.image import build_image, image_summary
+
+    chosen: str | bool | None = True if torch is None else (None if torch.lower() == "none" else torch)
+    image_id = build_image(base_image, tags=tag or None, torch=chosen,
+                          echo=None if quiet else (lambda line: console.print(line, highlight=False, markup=False)))
+    Console().print(image_summary(image_id))
 
 
 @app.command()
