@@ -36,3 +36,42 @@ def demo_fingerprint(demo_dataset: DatasetSpec) -> Fingerprint:
 @pytest.fixture(scope="session")
 def demo_root(demo_dataset: DatasetSpec) -> Path:
     return Path(demo_dataset.root)
+
+
+# ---- H9 (training / prediction tests): a tiny plan on the demo task, preprocessed once ----------
+def make_tiny_work(demo_root: Path, work: Path) -> Path:
+    """A work directory over ``demo_root`` whose 3d_fullres configuration is shrunk (patch
+    16x32x32, 3 stages of 8/16/32 features) so a training iteration takes a fraction of a second.
+    Preprocessing does not depend on patch or topology, so the data is the real plan's."""
+    from selfunet.fingerprint import run_fingerprint
+    from selfunet.plan import run_plan
+    from selfunet.plan_types import NetworkTopology
+    from selfunet.preprocess import run_preprocess
+
+    run_fingerprint(demo_root, work, processes=1)
+    plan = run_plan(work)
+    full = plan.configurations["3d_fullres"]
+    topology = NetworkTopology(
+        dimension=3, features_per_stage=[8, 16, 32], kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+        strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]], convs_per_stage_encoder=[2, 2, 2],
+        convs_per_stage_decoder=[2, 2],
+    )
+    tiny = full.model_copy(update={"patch_size": [16, 32, 32], "batch_size": 2, "topology": topology})
+    plan = plan.model_copy(update={"configurations": {"3d_fullres": tiny}})
+    plan.save(work / "plan.json")
+    run_preprocess(work, ["3d_fullres"], processes=1)
+    return work
+
+
+@pytest.fixture(scope="session")
+def tiny_work_template(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fingerprint + tiny plan + preprocessed demo data. Read-only: copy it (``tiny_work``)."""
+    return make_tiny_work(demo_root, tmp_path_factory.mktemp("tiny_work"))
+
+
+@pytest.fixture
+def tiny_work(tiny_work_template: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of ``tiny_work_template`` (nothing trained yet)."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_work_template, tmp_path / "work"))
