@@ -113,7 +113,13 @@ def run(
     = None,
     force: Annotated[bool, typer.Option("--force", help="redo every job, ignoring finished markers")] = False,
     jobs: Annotated[Optional[int], typer.Option(min=1, help="jobs at once (default: one per GPU, 1 on CPU)")] = None,
-    executor: Annotated[str, typer.Option(help="where jobs run: local")] = "local",
+    executor: Annotated[str, typer.Option(help="where jobs run: local | ray")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        help="--executor ray: cluster address (HOST:6379, auto, ray://HOST:10001); default $RAY_ADDRESS, else a "
+        "local Ray instance")] = None,
+    max_retries: Annotated[int, typer.Option(min=0, help="--executor ray: reruns of a job whose worker/node died")]
+    = 2,
+    cpus_per_job: Annotated[float, typer.Option(min=0, help="--executor ray: CPUs each job reserves")] = 1.0,
     sandbox: Annotated[str, typer.Option(help="how jobs run: process | docker")] = "process",
     image: Annotated[Optional[str], typer.Option(help="--sandbox docker: image tag or id (default selfunet:latest)")]
     = None,
@@ -127,10 +133,15 @@ def run(
 ) -> None:
     """Run every job of the tasks (resumable: finished jobs are skipped); exit 1 if any job failed."""
     from harness.executors import EXECUTORS
+    from harness.executors.ray import RayExecutor  # imports Ray only when used
     from harness.runner import run_tasks, summary_table
     from harness.sandboxes import SANDBOXES
     from harness.tasks import dataset_problem
 
+    EXECUTORS = {**EXECUTORS, "ray": functools.partial(
+        RayExecutor, address=address, max_retries=max_retries, num_cpus_per_job=cpus_per_job)}
+    if executor != "ray" and address is not None:
+        raise SelfUNetError("--address applies to --executor ray only.")
     if executor not in EXECUTORS:
         raise SelfUNetError(f"--executor {executor}: unknown; choose one of {', '.join(EXECUTORS)}.")
     if sandbox not in SANDBOXES:
