@@ -28,12 +28,15 @@ RUN ${PYTHON} -m venv --system-site-packages /opt/selfunet \
 FROM ${BASE_IMAGE}
 COPY --from=deps /opt/selfunet /opt/selfunet
 # uid 1000 by default; the harness runs jobs as the host user (--user uid:gid) so files it writes
-# into bind-mounted folders belong to that user, hence a HOME and caches every uid can write.
+# into bind-mounted folders belong to that user, hence a HOME and caches every uid can write
+# (matplotlib's font cache is made here once instead of in every job's container).
 RUN (useradd --uid 1000 --create-home --shell /bin/sh selfunet 2>/dev/null \
      || (echo 'selfunet:x:1000:1000::/home/selfunet:/bin/sh' >> /etc/passwd \
          && echo 'selfunet:x:1000:' >> /etc/group && mkdir -p /home/selfunet \
          && chown 1000:1000 /home/selfunet)) \
- && mkdir -p /tmp/selfunet-cache && chmod 1777 /tmp/selfunet-cache
+ && mkdir -p /tmp/selfunet-cache \
+ && MPLCONFIGDIR=/tmp/selfunet-cache/matplotlib /opt/selfunet/bin/python -c "import matplotlib.font_manager" \
+ && chmod -R a+rwX /tmp/selfunet-cache && chmod 1777 /tmp/selfunet-cache
 COPY pyproject.toml README.md /tmp/src/
 COPY selfunet /tmp/src/selfunet
 COPY harness /tmp/src/harness
