@@ -318,6 +318,8 @@ class Trainer:
                 f"{latest} exists: add --resume to continue that run, or --restart to start over."
             )
         self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp*"):  # half-written checkpoint/plot of a killed run
+            stale.unlink(missing_ok=True)
         self._build()
         state = LoopState()
         log_path = self.out / "log.jsonl"

@@ -248,3 +248,39 @@ def test_missing_preprocessed_data_is_a_clear_error(tiny_work: Path) -> None:
     result = cli_train(tiny_work, "-f", "0", "--epochs", "1", *SHORT)
     assert result.exit_code == 1
     assert "selfunet preprocess" in result.output
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(tiny_work: Path) -> None:
+    out = fold_dir(tiny_work)
+    out.mkdir(parents=True)
+    stale = [out / ".checkpoint_best.pt.tmp", out / ".progress.tmp.png"]
+    for path in stale:
+        path.write_bytes(b"half written")
+    assert cli_train(tiny_work, "-f", "0", "--epochs", "1", *SHORT).exit_code == 0
+    assert not any(p.exists() for p in stale)
+
+
+def dice(prediction, reference, label: int) -> float:
+    p, r = prediction == label, reference == label
+    return float(2 * (p & r).sum() / max(p.sum() + r.sum(), 1))
+
+
+@pytest.mark.slow
+def test_short_training_learns_the_organ(tiny_work: Path, demo_root: Path) -> None:
+    """CI-sized sanity check (the real-plan Dice is measured by bench/bench_train.py demo-dice):
+    the loss falls and the out-of-fold predictions find the organ well above chance."""
+    import SimpleITK as sitk
+
+    result = cli_train(tiny_work, "-f", "0", "--epochs", "4", "--iterations-per-epoch", "10",
+                       "--validation-iterations", "2", "--device", "cpu", "--predict-validation")
+    assert result.exit_code == 0, result.output
+    out = fold_dir(tiny_work)
+    losses = [r["train_loss"] for r in read_log(out / "log.jsonl")]
+    assert losses[-1] < losses[0] - 0.2
+    cases = json.loads((out / "training_summary.json").read_text())["validation_cases"]
+    organ = []
+    for case in cases:
+        prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "validation" / f"{case}.nii.gz")))
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(demo_root / "labelsTr" / f"{case}.nii.gz")))
+        organ.append(dice(prediction, reference, 1))
+    assert min(organ) > 0.3, organ
