@@ -334,7 +334,9 @@ class TaskGraph:
             files = [str(f) for case in spec.test for f in case.images]
             jobs.append(Job("predict-test", "predict",
                             ("predict", *files, "-o", str(self._w("test_predictions")), "-w", str(self.work),
-                             "--selection", str(self._w("selection.json"))), ("select",),
+                             "--selection", str(self._w("selection.json")),
+                             # small budgets (ci, demo) skip mirror TTA for test images as for validation
+                             *(() if self.train_config.validation_mirroring else ("--no-mirroring",))), ("select",),
                             {"test_cases": sorted(c.case_id for c in spec.test)},
                             artifacts=(self._w("selection.json"),), outputs=(self._w("test_predictions"),),
                             uses_gpu=True, read_only=(self.task.dataset,)))

@@ -153,6 +153,10 @@ def train(
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="epochs between checkpoints")] = None,
     deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--nondeterministic")] = None,
     predict_validation: Annotated[Optional[bool], typer.Option("--predict-validation/--no-predict-validation")] = None,
+    validation_mirroring: Annotated[
+        Optional[bool], typer.Option("--validation-mirroring/--no-validation-mirroring",
+                                     help="mirror TTA for the out-of-fold validation predictions")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoint_latest.pt")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="discard this fold's checkpoints and start over")] = False,
 ) -> None:
@@ -165,7 +169,7 @@ def train(
         "validation_iterations": validation_iterations, "initial_lr": lr, "seed": seed, "num_folds": num_folds,
         "amp": amp, "device": device, "compile": compile, "channels_last": channels_last,
         "checkpoint_every": checkpoint_every, "deterministic": deterministic,
-        "predict_validation": predict_validation,
+        "predict_validation": predict_validation, "validation_mirroring": validation_mirroring,
     }
     config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None}, source="command line")
     run_training(work, configuration, fold, config, resume=resume, restart=restart, console=console)
