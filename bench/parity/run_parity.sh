@@ -3,7 +3,7 @@
 # Usage: bench/parity/run_parity.sh [OUT=/tmp/parity]
 #   env: EPOCHS (1) ITERS (250) VAL_ITERS (50) FOLDS (3) REFPY (/work/refvenv/bin/python)
 #        SOURCE (TotalSegmentator reference_files folder)
-# Each fold trains ours and the reference at the same time (same machine load for both);
+# Ours and the reference train at the same time (same machine load for both), each side's folds in turn;
 # both sides' out-of-fold predictions are then scored by `selfunet evaluate` against the
 # same labels. Wall times go to OUT/timings.tsv, results to OUT/results.md.
 set -euo pipefail
@@ -47,14 +47,25 @@ if not path.exists():
 (out / "nnunet_pre" / "Dataset501_TSCTSlabs" / "splits_final.json").write_text(path.read_text())
 PY
 
-for f in $(seq 0 $((FOLDS - 1))); do
-  [ -f "$OUT/ours/train/3d_fullres/fold_$f/checkpoint_final.pt" ] || timed ours "train_fold$f" \
-    selfunet train "$OUT/ours" -c 3d_fullres -f "$f" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" \
-      --validation-iterations "$VAL_ITERS" --num-folds "$FOLDS" --predict-validation &
-  [ -f "$nnUNet_results/$DS/${TR}__nnUNetPlans__3d_fullres/fold_$f/checkpoint_final.pth" ] || timed ref "train_fold$f" \
-    "$REFPY" "$HERE/ref_train.py" 501 "$f" --epochs "$EPOCHS" --iterations "$ITERS" --val-iterations "$VAL_ITERS" &
-  wait
-done
+# each side trains its folds one after the other; the two sides run at the same time, so both
+# see the same machine load and neither waits for the other between folds
+ours_chain() {
+  for f in $(seq 0 $((FOLDS - 1))); do
+    [ -f "$OUT/ours/train/3d_fullres/fold_$f/checkpoint_final.pt" ] || timed ours "train_fold$f" \
+      selfunet train "$OUT/ours" -c 3d_fullres -f "$f" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" \
+        --validation-iterations "$VAL_ITERS" --num-folds "$FOLDS" --predict-validation
+  done
+}
+ref_chain() {
+  for f in $(seq 0 $((FOLDS - 1))); do
+    [ -f "$nnUNet_results/$DS/${TR}__nnUNetPlans__3d_fullres/fold_$f/checkpoint_final.pth" ] || timed ref \
+      "train_fold$f" "$REFPY" "$HERE/ref_train.py" 501 "$f" --epochs "$EPOCHS" --iterations "$ITERS" \
+        --val-iterations "$VAL_ITERS"
+  done
+}
+ours_chain &
+ref_chain &
+wait
 
 # out-of-fold predictions of both sides into one folder each, scored by the same evaluator
 for side in ours ref; do
