@@ -253,7 +253,10 @@ def write_test_input(folder: Path, images: tuple[Path, ...], input_slugs: list[s
         name = f"{uuid.uuid5(uuid.NAMESPACE_URL, str(image))}.mha"
         target = folder / "images" / slug / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(sitk.ReadImage(str(image)), str(target), True)
+        source = sitk.ReadImage(str(image))
+        for key in source.GetMetaDataKeys():  # NIfTI header fields .mha cannot hold (warnings otherwise)
+            source.EraseMetaData(key)
+        sitk.WriteImage(source, str(target), True)
         written.append(target)
         listing.append({"interface": {"slug": slug, "kind": "Image", "relative_path": f"images/{slug}",
                                       "super_kind": "Image"}, "image": {"name": name}, "value": None, "file": None})
@@ -279,6 +282,7 @@ def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs
         target = out / "model" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
+        target.chmod(0o644)  # artifacts are written 0600; the algorithm runs as another (non-root) user
     name = tag or f"selfunet-gc-{work.name.lower()}:latest"
     config = {"input_slugs": input_slugs, "output_slug": output_slug, "selected": selection.selected,
               "members": list(selection.members), "postprocessing": selection.postprocessing.model_dump(mode="json"),
@@ -291,6 +295,8 @@ def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs
     for script, text in (("build.sh", BUILD_SH), ("test.sh", TEST_SH), ("save.sh", SAVE_SH)):
         (out / script).write_text(text.format(tag=name, output_slug=output_slug, archive=archive))
         (out / script).chmod(0o755)
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)
     case = _test_case(work)
     if case is not None:
         write_test_input(out / "test" / "input", case.images, input_slugs)
