@@ -152,6 +152,8 @@ def _cancellable() -> Iterator[None]:
     finally:
         stop.set()
         signal.set_wakeup_fd(old_fd)
+        with contextlib.suppress(OSError):
+            os.write(write, b"\0")  # wake the watcher now rather than at its next poll
         watcher.join(timeout=2)
         signal.signal(signal.SIGURG, old_handler)
         os.close(read)
@@ -245,7 +247,9 @@ class RayExecutor(Executor):
                 ) from None
             self._owns_ray = True
         self._shipped = portable(sandbox)
-        self._remote = ray.remote(_run_job)
+        # max_calls=0: a worker serves job after job (Ray would start a new one per GPU task by
+        # default); the job's GPU memory lives in the sandbox's process or container, not here.
+        self._remote = ray.remote(max_calls=0)(_run_job)
         self._pending: dict[Any, _Pending] = {}
         self._lock = threading.Lock()
         self._count = 0
