@@ -113,6 +113,32 @@ def match_reference_plan(root: Path, patch: list[int] | None) -> None:
     (ref_folder / f"{PLANS}.json").write_text(json.dumps(ref, indent=2))
 
 
+TREE_CPU = r"""
+def tree_cpu_seconds(root_pid=None):
+    import os
+    root_pid = root_pid or os.getpid()
+    parents = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                fields = open(f'/proc/{entry}/stat').read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        for child, (ppid, _) in parents.items():
+            if ppid == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(parents[p][1] for p in tree if p in parents) / os.sysconf('SC_CLK_TCK')
+"""
+_namespace: dict = {}
+exec(TREE_CPU, _namespace)  # the same text runs inside the reference driver
+tree_cpu_seconds = _namespace["tree_cpu_seconds"]
+
+
 # ------------------------------------------------------------------------------ ours --------------
 def time_ours(root: Path, patch_tag: str, iters: int, amp: str, channels_last: bool, warmup: int = 2) -> dict:
     """Seconds per iteration of our Trainer: next(loader) + device transfer + train step."""
@@ -139,6 +165,8 @@ def time_ours(root: Path, patch_tag: str, iters: int, amp: str, channels_last: b
     with BackgroundLoader(trainer._produce_train_batch, 0, prefetch=config.prefetch_batches,
                           num_workers=config.loader_threads) as loader:
         for i in range(warmup + iters):
+            if i == warmup:
+                cpu_start = tree_cpu_seconds()
             start = time.perf_counter()
             image, label = next(loader)
             image, label = trainer._augment_on_device(image, label, i)
@@ -149,11 +177,11 @@ def time_ours(root: Path, patch_tag: str, iters: int, amp: str, channels_last: b
     return {"impl": "selfunet", "amp": amp, "channels_last": channels_last, "threads": torch.get_num_threads(),
             "patch": trainer.patch, "batch": trainer.configuration.batch_size,
             "median_s": statistics.median(times), "mean_s": statistics.mean(times), "times": times,
-            "train_gflop_per_iter": flops / 1e9}
+            "cpu_s_per_iter": (tree_cpu_seconds() - cpu_start) / iters, "train_gflop_per_iter": flops / 1e9}
 
 
 # ------------------------------------------------------------------------------ reference ---------
-REF_DRIVER = r"""
+REF_DRIVER = TREE_CPU + r"""
 import json, sys, time, statistics, os
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json, join
@@ -168,6 +196,8 @@ trainer.on_train_start()
 trainer.on_train_epoch_start()
 times = []
 for i in range(warmup + iters):
+    if i == warmup:
+        cpu_start = tree_cpu_seconds()
     t = time.perf_counter()
     trainer.train_step(next(trainer.dataloader_train))
     if i >= warmup:
@@ -175,7 +205,7 @@ for i in range(warmup + iters):
 out = dict(impl='nnunetv2', amp='off', channels_last=False, threads=torch.get_num_threads(),
            patch=trainer.configuration_manager.patch_size, batch=trainer.batch_size,
            da_processes=get_allowed_n_proc_DA(), median_s=statistics.median(times),
-           mean_s=statistics.mean(times), times=times)
+           mean_s=statistics.mean(times), times=times, cpu_s_per_iter=(tree_cpu_seconds() - cpu_start) / iters)
 print('RESULT ' + json.dumps(out), flush=True)
 import multiprocessing
 for child in multiprocessing.active_children():  # the augmentation workers hold our stdout
