@@ -90,13 +90,14 @@ def main() -> None:
         print(f"- fold {k}: train {', '.join(fold['train'])}; val {', '.join(fold['val'])}")
     print("\n### Cross-validation Dice (out-of-fold, scored by `selfunet evaluate`)\n")
     print("| class | selfunet mean Dice | nnU-Net mean Dice | diff | selfunet pooled | nnU-Net pooled "
-          "| cases (both empty) |")
+          "| cases (both empty: selfunet / nnU-Net) |")
     print("|---|---|---|---|---|---|---|")
     for key in keys:
         o, r = ours["mean"][key]["dice"], ref["mean"][key]["dice"]
-        n = ours["counts"].get(key, {})
+        n, m = ours["counts"].get(key, {}), ref["counts"].get(key, {})
         print(f"| {key} {ours['labels'][key]} | {fmt(o)} | {fmt(r)} | {fmt(o - r)} | {fmt(pooled(ours, key))} | "
-              f"{fmt(pooled(ref, key))} | {n.get('cases', '?')} ({n.get('both_empty', '?')}) |")
+              f"{fmt(pooled(ref, key))} | {n.get('cases', '?')} "
+              f"({n.get('both_empty', '?')} / {m.get('both_empty', '?')}) |")
     o, r = ours["mean_foreground_dice"], ref["mean_foreground_dice"]
     po = sum(pooled(ours, k) for k in keys) / len(keys)
     pr = sum(pooled(ref, k) for k in keys) / len(keys)
