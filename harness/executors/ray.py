@@ -210,10 +210,11 @@ class RayExecutor(Executor):
 
     ``max_retries``: how many times a job is rerun after its worker or node died (not after a job
     failure). ``num_cpus_per_job``: CPUs each job reserves (logical, as Ray counts them).
-    ``jobs``: jobs in flight at most (default: the cluster's GPUs, or CPUs / num_cpus_per_job on a
-    cluster without GPUs); more than the cluster holds makes Ray queue them, which lets an
-    autoscaling cluster grow. ``cancel_grace_s``: after Ctrl-C, how long running jobs get to stop
-    by themselves before their workers are killed. ``init_kwargs`` go to ``ray.init``.
+    ``jobs``: jobs in flight at most (default: twice the cluster's GPUs, or twice CPUs /
+    num_cpus_per_job on a cluster without GPUs: Ray queues what does not fit, so a freed GPU gets
+    its next job without waiting for the driver; a larger number lets an autoscaling cluster grow).
+    ``cancel_grace_s``: after Ctrl-C, how long running jobs get to stop by themselves before their
+    workers are killed. ``init_kwargs`` go to ``ray.init``.
     """
 
     def __init__(self, sandbox: Sandbox, address: str | None = None, max_retries: int = 2,
@@ -275,7 +276,9 @@ class RayExecutor(Executor):
                 count = int(cpus // self.num_cpus_per_job)
             else:
                 count = int(cpus)
-            self._capacity = (now, max(count, 1))
+            # twice the slots: Ray holds one more job per slot in its queue, so a GPU that frees up
+            # starts the next job at once instead of after a round trip through the driver
+            self._capacity = (now, 2 * max(count, 1))
         return self._capacity[1]
 
     # --- submit / wait

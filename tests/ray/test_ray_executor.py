@@ -29,9 +29,9 @@ def drain(executor: RayExecutor, timeout: float = 120.0) -> dict:
     raise AssertionError(f"jobs still running after {timeout} s")
 
 
-def test_capacity_is_the_clusters_gpu_count(ray_address: str) -> None:
+def test_capacity_is_twice_the_clusters_gpu_count(ray_address: str) -> None:
     executor = RayExecutor(ProcessSandbox(fake_program()))
-    assert executor.capacity == 4
+    assert executor.capacity == 8  # 4 logical GPUs, one job running and one queued on each
     assert executor.resources(uses_gpu=True) == {"num_gpus": 1, "num_cpus": 1.0}
     assert executor.resources(uses_gpu=False)["num_gpus"] == 0
     assert RayExecutor(ProcessSandbox(fake_program()), jobs=9).capacity == 9
