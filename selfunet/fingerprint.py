@@ -61,14 +61,20 @@ def compute_fingerprint(
         results[index] = result
 
     case_fingerprints = [r[0] for r in results if r is not None]
-    samples = np.concatenate([r[1] for r in results if r is not None], axis=1)
+    per_case_samples = [r[1] for r in results if r is not None and r[1].shape[1] > 0]
+    samples = (np.concatenate(per_case_samples, axis=1) if per_case_samples
+               else np.zeros((len(dataset.channel_names), 0)))
+    # every case weighs the same, however large its foreground: the reference draws the same number
+    # of voxels (with replacement) from each case, and equal weights reproduce that without the memory.
+    weights = np.concatenate([np.full(s.shape[1], 1.0 / s.shape[1]) for s in per_case_samples]) if per_case_samples \
+        else np.zeros(0)
     if samples.shape[1] == 0:
         raise SelfUNetError(
             f"{dataset.root}: no training case has any foreground label (> 0); nothing to learn. "
             "Check the label files with `selfunet check`."
         )
     intensity = [
-        _channel_stats(channel, name, samples[channel]) for channel, name in enumerate(dataset.channel_names)
+        _channel_stats(channel, name, samples[channel], weights) for channel, name in enumerate(dataset.channel_names)
     ]
     relative = [
         float(np.prod(c.shape_after_crop)) / float(np.prod(c.shape_before_crop)) for c in case_fingerprints
@@ -160,17 +166,25 @@ def _bytes_on_disk(cases: tuple[CaseSpec, ...]) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
-def _channel_stats(channel: int, modality: str, values: np.ndarray) -> ChannelIntensity:
+def _channel_stats(channel: int, modality: str, values: np.ndarray, weights: np.ndarray) -> ChannelIntensity:
+    """Weighted statistics (each case's samples sum to weight 1), so a case with a large foreground
+    does not dominate; percentiles interpolate the weighted empirical distribution."""
     values = values.astype(np.float64)
-    low, median, high = np.percentile(values, [0.5, 50.0, 99.5])
+    order = np.argsort(values, kind="stable")
+    sorted_values, sorted_weights = values[order], weights[order]
+    total = sorted_weights.sum()
+    cdf = (np.cumsum(sorted_weights) - 0.5 * sorted_weights) / total
+    low, median, high = np.interp([0.005, 0.5, 0.995], cdf, sorted_values)
+    mean = float(np.sum(sorted_weights * sorted_values) / total)
+    std = float(np.sqrt(np.sum(sorted_weights * (sorted_values - mean) ** 2) / total))
     return ChannelIntensity(
         channel=channel,
         modality=modality,
-        mean=float(values.mean()),
-        std=float(values.std()),
+        mean=mean,
+        std=std,
         median=float(median),
-        min=float(values.min()),
-        max=float(values.max()),
+        min=float(sorted_values[0]),
+        max=float(sorted_values[-1]),
         percentile_00_5=float(low),
         percentile_99_5=float(high),
         num_samples=int(values.size),

@@ -110,16 +110,48 @@ def test_fingerprint_matches_a_constructed_case(tmp_path: Path) -> None:
     relative = [7 * 10 * 11 / (10 * 12 * 14), 8 * 5 * 4 / (8 * 9 * 10)]
     assert fp.median_relative_size_after_crop == pytest.approx(np.median(relative))
     for channel in range(2):
-        values = np.concatenate([img[channel][lab > 0] for img, lab in zip(images, labels, strict=True)])
+        per_case = [img[channel][lab > 0].astype(np.float64) for img, lab in zip(images, labels, strict=True)]
+        values = np.concatenate(per_case)
+        # every case weighs the same (as the reference's equal per-case sampling): replicating each
+        # case's voxels by the other case's count gives the same distribution with plain statistics
+        equal = np.concatenate([np.tile(per_case[0], per_case[1].size), np.tile(per_case[1], per_case[0].size)])
         stats = fp.intensity[channel]
         assert stats.modality == ("CT", "noNorm")[channel]
         assert stats.num_samples == values.size
-        assert stats.mean == pytest.approx(values.astype(np.float64).mean(), rel=1e-6)
-        assert stats.std == pytest.approx(values.astype(np.float64).std(), rel=1e-6)
-        assert stats.median == pytest.approx(np.median(values), rel=1e-6)
+        assert stats.mean == pytest.approx(np.mean([v.mean() for v in per_case]), rel=1e-9)
+        assert stats.mean == pytest.approx(equal.mean(), rel=1e-9)
+        assert stats.std == pytest.approx(equal.std(), rel=1e-9)
         assert (stats.min, stats.max) == (pytest.approx(values.min()), pytest.approx(values.max()))
-        assert stats.percentile_00_5 == pytest.approx(np.percentile(values, 0.5), rel=1e-6)
-        assert stats.percentile_99_5 == pytest.approx(np.percentile(values, 99.5), rel=1e-6)
+        spread = values.max() - values.min()
+        for q, got in ((50.0, stats.median), (0.5, stats.percentile_00_5), (99.5, stats.percentile_99_5)):
+            assert got == pytest.approx(np.percentile(equal, q), abs=0.05 * spread)
+
+
+def test_large_case_does_not_dominate_the_intensity_statistics(tmp_path: Path) -> None:
+    """Two cases, one with 8x the foreground of the other: the mean is the mean of the case means."""
+    from selfunet.io import ImageGeometry, write_image
+
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    geometry = ImageGeometry(shape=(8, 8, 8), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                             direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    training = []
+    for name, size, value in (("big", 8, 100.0), ("small", 4, 300.0)):
+        image = np.full((8, 8, 8), 1.0, dtype=np.float32)
+        label = np.zeros((8, 8, 8), dtype=np.uint8)
+        label[:size, :size, :size] = 1
+        image[label > 0] = value
+        write_image(root / "imagesTr" / f"{name}.nii.gz", image, geometry)
+        write_image(root / "labelsTr" / f"{name}.nii.gz", label, geometry)
+        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "weights", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "thing"},
+        "training": training, "test": [],
+    }))
+    fp = compute_fingerprint(load_dataset(root), processes=1)
+    assert fp.intensity[0].mean == pytest.approx(200.0)
+    assert fp.intensity[0].std == pytest.approx(100.0)
 
 
 def test_one_and_two_processes_agree(demo_dataset: DatasetSpec) -> None:
