@@ -239,7 +239,7 @@ class TaskGraph:
         for name in self.configurations:
             argv += ["-c", name]
         return [Job("preprocess", "preprocess", (*argv, *self._p), ("plan",), {"configurations": self.configurations},
-                    artifacts=(self._w("plan.json"),))]
+                    artifacts=(self._w("plan.json"),), read_only=(self.task.dataset,))]
 
     def _make_splits(self) -> int:
         """Write WORK/splits.json (what ``selfunet train`` would write on first use) before any training,
@@ -311,7 +311,7 @@ class TaskGraph:
                 fold_ids.append(job_id)
             argv = ["crossval", str(self.work), "-c", name, *self._metric_flags(), *self._p]
             jobs.append(Job(f"crossval-{name}", "crossval", tuple(argv), tuple(fold_ids),
-                            {"metrics": self.task.metrics.model_dump()}))
+                            {"metrics": self.task.metrics.model_dump()}, read_only=(self.task.dataset,)))
         argv = ["select", str(self.work)]
         for name in self.configurations:
             argv += ["-c", name]
