@@ -1,4 +1,5 @@
-"""`harness run tasks/demo.yaml --budget ci` for real: every job through the process sandbox."""
+"""`harness run tasks/demo.yaml --budget ci` for real: every job through the process sandbox, a rerun
+that skips everything, and `harness compare` against the committed baseline (the CI regression check)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,10 @@ def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) 
     again = json.loads((tmp_path / "results" / "demo" / "run.json").read_text())
     assert {j["status"] for j in again["jobs"]} == {"skipped"}
     assert seconds < 30, f"a rerun with nothing to do took {seconds:.1f} s"
+
+    # the CI regression check: the demo's selected model against the committed baseline
+    compared = CliRunner().invoke(app, ["compare", str(tmp_path / "results"), "--baseline",
+                                        str(REPO / "results" / "baselines"), "--max-drop", "0.05"],
+                                  terminal_width=200)
+    print(compared.output)
+    assert compared.exit_code == 0, compared.output
