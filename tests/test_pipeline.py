@@ -65,9 +65,11 @@ def test_run_resumes_after_kill_between_stages(tiny_work: Path, demo_root: Path)
     env = {**os.environ, "COLUMNS": "120"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     fold0 = tiny_work / "train" / "3d_fullres" / "fold_0"
+    fold1 = tiny_work / "train" / "3d_fullres" / "fold_1"
     deadline = time.time() + 300
     try:
-        while not (fold0 / "training_summary.json").is_file():
+        # fold 1 starting means fold 0 (training and its validation predictions) is complete
+        while not fold1.is_dir():
             assert process.poll() is None, "the pipeline ended before fold 0 was trained"
             assert time.time() < deadline, "fold 0 did not finish in time"
             time.sleep(0.2)

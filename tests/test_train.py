@@ -25,7 +25,7 @@ from selfunet.train import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST,
 from selfunet.training_log import read_log
 
 EPOCHS = 4
-ITERATIONS = 8
+ITERATIONS = 24
 BUDGET = ["--epochs", str(EPOCHS), "--iterations-per-epoch", str(ITERATIONS), "--validation-iterations", "1",
           "--checkpoint-every", "1", "--deterministic", "--no-predict-validation", "--device", "cpu", "--seed", "3"]
 
