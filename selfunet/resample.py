@@ -246,20 +246,30 @@ def resample_image(
 
     Channels are resampled one at a time, so the peak memory is one channel's temporaries.
     """
-    shape = image.shape[1:]
+    return _resample_channels(image, spacing, target_spacing, new_shape, settings.image_order,
+                              settings.image_order_out_of_plane, settings.anisotropy_threshold)
+
+
+def _resample_channels(
+    array: np.ndarray,
+    spacing: Sequence[float],
+    target_spacing: Sequence[float] | None,
+    new_shape: Sequence[int] | None,
+    order: int,
+    order_out_of_plane: int,
+    anisotropy_threshold: float,
+) -> np.ndarray:
+    """``(C, *spatial)`` resampled channel by channel with one set of per-axis orders, float32."""
+    shape = array.shape[1:]
     target = _resolve_shape(shape, spacing, target_spacing, new_shape)
     if tuple(target) == tuple(shape):
-        return np.array(image, dtype=np.float32, copy=True)
+        return np.array(array, dtype=np.float32, copy=True)
     orders = interpolation_orders(
-        spacing,
-        _new_spacing(shape, spacing, target),
-        settings.image_order,
-        settings.image_order_out_of_plane,
-        settings.anisotropy_threshold,
+        spacing, _new_spacing(shape, spacing, target), order, order_out_of_plane, anisotropy_threshold
     )
-    out = np.empty((image.shape[0], *target), dtype=np.float32)
-    for c in range(image.shape[0]):
-        out[c] = resample_volume(image[c], target, orders)
+    out = np.empty((array.shape[0], *target), dtype=np.float32)
+    for c in range(array.shape[0]):
+        out[c] = resample_volume(array[c], target, orders)
     return out
 
 
@@ -271,21 +281,8 @@ def resample_probabilities(
     settings: ResamplingSettings = ResamplingSettings(),
 ) -> np.ndarray:
     """Resample class probabilities ``(K, *spatial)`` (linear; nearest out of plane), float32."""
-    shape = probabilities.shape[1:]
-    target = _resolve_shape(shape, spacing, target_spacing, new_shape)
-    if tuple(target) == tuple(shape):
-        return np.array(probabilities, dtype=np.float32, copy=True)
-    orders = interpolation_orders(
-        spacing,
-        _new_spacing(shape, spacing, target),
-        settings.probabilities_order,
-        settings.probabilities_order_out_of_plane,
-        settings.anisotropy_threshold,
-    )
-    out = np.empty((probabilities.shape[0], *target), dtype=np.float32)
-    for k in range(probabilities.shape[0]):
-        out[k] = resample_volume(probabilities[k], target, orders)
-    return out
+    return _resample_channels(probabilities, spacing, target_spacing, new_shape, settings.probabilities_order,
+                              settings.probabilities_order_out_of_plane, settings.anisotropy_threshold)
 
 
 def resample_segmentation(
