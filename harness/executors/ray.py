@@ -57,6 +57,14 @@ log = logging.getLogger(__name__)
 SUBREAPER_ENV = "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper"
 
 
+def _restore_child_signal() -> None:
+    """Undo what ``ray.init`` does to the driver: with the raylet as subreaper it sets SIGCHLD to
+    ignored at the C level (invisible to ``signal.getsignal``), after which every later
+    ``subprocess`` call in this process reports exit code 0, failures included."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing we can do here
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def _import_ray():
     try:
         import ray
@@ -247,6 +255,7 @@ class RayExecutor(Executor):
                     "Start it with `ray start --head` (docs/scaling.md) or pass --address."
                 ) from None
             self._owns_ray = True
+            _restore_child_signal()
         self._shipped = portable(sandbox)
         # max_calls=0: a worker serves job after job (Ray would start a new one per GPU task by
         # default); the job's GPU memory lives in the sandbox's process or container, not here.

@@ -9,6 +9,7 @@ dashboard.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +26,9 @@ def ray_address() -> Iterator[str]:
     os.environ.setdefault(SUBREAPER_ENV, "true")  # the raylet inherits it: orphans of dead workers die
     ray.init(num_cpus=2, num_gpus=LOGICAL_GPUS, object_store_memory=128 * 1024**2, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
+    # ray.init (raylet as subreaper) leaves SIGCHLD ignored in this process, which would make every
+    # later subprocess in the test session report exit code 0; the executor undoes it the same way
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -157,3 +157,17 @@ def test_the_gpu_ray_assigned_becomes_the_docker_device_request(ray_address: str
 
     gpu, ids, image = ray.get(device_request.remote(shipped))
     assert gpu in range(4) and ids == [str(gpu)] and image == "sha256:test"
+
+
+def test_subprocess_exit_codes_survive_a_local_ray_instance(ray_address: str) -> None:
+    """ray.init with the raylet as subreaper ignores SIGCHLD in the driver; left that way, every later
+    subprocess in the process (job sandboxes, git, tests) reports exit code 0, failures included."""
+    import subprocess
+    import sys
+
+    assert subprocess.run([sys.executable, "-c", "raise SystemExit(3)"]).returncode == 3
+    executor = RayExecutor(ProcessSandbox(fake_program()))
+    try:
+        assert subprocess.run([sys.executable, "-c", "raise SystemExit(4)"]).returncode == 4
+    finally:
+        executor.close()
