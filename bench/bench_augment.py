@@ -22,6 +22,7 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,7 +211,7 @@ def render(rows: list[dict[str, object]], batches: int, steps: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/selfunet_bench_augment"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "selfunet_bench_augment")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "bench_augment.md")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--steps", type=int, default=8)

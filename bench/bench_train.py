@@ -25,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -407,7 +408,7 @@ def demo_dice(root: Path, epochs: int, iterations: int, fold: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["setup", "iters", "peak", "predict", "demo-dice"])
-    parser.add_argument("--root", type=Path, default=Path("/tmp/bench_train"))
+    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "bench_train")
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)

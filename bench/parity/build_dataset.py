@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +112,9 @@ def build(source: Path, out: Path, slabs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", type=Path, default=Path("/tmp/ts/totalsegmentator-2.18.0/tests/reference_files"))
-    parser.add_argument("--out", type=Path, default=Path("/tmp/parity"))
+    parser.add_argument("--source", type=Path, 
+                        default=Path(tempfile.gettempdir(), "ts", "totalsegmentator-2.18.0", "tests", "reference_files"))
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "parity")
     parser.add_argument("--slabs", type=int, default=6)
     args = parser.parse_args()
     stats = build(args.source, args.out, args.slabs)
