@@ -37,8 +37,6 @@ DEFAULT_BASE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
 #: the base `.ci/base-image.sh` makes where no registry is reachable (Debian bookworm + Python 3.11).
 LOCAL_BASE = "selfunet-base:bookworm"
 WHEELHOUSE = Path("build/wheelhouse")
-#: where machines of this project's kind keep the CPU torch wheel.
-WHEEL_DIRS = (Path("/opt/wheels"),)
 #: what goes into the image, besides the wheelhouse (the rest of the repository is never sent).
 IMAGE_SOURCES = ("Dockerfile", "pyproject.toml", "README.md", "selfunet", "harness")
 
@@ -111,8 +109,26 @@ def _pinned(requirement: str) -> str:
     return f"{name}=={installed}"
 
 
+def wheel_dirs(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> tuple[Path, ...]:
+    """Local wheel folders pip is configured with (``find-links``; PIP_FIND_LINKS included):
+    where a machine keeps wheels such as the CPU torch, without naming any path here."""
+    try:
+        result = run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    folders = []
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith("find-links"):
+            for entry in value.strip().strip("'\"").split():
+                path = Path(entry.removeprefix("file://"))
+                if path.is_dir() and path not in folders:
+                    folders.append(path)
+    return tuple(folders)
+
+
 def find_torch_wheel(python_tag: str | None = None) -> Path | None:
-    """The installed torch's wheel if it lies on disk (``/opt/wheels``), for this Python."""
+    """The installed torch's wheel if it lies in one of pip's local wheel folders, for this Python."""
     try:
         from importlib.metadata import version
 
@@ -120,7 +136,7 @@ def find_torch_wheel(python_tag: str | None = None) -> Path | None:
     except Exception:
         return None
     tag = python_tag or f"cp{sys.version_info.major}{sys.version_info.minor}"
-    for folder in WHEEL_DIRS:
+    for folder in wheel_dirs():
         found = sorted(folder.glob(f"torch-{installed}*-{tag}-{tag}-*linux*x86_64.whl"))
         if found:
             return found[-1]

@@ -195,13 +195,7 @@ class UNet(nn.Module):
             nonlocal total
             total += math.prod(out.shape[1:])
 
-        handles = [m.register_forward_hook(hook) for m in counted]
-        try:
-            with torch.no_grad():
-                twin(torch.empty((1, self.in_channels, *patch), device="meta"))
-        finally:
-            for h in handles:
-                h.remove()
+        self._run_hooked(twin, counted, hook, patch)
         return int(total)
 
     def conv_flops(self, patch_size: Sequence[int], deep_supervision: bool | None = None) -> int:
@@ -224,14 +218,18 @@ class UNet(nn.Module):
             else:
                 total += 2 * math.prod(out.shape[1:]) * (m.in_channels // m.groups) * kernel  # type: ignore[operator]
 
-        handles = [m.register_forward_hook(hook) for m in twin.modules() if isinstance(m, _CONV_TYPES)]
+        self._run_hooked(twin, [m for m in twin.modules() if isinstance(m, _CONV_TYPES)], hook, patch)
+        return int(total)
+
+    def _run_hooked(self, twin: UNet, modules: Sequence[nn.Module], hook, patch: Sequence[int]) -> None:
+        """One forward pass of a one-sample meta tensor through ``twin`` with ``hook`` on ``modules``."""
+        handles = [m.register_forward_hook(hook) for m in modules]
         try:
             with torch.no_grad():
                 twin(torch.empty((1, self.in_channels, *patch), device="meta"))
         finally:
             for h in handles:
                 h.remove()
-        return int(total)
 
 
 def _init_weights(module: nn.Module) -> None:
