@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from selfunet.cli import errors_to
 from selfunet.errors import SelfUNetError
 
 app = typer.Typer(name="harness", help="Benchmark selfunet over many tasks.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
-F = TypeVar("F", bound=Callable)
 
 TasksArg = Annotated[
     Optional[list[Path]], typer.Argument(help="descriptor files or folders (default: tasks/)", show_default=False)
@@ -31,16 +30,7 @@ DataRootOpt = Annotated[
 ]
 
 
-def user_errors(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except SelfUNetError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
+user_errors = errors_to(console)
 
 
 @app.callback()

@@ -28,18 +28,25 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
 
 
-def user_errors(func: F) -> F:
-    """Turn :class:`SelfUNetError` into a message and exit code 1."""
+def errors_to(target: Console) -> Callable[[F], F]:
+    """A decorator that turns :class:`SelfUNetError` into a message on ``target`` and exit code 1
+    (shared by the ``selfunet`` and ``harness`` command lines)."""
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except SelfUNetError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(1) from None
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except SelfUNetError as exc:
+                target.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+user_errors = errors_to(console)
 
 
 @app.callback()
