@@ -30,16 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfunet.augment import AugmentationConfig, Augmenter, generator_for
-from selfunet.demo import make_demo_dataset
-from selfunet.fingerprint import run_fingerprint
-from selfunet.loader import BackgroundLoader
-from selfunet.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
-from selfunet.network import build_network
-from selfunet.plan import run_plan
-from selfunet.plan_types import Plan
-from selfunet.preprocess import run_preprocess
-from selfunet.sampling import PatchSampler
+from selfunet.data.demo import make_demo_dataset
+from selfunet.planning.fingerprint import run_fingerprint
+from selfunet.planning.plan import run_plan
+from selfunet.planning.plan_types import Plan
+from selfunet.preprocessing.preprocess import run_preprocess
+from selfunet.training.augment import AugmentationConfig, Augmenter, generator_for
+from selfunet.training.loader import BackgroundLoader
+from selfunet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+from selfunet.training.network import build_network
+from selfunet.training.sampling import PatchSampler
 from selfunet.workdir import WorkDir
 
 

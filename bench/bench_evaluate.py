@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from selfunet.evaluate import evaluate_arrays, evaluate_folders
-from selfunet.io import ImageGeometry, write_label
-from selfunet.surface import surface_distances
+from selfunet.data.io import ImageGeometry, write_label
+from selfunet.evaluation.evaluate import evaluate_arrays, evaluate_folders
+from selfunet.evaluation.surface import surface_distances
 
 SHAPE = (500, 512, 512)
 SPACING = (1.0, 0.78, 0.78)

@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from selfunet.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
-from selfunet.network import build_network, count_parameters, memory_format_for, to_channels_last
-from selfunet.plan_types import PlannerSettings
-from selfunet.topology import derive_topology
+from selfunet.planning.plan_types import PlannerSettings
+from selfunet.planning.topology import derive_topology
+from selfunet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+from selfunet.training.network import build_network, count_parameters, memory_format_for, to_channels_last
 
 
 def run(mode: str, patch: list[int], spacing: list[float], batch: int, iters: int, classes: int) -> dict:

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from selfunet.network import build_network, count_parameters, to_channels_last
-from selfunet.plan_types import PlannerSettings
-from selfunet.sliding_window import InferenceConfig, compute_window_starts, predict_sliding_window
-from selfunet.topology import derive_topology
+from selfunet.inference.sliding_window import InferenceConfig, compute_window_starts, predict_sliding_window
+from selfunet.planning.plan_types import PlannerSettings
+from selfunet.planning.topology import derive_topology
+from selfunet.training.network import build_network, count_parameters, to_channels_last
 
 VOLUME = (50, 60, 65)
 PATCH = (48, 64, 80)

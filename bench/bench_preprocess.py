@@ -32,7 +32,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from selfunet.demo import make_demo_dataset
+from selfunet.data.demo import make_demo_dataset
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") / 1024
 

@@ -66,10 +66,10 @@ def convert_for_reference(msd_root: Path, raw_root: Path) -> None:
 
 
 def setup(root: Path, cases: int) -> None:
-    from selfunet.demo import make_demo_dataset
-    from selfunet.fingerprint import run_fingerprint
-    from selfunet.plan import run_plan
-    from selfunet.preprocess import run_preprocess
+    from selfunet.data.demo import make_demo_dataset
+    from selfunet.planning.fingerprint import run_fingerprint
+    from selfunet.planning.plan import run_plan
+    from selfunet.preprocessing.preprocess import run_preprocess
 
     root.mkdir(parents=True, exist_ok=True)
     data = make_demo_dataset(root / "data", num_training=cases, num_test=2, seed=0)
@@ -85,8 +85,8 @@ def setup(root: Path, cases: int) -> None:
 
 def match_reference_plan(root: Path, patch: list[int] | None) -> None:
     """Write our (possibly re-patched) 3d_fullres plan, and the same into the reference's plans."""
-    from selfunet.plan_types import Plan
-    from selfunet.topology import derive_topology
+    from selfunet.planning.plan_types import Plan
+    from selfunet.planning.topology import derive_topology
 
     work = root / "work"
     plan = Plan.load(work / "plan.json")
@@ -146,10 +146,10 @@ def time_ours(root: Path, patch_tag: str, iters: int, amp: str, channels_last: b
     import torch
     from rich.console import Console
 
-    from selfunet.loader import BackgroundLoader
-    from selfunet.plan_types import Plan
-    from selfunet.train import Trainer
-    from selfunet.train_config import TrainConfig
+    from selfunet.planning.plan_types import Plan
+    from selfunet.training.loader import BackgroundLoader
+    from selfunet.training.train import Trainer
+    from selfunet.training.train_config import TrainConfig
 
     work = root / "work"
     original = (work / "plan.json").read_bytes()
@@ -240,12 +240,12 @@ def time_ours_subprocess(root: Path, patch_tag: str, iters: int, amp: str, chann
 
 def iters_command(root: Path, iters: int, patch: list[int] | None, variants: list[str], rounds: int) -> list[dict]:
     match_reference_plan(root, patch)
-    from selfunet.plan_types import Plan
+    from selfunet.planning.plan_types import Plan
 
     tag = "x".join(map(str, patch)) if patch else "x".join(
         map(str, Plan.load(root / "work" / "plan.json").configurations["3d_fullres"].patch_size))
     if patch:
-        from selfunet.topology import derive_topology
+        from selfunet.planning.topology import derive_topology
 
         spacing = Plan.load(root / "work" / "plan.json").configurations["3d_fullres"].spacing
         _, padded = derive_topology(spacing, patch, Plan.load(root / "work" / "plan.json").settings, 3)
@@ -328,9 +328,9 @@ def predict_bench(root: Path, cases: int) -> list[dict]:
 
     from rich.console import Console
 
-    from selfunet.predict import predict_cases
-    from selfunet.train import run_training
-    from selfunet.train_config import TrainConfig
+    from selfunet.inference.predict import predict_cases
+    from selfunet.pipeline import run_training
+    from selfunet.training.train_config import TrainConfig
 
     work = root / "work"
     if not (work / "train" / "3d_fullres" / "fold_0" / "checkpoint_final.pt").is_file():
@@ -379,8 +379,8 @@ def demo_dice(root: Path, epochs: int, iterations: int, fold: int) -> dict:
     import SimpleITK as sitk
     from rich.console import Console
 
-    from selfunet.train import run_training
-    from selfunet.train_config import TrainConfig
+    from selfunet.pipeline import run_training
+    from selfunet.training.train_config import TrainConfig
 
     work = root / "work"
     start = time.perf_counter()

@@ -4,8 +4,8 @@ Each crafted fingerprint mimics one Medical Segmentation Decathlon task (modalit
 spacings and cropped shapes with a realistic per-case spread). For each one this script writes an
 nnU-Net raw + preprocessed folder (dataset.json + dataset_fingerprint.json; the reference planner
 reads only the fingerprint, so no images are needed), runs the reference default planner (8 GB) in
-the reference venv's python, plans the same fingerprint with ``selfunet.plan.plan_experiment`` via
-``selfunet.nnunet_compat``, and compares, for ``2d`` and ``3d_fullres``: target spacing,
+the reference venv's python, plans the same fingerprint with ``selfunet.planning.plan.plan_experiment`` via
+``selfunet.planning.nnunet_compat``, and compares, for ``2d`` and ``3d_fullres``: target spacing,
 normalization, strides per stage, kernel sizes, patch size and batch size.
 
     python bench/oracle_plans.py [--reference-python /work/refvenv/bin/python] [--markdown out.md]
@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from selfunet.nnunet_compat import fingerprint_from_nnunet  # noqa: E402
-from selfunet.plan import plan_experiment  # noqa: E402
-from selfunet.plan_types import Plan, PlannerSettings  # noqa: E402
+from selfunet.planning.nnunet_compat import fingerprint_from_nnunet  # noqa: E402
+from selfunet.planning.plan import plan_experiment  # noqa: E402
+from selfunet.planning.plan_types import Plan, PlannerSettings  # noqa: E402
 
 DEFAULT_REFERENCE_PYTHON = "/work/refvenv/bin/python"
 FIELDS = ("spacing", "normalization", "strides", "kernels", "patch_size", "batch_size")

@@ -101,7 +101,7 @@ def export_folder_name(task) -> str:
 
 def collect_predictions(task, work: Path) -> list[tuple[Path, Path, str]]:
     """(prediction, test image, target name) per test case; every problem in one error."""
-    from selfunet.dataset import load_dataset
+    from selfunet.data.dataset import load_dataset
 
     spec = load_dataset(task.dataset)
     source = Path(work) / "test_predictions"

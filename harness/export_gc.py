@@ -100,8 +100,8 @@ def input_files():
 
 
 def main():
-    from selfunet.ensemble import Selection
-    from selfunet.predict import predict_cases
+    from selfunet.evaluation.ensemble import Selection
+    from selfunet.inference.predict import predict_cases
 
     selection = Selection.load(MODEL / "selection.json")
     files = input_files()
@@ -203,8 +203,8 @@ def resolve_work(task: Path, work_root: Path = Path("work")) -> Path:
 
 def model_files(work: Path) -> list[tuple[Path, str]]:
     """(source, path inside model/) of everything inference needs: plan, selection, checkpoints."""
-    from selfunet.ensemble import Selection
-    from selfunet.plan_types import Plan
+    from selfunet.evaluation.ensemble import Selection
+    from selfunet.planning.plan_types import Plan
 
     selection = Selection.load(work / "selection.json")
     plan = Plan.load(work / "plan.json")
@@ -231,7 +231,7 @@ def model_files(work: Path) -> list[tuple[Path, str]]:
 
 
 def _test_case(work: Path):
-    from selfunet.dataset import load_dataset
+    from selfunet.data.dataset import load_dataset
 
     try:
         root = json.loads((work / "fingerprint.json").read_text())["dataset"]["root"]
@@ -269,7 +269,7 @@ def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs
     """Write the build context (see the module doc) and return ``out``."""
     work = resolve_work(task, work_root)
     input_slugs = input_slugs or [DEFAULT_INPUT_SLUG]
-    from selfunet.ensemble import Selection
+    from selfunet.evaluation.ensemble import Selection
 
     selection = Selection.load(work / "selection.json")
     files = model_files(work)

@@ -205,7 +205,7 @@ class TaskGraph:
         first_deps: tuple[str, ...] = ()
         if t.demo is not None:
             def generate() -> None:
-                from selfunet.demo import make_demo_dataset
+                from selfunet.data.demo import make_demo_dataset
 
                 make_demo_dataset(t.dataset, num_training=t.demo.cases, num_test=t.demo.test_cases, seed=t.demo.seed)
 
@@ -230,7 +230,7 @@ class TaskGraph:
 
     def _after_plan(self) -> list[Job]:
         from selfunet.pipeline import choose_configurations
-        from selfunet.plan_types import Plan
+        from selfunet.planning.plan_types import Plan
 
         plan = Plan.load(self._w("plan.json"))
         requested = tuple(self.task.configurations) if self.task.configurations else None
@@ -245,8 +245,8 @@ class TaskGraph:
         """Write WORK/splits.json (what ``selfunet train`` would write on first use) before any training,
         so train hashes can cover it; a file with another fold count than the task asks for is
         replaced (the descriptor decides the folds; a hand-edited file with the right count wins)."""
-        from selfunet.plan_types import Plan
-        from selfunet.splits import load_splits, make_splits, save_splits
+        from selfunet.planning.plan_types import Plan
+        from selfunet.training.splits import load_splits, make_splits, save_splits
 
         plan = Plan.load(self._w("plan.json"))
         data = self.work / "preprocessed" / plan.configurations[self.configurations[0]].data_identifier
@@ -290,7 +290,7 @@ class TaskGraph:
         return tuple(argv)
 
     def _after_preprocess(self) -> list[Job]:
-        from selfunet.plan_types import Plan
+        from selfunet.planning.plan_types import Plan
 
         self.num_folds = self._make_splits()
         plan = Plan.load(self._w("plan.json"))
@@ -325,7 +325,7 @@ class TaskGraph:
             ["--hd95"] if m.hd95 else [])
 
     def _prediction_jobs(self) -> list[Job]:
-        from selfunet.dataset import load_dataset
+        from selfunet.data.dataset import load_dataset
 
         spec = load_dataset(self.task.dataset)
         deps: tuple[str, ...] = ("select",)

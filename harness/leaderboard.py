@@ -9,17 +9,17 @@ the number ``harness compare`` guards. ``results/leaderboard.md`` has one row pe
 Where the numbers come from (all read from disk, so ``harness leaderboard`` can re-render):
 
 * mean foreground Dice, per-class Dice, postprocessing rule and its Dice before/after:
-  ``WORK/selection.json`` (:class:`selfunet.ensemble.Selection`), or ``results/<task>/selection.json``
+  ``WORK/selection.json`` (:class:`selfunet.evaluation.ensemble.Selection`), or ``results/<task>/selection.json``
   when the work directory is gone;
 * NSD and HD95 (only when the task's ``metrics`` ask): ``mean[<label>]["nsd"|"hd95"]`` and
   ``mean_foreground`` of the candidate's ``summary.json`` (``WORK/<prediction_dir>/summary.json``,
-  an :class:`selfunet.evaluate.EvaluationSummary`), used only when its ``nsd_tolerance_mm`` equals
+  an :class:`selfunet.evaluation.evaluate.EvaluationSummary`), used only when its ``nsd_tolerance_mm`` equals
   the one asked; otherwise "n/a". Postprocessed rows carry them only when the rule changes
   nothing (the evaluation of postprocessed predictions keeps Dice only);
 * spread over folds: ``WORK/crossval/<config>/crossval.json`` for configurations; for pairs the
   fold means are recomputed from the pair's per-case metrics and the folds' case lists.
 
-The empty-mask rule (:data:`selfunet.evaluate.EMPTY_MASK_RULE`) is stated in every Markdown file.
+The empty-mask rule (:data:`selfunet.evaluation.evaluate.EMPTY_MASK_RULE`) is stated in every Markdown file.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _finite(value: Any) -> float | None:
 
 # -- reading the work directory -------------------------------------------------------------------
 def _load_summary(path: Path):
-    from selfunet.evaluate import EvaluationSummary
+    from selfunet.evaluation.evaluate import EvaluationSummary
 
     if not path.is_file():
         return None
@@ -163,7 +163,7 @@ def _surface_metrics(summary, labels: dict[str, str], nsd_tol: float | None, hd9
 
 
 def _covers(summary, nsd_tol: float | None, hd95: bool) -> bool:
-    from selfunet.crossval import metrics_cover
+    from selfunet.evaluation.crossval import metrics_cover
 
     return summary is not None and metrics_cover(summary.nsd_tolerance_mm, summary.hd95, nsd_tol, hd95)
 
@@ -177,9 +177,9 @@ def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol
     a cache kept while it is newer than the predictions and covers the metrics. Returns None when
     the predictions are not there.
     """
-    from selfunet.crossval import load_references
-    from selfunet.evaluate import EvaluationSummary, evaluate_folders, write_evaluation
-    from selfunet.postprocess import postprocess_folder
+    from selfunet.evaluation.crossval import load_references
+    from selfunet.evaluation.evaluate import EvaluationSummary, evaluate_folders, write_evaluation
+    from selfunet.inference.postprocess import postprocess_folder
     from selfunet.workdir import WorkDir
 
     folder = work / prediction_dir
@@ -233,8 +233,8 @@ def _fold_cases(work: Path) -> list[list[str]]:
 
 def _pair_spread(summary, labels: dict[str, str], folds: list[list[str]]):
     """Spread over folds of a pair's mean foreground Dice, from its per-case metrics."""
-    from selfunet.crossval import fold_spread
-    from selfunet.evaluate import summarize
+    from selfunet.evaluation.crossval import fold_spread
+    from selfunet.evaluation.evaluate import summarize
 
     if summary is None or not folds:
         return None
@@ -265,8 +265,8 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
                       hd95: bool = False, meta: dict[str, str] | None = None, compute: bool = True,
                       processes: int = 1) -> Leaderboard:
     """Every candidate of ``selection_path`` without and with its postprocessing (see module doc)."""
-    from selfunet.ensemble import Selection
-    from selfunet.evaluate import EMPTY_MASK_RULE
+    from selfunet.evaluation.ensemble import Selection
+    from selfunet.evaluation.evaluate import EMPTY_MASK_RULE
 
     selection = Selection.load(selection_path)
     labels = dict(sorted(selection.labels.items(), key=lambda kv: int(kv[0])))
@@ -514,7 +514,7 @@ def write_overview(results_root: Path) -> Path:
 
 
 def _empty_rule() -> str:
-    from selfunet.evaluate import EMPTY_MASK_RULE
+    from selfunet.evaluation.evaluate import EMPTY_MASK_RULE
 
     return EMPTY_MASK_RULE
 

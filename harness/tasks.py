@@ -25,9 +25,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from selfunet.budgets import BUDGETS, budget_config
 from selfunet.errors import SelfUNetError
-from selfunet.train_config import TrainConfig
+from selfunet.training.budgets import BUDGETS, budget_config
+from selfunet.training.train_config import TrainConfig
 
 #: where ``harness ls`` / ``validate`` / ``run`` look when no path is given.
 DEFAULT_TASKS_DIR = Path("tasks")
@@ -41,7 +41,7 @@ class _Strict(BaseModel):
 
 
 class Budget(_Strict):
-    """A named preset (``selfunet.budgets``) plus optional overrides of its fields."""
+    """A named preset (``selfunet.training.budgets``) plus optional overrides of its fields."""
 
     preset: str = "full"
     epochs: Optional[int] = Field(default=None, ge=1)
@@ -319,7 +319,7 @@ def check_task(task: TaskDescriptor, processes: int = 1) -> list[str]:
         return [problem]
     if task.demo is not None and not (task.dataset / "dataset.json").is_file():
         return []  # generated on first run
-    from selfunet.check import check_dataset
+    from selfunet.data.check import check_dataset
 
     report = check_dataset(task.dataset, processes=processes)
     return [f"{task.source}: dataset {task.dataset}: {p.message} ({p.fix})" for p in report.errors]

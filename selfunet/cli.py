@@ -63,7 +63,7 @@ ProcessesOpt = Annotated[int, typer.Option("--processes", "-p", min=1, help="wor
 @user_errors
 def check(dataset: DatasetArg, processes: ProcessesOpt = 2) -> None:
     """Validate a dataset and report every problem at once (exit 1 if any error)."""
-    from selfunet.check import check_dataset, render_report
+    from selfunet.data.check import check_dataset, render_report
 
     report = check_dataset(dataset, processes=processes, console=console)
     render_report(report, console)
@@ -80,7 +80,7 @@ def fingerprint(
     seed: Annotated[int, typer.Option(help="seed of the foreground intensity sampling")] = 1234,
 ) -> None:
     """Compute the dataset fingerprint (SPEC section 1) into WORK/fingerprint.json."""
-    from selfunet.fingerprint import run_fingerprint
+    from selfunet.planning.fingerprint import run_fingerprint
 
     run_fingerprint(dataset, work, processes=processes, seed=seed)
 
@@ -99,7 +99,7 @@ def plan(
     ] = None,
 ) -> None:
     """Derive the plan (SPEC section 2) from WORK/fingerprint.json into WORK/plan.json."""
-    from selfunet.plan import run_plan
+    from selfunet.planning.plan import run_plan
 
     run_plan(
         work,
@@ -122,7 +122,7 @@ def preprocess(
     processes: ProcessesOpt = 2,
 ) -> None:
     """Crop, normalize and resample the training cases into WORK/preprocessed/ (skips finished cases)."""
-    from selfunet.preprocess import run_preprocess
+    from selfunet.preprocessing.preprocess import run_preprocess
 
     run_preprocess(work, configuration, processes=processes, console=console)
 
@@ -136,7 +136,7 @@ def demo_data(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write the deterministic synthetic demo task (two channels, organ + lesion)."""
-    from selfunet.demo import make_demo_dataset
+    from selfunet.data.demo import make_demo_dataset
 
     make_demo_dataset(out, num_training=cases, num_test=test_cases, seed=seed)
 
@@ -168,8 +168,8 @@ def train(
     restart: Annotated[bool, typer.Option("--restart", help="discard this fold's checkpoints and start over")] = False,
 ) -> None:
     """Train one configuration on one fold (SPEC section 3); every option overrides a TrainConfig field."""
-    from selfunet.train import run_training
-    from selfunet.train_config import TrainConfig
+    from selfunet.pipeline import run_training
+    from selfunet.training.train_config import TrainConfig
 
     overrides = {
         "epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
@@ -202,12 +202,12 @@ def predict(
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="also write <case>.npz")] = False,
 ) -> None:
     """Predict images with trained folds (sliding window, mirror TTA, fold and ensemble averaging)."""
-    from selfunet.predict import predict_cases
+    from selfunet.inference.predict import predict_cases
 
     rule = None
     members = list(configurations or [])
     if selection is not None:
-        from selfunet.ensemble import Selection
+        from selfunet.evaluation.ensemble import Selection
 
         chosen = Selection.load(selection)
         members = members or list(chosen.members)
@@ -236,9 +236,9 @@ def run(
     amp: Annotated[Optional[str], typer.Option(help="auto | off | bf16 | fp16")] = None,
 ) -> None:
     """The whole pipeline for one dataset; a rerun resumes where the last one stopped."""
-    from selfunet.budgets import budget_config
     from selfunet.pipeline import RunOptions, run_pipeline
-    from selfunet.plan_types import PlannerSettings
+    from selfunet.planning.plan_types import PlannerSettings
+    from selfunet.training.budgets import budget_config
 
     config = budget_config(budget, epochs=epochs, iterations_per_epoch=iterations_per_epoch,
                            num_folds=num_folds, device=device, amp=amp)
@@ -258,9 +258,9 @@ def demo(
     processes: ProcessesOpt = 2,
 ) -> None:
     """The embedded demo: generate the synthetic task and run the whole pipeline on it (CPU, minutes)."""
-    from selfunet.budgets import budget_config
-    from selfunet.demo import make_demo_dataset
+    from selfunet.data.demo import make_demo_dataset
     from selfunet.pipeline import RunOptions, run_pipeline
+    from selfunet.training.budgets import budget_config
 
     data = make_demo_dataset(work / "data", num_training=8, num_test=2, seed=0)
     run_pipeline(data.root, work, RunOptions(train=budget_config(budget), processes=processes), console=console)
@@ -276,7 +276,7 @@ def crossval(
     processes: ProcessesOpt = 1,
 ) -> None:
     """Merge one configuration's out-of-fold predictions into WORK/crossval/CONFIG and evaluate them."""
-    from selfunet.crossval import render_crossval, run_crossval
+    from selfunet.evaluation.crossval import render_crossval, run_crossval
 
     run_crossval(work, configuration, nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95, processes=processes)
     render_crossval(work, configuration, console)
@@ -293,7 +293,7 @@ def select(
     processes: ProcessesOpt = 1,
 ) -> None:
     """Rank configurations and pairs on the cross-validation, decide postprocessing -> WORK/selection.json."""
-    from selfunet.ensemble import render_selection, select_model
+    from selfunet.evaluation.ensemble import render_selection, select_model
 
     render_selection(select_model(work, configurations or None, processes=processes, console=console), console)
 
@@ -306,8 +306,8 @@ def postprocess(
     selection: Annotated[Path, typer.Option(help="WORK/selection.json holding the postprocessing rule")],
 ) -> None:
     """Apply the connected-component rule decided by `selfunet select` to a folder of label maps."""
-    from selfunet.ensemble import Selection
-    from selfunet.postprocess import postprocess_folder
+    from selfunet.evaluation.ensemble import Selection
+    from selfunet.inference.postprocess import postprocess_folder
 
     written = postprocess_folder(input_dir, output_dir, Selection.load(selection).postprocessing, console=console)
     console.print(f"wrote {len(written)} label map(s) to {output_dir}")
@@ -328,7 +328,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Dice, IoU, TP/FP/FN (and NSD, HD95) per case and class, with per-class means (SPEC section 5)."""
-    from selfunet.evaluate import run_evaluate
+    from selfunet.evaluation.evaluate import run_evaluate
 
     run_evaluate(prediction_dir, reference_dir, output, labels, dataset, nsd_tolerance_mm, hd95, processes,
                  console=console, table_console=Console())

@@ -17,8 +17,8 @@ from pathlib import Path
 from rich.console import Console
 
 from selfunet.errors import SelfUNetError
-from selfunet.plan_types import Plan, PlannerSettings
-from selfunet.train_config import TrainConfig
+from selfunet.planning.plan_types import Plan, PlannerSettings
+from selfunet.training.train_config import TrainConfig
 from selfunet.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,11 @@ def choose_configurations(plan: Plan, requested: tuple[str, ...] | None) -> list
 
 
 def run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Console | None = None) -> RunReport:
-    from selfunet.check import check_dataset, render_report
-    from selfunet.fingerprint import run_fingerprint
-    from selfunet.fingerprint_types import Fingerprint
-    from selfunet.plan import plan_experiment
-    from selfunet.preprocess import run_preprocess
+    from selfunet.data.check import check_dataset, render_report
+    from selfunet.planning.fingerprint import run_fingerprint
+    from selfunet.planning.fingerprint_types import Fingerprint
+    from selfunet.planning.plan import plan_experiment
+    from selfunet.preprocessing.preprocess import run_preprocess
 
     console = console or Console(stderr=True)
     workdir = WorkDir(work)
@@ -133,7 +133,7 @@ def run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Consol
     stages.run("preprocess", False,
                lambda: run_preprocess(workdir.root, configurations, processes=options.processes, console=console))
 
-    from selfunet.train import CHECKPOINT_FINAL, run_training
+    from selfunet.training.train import CHECKPOINT_FINAL
 
     for name in configurations:
         num_folds = _num_folds(workdir, plan, name, options)
@@ -151,8 +151,8 @@ def run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Consol
                       "stopping after training.[/]")
         return report
 
-    from selfunet.crossval import run_crossval
-    from selfunet.ensemble import select_model
+    from selfunet.evaluation.crossval import run_crossval
+    from selfunet.evaluation.ensemble import select_model
 
     for name in configurations:
         stages.run(f"cross-validation {name}", False,
@@ -169,7 +169,7 @@ def run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Consol
 
 
 def _num_folds(workdir: WorkDir, plan: Plan, name: str, options: RunOptions) -> int:
-    from selfunet.splits import load_or_create_splits
+    from selfunet.training.splits import load_or_create_splits
 
     data = workdir.preprocessed(plan.configurations[name].data_identifier)
     case_ids = sorted(p.stem for p in data.glob("*.json") if not p.name.startswith(("dataset", ".")))
@@ -189,7 +189,7 @@ def _validation_complete(workdir: WorkDir, name: str, fold: int) -> bool:
 
 def _selection_current(workdir: WorkDir, selection_path: Path, configurations: list[str]) -> bool:
     """selection.json exists, covers these configurations and is newer than every CV result."""
-    from selfunet.ensemble import Selection
+    from selfunet.evaluation.ensemble import Selection
 
     if not selection_path.is_file():
         return False
@@ -204,9 +204,9 @@ def _selection_current(workdir: WorkDir, selection_path: Path, configurations: l
 
 def _predict_test(workdir: WorkDir, dataset: Path, selection_path: Path, options: RunOptions, stages: _Stages,
                   console: Console, report: RunReport) -> None:
-    from selfunet.dataset import load_dataset
-    from selfunet.ensemble import Selection
-    from selfunet.predict import predict_cases
+    from selfunet.data.dataset import load_dataset
+    from selfunet.evaluation.ensemble import Selection
+    from selfunet.inference.predict import predict_cases
 
     spec = load_dataset(dataset)
     if not spec.test:
@@ -223,3 +223,21 @@ def _predict_test(workdir: WorkDir, dataset: Path, selection_path: Path, options
         mirroring=options.train.validation_mirroring, amp=options.train.amp, device=options.train.device,
         console=console))
     report.test_predictions = out
+
+
+def run_training(work: Path, configuration: str, fold: int, config: TrainConfig, resume: bool = False,
+                 restart: bool = False, console: Console | None = None) -> Path:
+    """Train one fold, then (optionally) predict its validation cases for model selection.
+
+    This lives here, above both stages, because training must not import inference.
+    """
+    from selfunet.training.train import Trainer
+
+    trainer = Trainer(work, configuration, fold, config, console=console)
+    final = trainer.run(resume=resume, restart=restart)
+    if config.predict_validation and trainer.val_ids:
+        from selfunet.inference.predict import predict_validation_cases
+
+        predict_validation_cases(trainer.work, trainer.configuration.name, fold, trainer.val_ids,
+                                 final, mirroring=config.validation_mirroring, console=trainer.console)
+    return final

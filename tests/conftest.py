@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from helpers import convert_msd_to_nnunetv2
 
-from selfunet.dataset import DatasetSpec, load_dataset
-from selfunet.demo import make_demo_dataset
-from selfunet.fingerprint import compute_fingerprint
-from selfunet.fingerprint_types import Fingerprint
+from selfunet.data.dataset import DatasetSpec, load_dataset
+from selfunet.data.demo import make_demo_dataset
+from selfunet.planning.fingerprint import compute_fingerprint
+from selfunet.planning.fingerprint_types import Fingerprint
 
 
 @pytest.fixture(scope="session")
@@ -43,10 +43,10 @@ def make_tiny_work(demo_root: Path, work: Path) -> Path:
     """A work directory over ``demo_root`` whose 3d_fullres configuration is shrunk (patch
     16x32x32, 3 stages of 8/16/32 features) so a training iteration takes a fraction of a second.
     Preprocessing does not depend on patch or topology, so the data is the real plan's."""
-    from selfunet.fingerprint import run_fingerprint
-    from selfunet.plan import run_plan
-    from selfunet.plan_types import NetworkTopology
-    from selfunet.preprocess import run_preprocess
+    from selfunet.planning.fingerprint import run_fingerprint
+    from selfunet.planning.plan import run_plan
+    from selfunet.planning.plan_types import NetworkTopology
+    from selfunet.preprocessing.preprocess import run_preprocess
 
     run_fingerprint(demo_root, work, processes=1)
     plan = run_plan(work)

@@ -1,6 +1,6 @@
 """Test helpers shared by several test modules (import with ``from helpers import ...``).
 
-The conversion here is written against SimpleITK directly, not through :mod:`selfunet.io`, so a
+The conversion here is written against SimpleITK directly, not through :mod:`selfunet.data.io`, so a
 test that reads the same data in both layouts checks selfunet's readers against an independent
 path.
 """

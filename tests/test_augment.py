@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from selfunet.augment import (
+from selfunet.errors import SelfUNetError
+from selfunet.training.augment import (
     AugmentationConfig,
     AugmentationParams,
     Augmenter,
@@ -18,7 +19,6 @@ from selfunet.augment import (
     enlarged_patch_size,
     generator_for,
 )
-from selfunet.errors import SelfUNetError
 
 #: every transform off; tests switch on the one they look at.
 OFF = AugmentationConfig(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selfunet.cascade import previous_stage_channels
 from selfunet.errors import SelfUNetError
-from selfunet.preprocess import GeometryRecord, PreprocessedCase
+from selfunet.preprocessing.preprocess import GeometryRecord, PreprocessedCase
+from selfunet.training.cascade import previous_stage_channels
 
 
 def _properties(crop_shape, resampled_shape, transpose=(0, 1, 2)) -> PreprocessedCase:

@@ -17,16 +17,16 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from selfunet.check import (
+from selfunet.cli import app
+from selfunet.data.check import (
     DIRECTION_ATOL,
     ORIGIN_ATOL_MM,
     SPACING_RTOL,
     CheckReport,
     check_dataset,
 )
-from selfunet.check_case import _label_values
-from selfunet.cli import app
-from selfunet.nifti_raw import RawScan, scan_nifti
+from selfunet.data.check_case import _label_values
+from selfunet.data.nifti_raw import RawScan, scan_nifti
 
 SHAPE = (8, 16, 16)  # z, y, x
 SPACING = (2.0, 1.0, 1.0)  # z, y, x
@@ -506,7 +506,7 @@ def test_negative_label_value_is_undeclared(tmp_path):
 
 
 def test_demo_dataset_is_clean(tmp_path):
-    from selfunet.demo import make_demo_dataset
+    from selfunet.data.demo import make_demo_dataset
 
     root = tmp_path / "demo"
     make_demo_dataset(root, num_training=2, num_test=1)

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selfunet.crossval import CrossvalResult, crossval_dir, is_complete, load_references, run_crossval
+from selfunet.data.io import ImageGeometry, read_image, write_label
 from selfunet.errors import SelfUNetError
-from selfunet.fingerprint_types import DatasetSummary, Fingerprint
-from selfunet.io import ImageGeometry, read_image, write_label
-from selfunet.predict import save_probabilities
-from selfunet.preprocess import GeometryRecord, PreprocessedCase
-from selfunet.revert import labels_from_cropped_probabilities
-from selfunet.splits import make_splits, save_splits
+from selfunet.evaluation.crossval import CrossvalResult, crossval_dir, is_complete, load_references, run_crossval
+from selfunet.planning.fingerprint_types import DatasetSummary, Fingerprint
+from selfunet.preprocessing.preprocess import GeometryRecord, PreprocessedCase
+from selfunet.preprocessing.revert import labels_from_cropped_probabilities, save_probabilities
+from selfunet.training.splits import make_splits, save_splits
 from selfunet.workdir import WorkDir
 
 SHAPE = (8, 16, 16)

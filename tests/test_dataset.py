@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selfunet.dataset import DatasetSpec, load_dataset, read_case_image, read_case_label
+from selfunet.data.dataset import DatasetSpec, load_dataset, read_case_image, read_case_label
 from selfunet.errors import SelfUNetError
 
 

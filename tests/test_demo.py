@@ -11,9 +11,9 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from selfunet.cli import app
-from selfunet.cropping import bounding_box, nonzero_mask
-from selfunet.dataset import DatasetSpec, load_dataset, read_case_image, read_case_label
-from selfunet.demo import MARKER, make_demo_dataset
+from selfunet.data.cropping import bounding_box, nonzero_mask
+from selfunet.data.dataset import DatasetSpec, load_dataset, read_case_image, read_case_label
+from selfunet.data.demo import MARKER, make_demo_dataset
 from selfunet.errors import SelfUNetError
 
 

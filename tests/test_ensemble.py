@@ -19,7 +19,9 @@ from test_crossval import (
 from typer.testing import CliRunner
 
 from selfunet.cli import app
-from selfunet.ensemble import (
+from selfunet.data.io import read_image
+from selfunet.errors import SelfUNetError
+from selfunet.evaluation.ensemble import (
     CandidateScore,
     Selection,
     average_probabilities,
@@ -28,9 +30,7 @@ from selfunet.ensemble import (
     rank_candidates,
     select_model,
 )
-from selfunet.errors import SelfUNetError
-from selfunet.io import read_image
-from selfunet.predict import load_probabilities, save_probabilities
+from selfunet.preprocessing.revert import load_probabilities, save_probabilities
 
 
 def candidate(members: list[str], score: float | None) -> CandidateScore:

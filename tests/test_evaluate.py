@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from selfunet.cli import app
 from selfunet.errors import SelfUNetError
-from selfunet.evaluate import (
+from selfunet.evaluation.evaluate import (
     EMPTY_MASK_RULE,
     CaseMetrics,
     EvaluationSummary,
@@ -24,13 +24,13 @@ from selfunet.evaluate import (
     summarize,
     write_evaluation,
 )
-from selfunet.surface import image_diagonal_mm
+from selfunet.evaluation.surface import image_diagonal_mm
 
 SPACING = (3.0, 0.8, 0.8)  # array order (z, y, x)
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing_zyx: tuple[float, ...] = SPACING) -> Path:
-    """Written with SimpleITK directly (not selfunet.io), so the spacing reversal is tested too."""
+    """Written with SimpleITK directly (not selfunet.data.io), so the spacing reversal is tested too."""
     image = sitk.GetImageFromArray(array.astype(np.uint8))
     image.SetSpacing(tuple(reversed(spacing_zyx)))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,11 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from selfunet.cli import app
-from selfunet.cropping import bounding_box, crop_to_bbox, nonzero_mask
-from selfunet.dataset import DatasetSpec, load_dataset
+from selfunet.data.cropping import bounding_box, crop_to_bbox, nonzero_mask
+from selfunet.data.dataset import DatasetSpec, load_dataset
 from selfunet.errors import SelfUNetError
-from selfunet.fingerprint import compute_fingerprint
-from selfunet.fingerprint_types import Fingerprint
+from selfunet.planning.fingerprint import compute_fingerprint
+from selfunet.planning.fingerprint_types import Fingerprint
 
 SPACING_XYZ = (0.8, 0.9, 2.5)
 
@@ -129,7 +129,7 @@ def test_fingerprint_matches_a_constructed_case(tmp_path: Path) -> None:
 
 def test_large_case_does_not_dominate_the_intensity_statistics(tmp_path: Path) -> None:
     """Two cases, one with 8x the foreground of the other: the mean is the mean of the case means."""
-    from selfunet.io import ImageGeometry, write_image
+    from selfunet.data.io import ImageGeometry, write_image
 
     root = tmp_path / "ds"
     (root / "imagesTr").mkdir(parents=True)

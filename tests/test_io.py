@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from selfunet.errors import SelfUNetError
-from selfunet.io import (
+from selfunet.data.io import (
     SPACING_2D_PLACEHOLDER,
     ImageGeometry,
     read_image,
@@ -18,6 +17,7 @@ from selfunet.io import (
     write_image,
     write_label,
 )
+from selfunet.errors import SelfUNetError
 
 SPACING_XYZ = (0.5, 0.7, 3.0)
 ORIGIN_XYZ = (12.5, -30.25, 101.0)

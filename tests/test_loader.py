@@ -13,7 +13,7 @@ import traceback
 import pytest
 
 from selfunet.errors import SelfUNetError
-from selfunet.loader import BackgroundLoader
+from selfunet.training.loader import BackgroundLoader
 
 
 def test_items_come_in_order_from_start_index() -> None:
@@ -93,7 +93,7 @@ def test_unclosed_loader_does_not_block_interpreter_exit() -> None:
     script = textwrap.dedent(
         """
         import time
-        from selfunet.loader import BackgroundLoader
+        from selfunet.training.loader import BackgroundLoader
 
         def slow(i):
             time.sleep(0.05)

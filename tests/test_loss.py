@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from selfunet.errors import SelfUNetError
-from selfunet.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_target
+from selfunet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_target
 
 
 def _confident_logits(labels: torch.Tensor, num_classes: int, scale: float = 30.0) -> torch.Tensor:

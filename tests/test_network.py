@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from selfunet.errors import SelfUNetError
-from selfunet.network import build_network, count_parameters, memory_format_for, to_channels_last
-from selfunet.plan_types import NetworkTopology, PlannerSettings
-from selfunet.topology import derive_topology, estimate_feature_map_elements
+from selfunet.planning.plan_types import NetworkTopology, PlannerSettings
+from selfunet.planning.topology import derive_topology, estimate_feature_map_elements
+from selfunet.training.network import build_network, count_parameters, memory_format_for, to_channels_last
 
 SETTINGS = PlannerSettings()
 

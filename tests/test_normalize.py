@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from selfunet.errors import SelfUNetError
-from selfunet.normalize import normalize_channel, normalize_image
-from selfunet.plan_types import ChannelNormalization
+from selfunet.planning.plan_types import ChannelNormalization
+from selfunet.preprocessing.normalize import normalize_channel, normalize_image
 
 
 def _rng_image(shape=(8, 10, 12), loc=100.0, scale=20.0):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from selfunet.budgets import budget_config
-from selfunet.dataset import load_dataset
-from selfunet.ensemble import Selection
+from selfunet.data.dataset import load_dataset
+from selfunet.evaluation.ensemble import Selection
 from selfunet.pipeline import RunOptions, choose_configurations, run_pipeline
-from selfunet.plan_types import Plan
+from selfunet.planning.plan_types import Plan
+from selfunet.training.budgets import budget_config
 
 TINY = {"epochs": 1, "iterations_per_epoch": 2, "validation_iterations": 1, "num_folds": 2}
 

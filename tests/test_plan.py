@@ -13,17 +13,17 @@ from typer.testing import CliRunner
 
 from selfunet.cli import app
 from selfunet.errors import SelfUNetError
-from selfunet.fingerprint_types import CaseFingerprint, ChannelIntensity, DatasetSummary, Fingerprint
-from selfunet.nnunet_compat import fingerprint_from_nnunet
-from selfunet.plan import (
+from selfunet.planning.fingerprint_types import CaseFingerprint, ChannelIntensity, DatasetSummary, Fingerprint
+from selfunet.planning.nnunet_compat import fingerprint_from_nnunet
+from selfunet.planning.plan import (
     fullres_target_spacing,
     initial_patch,
     normalization_for,
     plan_experiment,
     size_configuration,
 )
-from selfunet.plan_types import Plan, PlannerSettings
-from selfunet.topology import derive_topology
+from selfunet.planning.plan_types import Plan, PlannerSettings
+from selfunet.planning.topology import derive_topology
 
 SETTINGS = PlannerSettings()
 

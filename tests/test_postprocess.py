@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from selfunet.data.io import ImageGeometry, read_image, write_label
 from selfunet.errors import SelfUNetError
-from selfunet.io import ImageGeometry, read_image, write_label
-from selfunet.postprocess import (
+from selfunet.evaluation.postprocess_selection import case_effects, decide_postprocessing, determine_postprocessing
+from selfunet.inference.postprocess import (
     PostprocessingRule,
     apply_postprocessing,
-    case_effects,
-    decide_postprocessing,
-    determine_postprocessing,
     keep_largest_component,
     postprocess_folder,
 )

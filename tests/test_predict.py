@@ -16,8 +16,8 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from selfunet.cli import app
-from selfunet.dataset import DatasetSpec
-from selfunet.predict import load_probabilities
+from selfunet.data.dataset import DatasetSpec
+from selfunet.preprocessing.revert import load_probabilities
 
 runner = CliRunner()
 TRAIN = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "--device", "cpu"]

@@ -11,19 +11,19 @@ import pytest
 from typer.testing import CliRunner
 
 from selfunet.cli import app
-from selfunet.cropping import bounding_box, crop_to_bbox, nonzero_mask
-from selfunet.dataset import DatasetSpec, read_case_image
+from selfunet.data.cropping import bounding_box, crop_to_bbox, nonzero_mask
+from selfunet.data.dataset import DatasetSpec, read_case_image
 from selfunet.errors import SelfUNetError
-from selfunet.fingerprint_types import Fingerprint
-from selfunet.plan import plan_experiment
-from selfunet.plan_types import Plan
-from selfunet.preprocess import (
+from selfunet.planning.fingerprint_types import Fingerprint
+from selfunet.planning.plan import plan_experiment
+from selfunet.planning.plan_types import Plan
+from selfunet.preprocessing.preprocess import (
     PreprocessedCase,
     case_files,
     preprocess_image_for_inference,
     run_preprocess,
 )
-from selfunet.resample import resample_segmentation
+from selfunet.preprocessing.resample import resample_segmentation
 from selfunet.workdir import WorkDir
 
 

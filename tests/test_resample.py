@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from selfunet.errors import SelfUNetError
-from selfunet.plan_types import ResamplingSettings
-from selfunet.resample import (
+from selfunet.planning.plan_types import ResamplingSettings
+from selfunet.preprocessing.resample import (
     anisotropic_axis,
     compute_new_shape,
     resample_image,

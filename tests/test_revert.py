@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from selfunet.data.io import read_image
 from selfunet.errors import SelfUNetError
-from selfunet.io import read_image
-from selfunet.plan_types import ChannelNormalization, Configuration, NetworkTopology, Plan, PlannerSettings
-from selfunet.preprocess import preprocess_case
-from selfunet.revert import (
+from selfunet.planning.plan_types import ChannelNormalization, Configuration, NetworkTopology, Plan, PlannerSettings
+from selfunet.preprocessing.preprocess import preprocess_case
+from selfunet.preprocessing.revert import (
     labels_from_cropped_probabilities,
     revert_label_map,
     revert_prediction,

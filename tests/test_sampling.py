@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from selfunet.errors import SelfUNetError
-from selfunet.sampling import IGNORE_LABEL, PatchSampler
+from selfunet.training.sampling import IGNORE_LABEL, PatchSampler
 
 
 def write_case(folder: Path, case_id: str, image: np.ndarray, seg: np.ndarray, seed: int = 0) -> None:

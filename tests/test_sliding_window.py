@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from selfunet.errors import SelfUNetError
-from selfunet.sliding_window import (
+from selfunet.inference.sliding_window import (
     InferenceConfig,
     compute_window_starts,
     gaussian_importance_map,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from selfunet.errors import SelfUNetError
-from selfunet.splits import Fold, get_fold, load_or_create_splits, make_splits
+from selfunet.training.splits import Fold, get_fold, load_or_create_splits, make_splits
 
 CASES = [f"case_{i:03d}" for i in range(23)]
 REF_PYTHON = Path("/work/refvenv/bin/python")
@@ -38,7 +38,7 @@ def test_splits_depend_on_seed_not_on_input_order():
 
 
 def test_fewer_cases_than_folds_gives_leave_one_out_with_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="selfunet.splits"):
+    with caplog.at_level(logging.WARNING, logger="selfunet.training.splits"):
         folds = make_splits(["b", "a", "c"], 5)
     assert len(folds) == 3
     assert sorted(f.val[0] for f in folds) == ["a", "b", "c"]

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from selfunet.errors import SelfUNetError
-from selfunet.surface import (
+from selfunet.evaluation.surface import (
     bounding_box,
     hd95,
     image_diagonal_mm,

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from selfunet.errors import SelfUNetError
-from selfunet.plan_types import NetworkTopology, PlannerSettings
-from selfunet.topology import derive_topology, divisor_of, estimate_feature_map_elements
+from selfunet.planning.plan_types import NetworkTopology, PlannerSettings
+from selfunet.planning.topology import derive_topology, divisor_of, estimate_feature_map_elements
 
 SETTINGS = PlannerSettings()
 
@@ -146,7 +146,7 @@ def test_estimate_grows_with_classes_by_full_resolution_map() -> None:
 )
 def test_estimate_equals_feature_maps_of_built_network(spacing, patch, dimension) -> None:
     """The planner's arithmetic must count exactly what the real U-Net produces."""
-    from selfunet.network import build_network
+    from selfunet.training.network import build_network
 
     topology, padded = derive_topology(spacing, patch, SETTINGS, dimension)
     model = build_network(topology, in_channels=2, num_classes=4, deep_supervision=True)

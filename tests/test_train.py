@@ -21,8 +21,9 @@ import torch
 from typer.testing import CliRunner
 
 from selfunet.cli import app
-from selfunet.train import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, load_checkpoint, poly_lr
-from selfunet.training_log import read_log
+from selfunet.runtime import load_checkpoint
+from selfunet.training.train import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, poly_lr
+from selfunet.training.training_log import read_log
 
 EPOCHS = 4
 ITERATIONS = 24

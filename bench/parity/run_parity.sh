@@ -38,7 +38,7 @@ wait
 python - "$OUT" "$FOLDS" <<'PY'
 import json, sys
 from pathlib import Path
-from selfunet.splits import make_splits, save_splits
+from selfunet.training.splits import make_splits, save_splits
 out, k = Path(sys.argv[1]), int(sys.argv[2])
 ids = sorted(p.name[: -len(".nii.gz")] for p in (out / "msd" / "labelsTr").glob("*.nii.gz"))
 path = out / "ours" / "splits.json"

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.export import export_task, zip_predictions
 from harness.tasks import TaskDescriptor
+from selfunet.data.io import ImageGeometry, read_image, write_label
 from selfunet.errors import SelfUNetError
-from selfunet.io import ImageGeometry, read_image, write_label
 
 SHAPE_XYZ = (12, 10, 6)
 SPACING = (0.8, 0.9, 2.5)

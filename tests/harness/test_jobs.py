@@ -21,8 +21,8 @@ from harness.jobs import TaskGraph
 from harness.runner import Runner, summary_table
 from harness.sandboxes import ProcessSandbox, Sandbox, SandboxRequest, Slot
 from harness.tasks import TaskDescriptor
-from selfunet.fingerprint_types import Fingerprint
-from selfunet.plan import plan_experiment
+from selfunet.planning.fingerprint_types import Fingerprint
+from selfunet.planning.plan import plan_experiment
 
 
 def write_label_map_like(image_path: Path, out: Path) -> None:

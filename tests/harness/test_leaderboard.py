@@ -3,9 +3,9 @@
 The work directory holds a tiny MSD dataset (4 cases, organ + lesion), its real fingerprint, and
 cross-validation predictions of two configurations and their pair, made by perturbing the
 references in known ways (a stray organ blob that the largest-component rule removes, a missed
-lesion, an eroded organ). Summaries come from ``selfunet.crossval.evaluate_prediction_folder``,
-the postprocessing rule from ``selfunet.postprocess.determine_postprocessing`` and the ranking
-from ``selfunet.ensemble.rank_candidates``, exactly as ``selfunet select`` makes them.
+lesion, an eroded organ). Summaries come from ``selfunet.evaluation.crossval.evaluate_prediction_folder``,
+the postprocessing rule from ``selfunet.evaluation.postprocess_selection.determine_postprocessing`` and the ranking
+from ``selfunet.evaluation.ensemble.rank_candidates``, exactly as ``selfunet select`` makes them.
 """
 
 from __future__ import annotations
@@ -23,11 +23,17 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.leaderboard import NA, SELECTED, read_selected, render_task, write_overview, write_task_results
 from harness.tasks import TaskDescriptor
-from selfunet.crossval import CrossvalResult, evaluate_prediction_folder, finite_or_none, fold_spread, load_references
-from selfunet.ensemble import CandidateScore, Selection, class_dice, rank_candidates
-from selfunet.evaluate import EMPTY_MASK_RULE, EvaluationSummary
-from selfunet.fingerprint import run_fingerprint
-from selfunet.postprocess import determine_postprocessing
+from selfunet.evaluation.crossval import (
+    CrossvalResult,
+    evaluate_prediction_folder,
+    finite_or_none,
+    fold_spread,
+    load_references,
+)
+from selfunet.evaluation.ensemble import CandidateScore, Selection, class_dice, rank_candidates
+from selfunet.evaluation.evaluate import EMPTY_MASK_RULE, EvaluationSummary
+from selfunet.evaluation.postprocess_selection import determine_postprocessing
+from selfunet.planning.fingerprint import run_fingerprint
 from selfunet.workdir import WorkDir
 
 CASES = ["case_000", "case_001", "case_002", "case_003"]

@@ -1,0 +1,264 @@
+"""Reading a dataset folder in either of the field's two layouts.
+
+* **Medical Segmentation Decathlon (MSD)**: ``dataset.json`` with ``modality`` (``{"0": "CT"}``),
+  ``labels`` (``{"0": "background", "1": "liver"}``), ``training`` (``[{"image", "label"}]``) and
+  ``test`` (paths). A multi-channel case is one 4D NIfTI.
+* **nnU-Net v2**: ``dataset.json`` with ``channel_names``, ``labels`` (``{"background": 0}``) and
+  ``file_ending``; ``imagesTr/<case>_0000<ending>`` per channel, ``labelsTr/<case><ending>``,
+  ``imagesTs/``.
+
+Both become one :class:`DatasetSpec`, and :func:`read_case` returns identical arrays for the same
+data in either layout. Parsing never opens an image: missing files are reported by
+``selfunet check``, not here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from selfunet.data.io import ImageGeometry, file_ending, read_image, strip_ending
+from selfunet.errors import SelfUNetError
+
+Layout = Literal["msd", "nnunetv2"]
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One case: its image file(s) and, for training cases, its label file."""
+
+    case_id: str
+    images: tuple[Path, ...]
+    """MSD: one file (3D, or 4D with channels last on disk); nnU-Net v2: one file per channel."""
+    label: Path | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    root: Path
+    name: str
+    layout: Layout
+    channel_names: tuple[str, ...]
+    """modality per channel, e.g. ``("CT",)`` or ``("FLAIR", "T1w", "t1gd", "T2w")``."""
+    labels: dict[int, str]
+    """label value -> name; 0 is the background."""
+    file_ending: str
+    training: tuple[CaseSpec, ...]
+    test: tuple[CaseSpec, ...]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        """classes including background (label values must be 0..num_classes-1)."""
+        return max(self.labels) + 1
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        return tuple(sorted(v for v in self.labels if v > 0))
+
+    def summary(self) -> dict:
+        return {
+            "root": str(self.root),
+            "name": self.name,
+            "layout": self.layout,
+            "channel_names": list(self.channel_names),
+            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+            "file_ending": self.file_ending,
+            "num_training": len(self.training),
+            "num_test": len(self.test),
+        }
+
+
+def load_dataset(root: str | Path) -> DatasetSpec:
+    """Parse ``root/dataset.json`` and list the cases of whichever layout it uses."""
+    root = Path(root).resolve()
+    descriptor = root / "dataset.json"
+    if not root.is_dir():
+        raise SelfUNetError(f"{root}: dataset folder not found.")
+    if not descriptor.is_file():
+        raise SelfUNetError(
+            f"{descriptor} not found: a dataset folder needs a dataset.json (MSD or nnU-Net v2 layout)."
+        )
+    try:
+        raw = json.loads(descriptor.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SelfUNetError(f"{descriptor}: not valid JSON ({exc}); fix the file.") from exc
+    if not isinstance(raw, dict):
+        raise SelfUNetError(f"{descriptor}: expected a JSON object at the top level.")
+    if "modality" in raw:
+        return _load_msd(root, descriptor, raw)
+    if "channel_names" in raw:
+        return _load_nnunetv2(root, descriptor, raw)
+    raise SelfUNetError(
+        f"{descriptor}: neither an MSD dataset.json (needs 'modality') nor an nnU-Net v2 one "
+        "(needs 'channel_names'); add the key that matches your layout."
+    )
+
+
+def _require(descriptor: Path, raw: dict, key: str, kind: type) -> object:
+    if key not in raw:
+        raise SelfUNetError(f"{descriptor}: missing key '{key}'.")
+    if not isinstance(raw[key], kind):
+        raise SelfUNetError(f"{descriptor}: '{key}' must be a {kind.__name__}, got {type(raw[key]).__name__}.")
+    return raw[key]
+
+
+def _indexed_names(descriptor: Path, key: str, mapping: dict) -> tuple[str, ...]:
+    try:
+        items = sorted((int(k), str(v)) for k, v in mapping.items())
+    except ValueError as exc:
+        raise SelfUNetError(f"{descriptor}: the keys of '{key}' must be integers as strings.") from exc
+    if [i for i, _ in items] != list(range(len(items))):
+        raise SelfUNetError(f"{descriptor}: the keys of '{key}' must be 0, 1, 2, ... without gaps.")
+    return tuple(name for _, name in items)
+
+
+def _check_labels(descriptor: Path, labels: dict[int, str]) -> dict[int, str]:
+    if 0 not in labels:
+        raise SelfUNetError(f"{descriptor}: 'labels' must declare the background as 0.")
+    if sorted(labels) != list(range(len(labels))):
+        raise SelfUNetError(
+            f"{descriptor}: label values must be consecutive 0..N-1, got {sorted(labels)}; renumber them."
+        )
+    return labels
+
+
+def _resolve(root: Path, entry: str) -> Path:
+    path = Path(entry)
+    return path if path.is_absolute() else (root / path).resolve()
+
+
+def _load_msd(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
+    channel_names = _indexed_names(descriptor, "modality", _require(descriptor, raw, "modality", dict))  # type: ignore[arg-type]
+    raw_labels = _require(descriptor, raw, "labels", dict)
+    try:
+        labels = {int(k): str(v) for k, v in raw_labels.items()}  # type: ignore[union-attr]
+    except ValueError as exc:
+        raise SelfUNetError(
+            f"{descriptor}: MSD 'labels' maps integer values (as strings) to names, e.g. "
+            '{"0": "background", "1": "liver"}.'
+        ) from exc
+    labels = _check_labels(descriptor, labels)
+    training = []
+    for i, entry in enumerate(_require(descriptor, raw, "training", list)):  # type: ignore[arg-type]
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise SelfUNetError(
+                f"{descriptor}: training entry {i} must be an object with 'image' and 'label' paths."
+            )
+        image = _resolve(root, entry["image"])
+        training.append(CaseSpec(strip_ending(image), (image,), _resolve(root, entry["label"])))
+    test = []
+    for i, entry in enumerate(raw.get("test", [])):
+        if not isinstance(entry, str):
+            raise SelfUNetError(f"{descriptor}: test entry {i} must be a path string.")
+        image = _resolve(root, entry)
+        test.append(CaseSpec(strip_ending(image), (image,)))
+    first = training[0].images[0] if training else (test[0].images[0] if test else Path("x.nii.gz"))
+    return DatasetSpec(
+        root=root,
+        name=str(raw.get("name", root.name)),
+        layout="msd",
+        channel_names=channel_names,
+        labels=labels,
+        file_ending=file_ending(first),
+        training=tuple(training),
+        test=tuple(test),
+    )
+
+
+def _load_nnunetv2(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
+    channel_names = _indexed_names(descriptor, "channel_names", _require(descriptor, raw, "channel_names", dict))  # type: ignore[arg-type]
+    raw_labels = _require(descriptor, raw, "labels", dict)
+    labels: dict[int, str] = {}
+    for name, value in raw_labels.items():  # type: ignore[union-attr]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SelfUNetError(
+                f"{descriptor}: label '{name}' maps to {value!r}; selfunet supports one integer per "
+                "label (region-based training with lists of labels is not supported)."
+            )
+        labels[value] = str(name)
+    labels = _check_labels(descriptor, labels)
+    ending = str(_require(descriptor, raw, "file_ending", str))
+    file_ending(f"x{ending}")
+    num_channels = len(channel_names)
+
+    def images_of(folder: Path, case_id: str) -> tuple[Path, ...]:
+        return tuple(folder / f"{case_id}_{c:04d}{ending}" for c in range(num_channels))
+
+    def ids_in(folder: Path, suffix: str) -> set[str]:
+        if not folder.is_dir():
+            return set()
+        return {
+            p.name[: -len(suffix)]
+            for p in folder.iterdir()
+            if p.name.endswith(suffix) and not p.name.startswith(".")
+        }
+
+    images_tr, labels_tr = root / "imagesTr", root / "labelsTr"
+    train_ids = ids_in(labels_tr, ending) | {i for i in ids_in(images_tr, ending) if _is_channel_file(i)}
+    train_ids = {_case_of(i) for i in train_ids}
+    training = tuple(
+        CaseSpec(cid, images_of(images_tr, cid), labels_tr / f"{cid}{ending}") for cid in sorted(train_ids)
+    )
+    test_ids = {_case_of(i) for i in ids_in(root / "imagesTs", ending) if _is_channel_file(i)}
+    test = tuple(CaseSpec(cid, images_of(root / "imagesTs", cid)) for cid in sorted(test_ids))
+    return DatasetSpec(
+        root=root,
+        name=str(raw.get("name", root.name)),
+        layout="nnunetv2",
+        channel_names=channel_names,
+        labels=labels,
+        file_ending=ending,
+        training=training,
+        test=test,
+    )
+
+
+def _is_channel_file(stem: str) -> bool:
+    return len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit()
+
+
+def _case_of(stem: str) -> str:
+    """``case_0000`` -> ``case``; a label stem (no channel suffix) stays as it is."""
+    return stem[:-5] if _is_channel_file(stem) else stem
+
+
+def read_case_image(dataset: DatasetSpec, case: CaseSpec) -> tuple[np.ndarray, ImageGeometry]:
+    """All channels of a case as float32 ``(C, z, y, x)`` plus the geometry of the first channel."""
+    arrays = []
+    geometry: ImageGeometry | None = None
+    for path in case.images:
+        array, geo = read_image(path)
+        arrays.append(array)
+        if geometry is None:
+            geometry = geo
+        elif geo.shape != geometry.shape:
+            raise SelfUNetError(
+                f"case '{case.case_id}': channel file {path} has shape {geo.shape}, the first "
+                f"channel {geometry.shape}; all channels must share one grid."
+            )
+    image = np.concatenate(arrays, axis=0).astype(np.float32, copy=False)
+    if image.shape[0] != dataset.num_channels:
+        raise SelfUNetError(
+            f"case '{case.case_id}' ({case.images[0]}): {image.shape[0]} channel(s) found, "
+            f"dataset.json declares {dataset.num_channels}; fix the image or the channel list."
+        )
+    assert geometry is not None
+    return image, geometry
+
+
+def read_case_label(case: CaseSpec) -> tuple[np.ndarray, ImageGeometry]:
+    """The label map as ``(z, y, x)`` (dtype as stored; ``selfunet check`` verifies integrality)."""
+    if case.label is None:
+        raise SelfUNetError(f"case '{case.case_id}' has no label file (it is a test case).")
+    array, geometry = read_image(case.label)
+    if array.shape[0] != 1:
+        raise SelfUNetError(f"{case.label}: a label map must have one channel, found {array.shape[0]}.")
+    return array[0], geometry

@@ -1,0 +1,287 @@
+"""``selfunet predict``: trained folds -> label maps in the original geometry (SPEC section 3).
+
+The chain for one case: read the image(s) -> preprocess in memory exactly like the training data
+-> sliding-window prediction with every fold (softmax probabilities averaged) -> revert to the
+original crop space and shape -> write with the input's header. Out-of-fold validation
+predictions use the same chain on the already preprocessed arrays, and keep their probabilities
+(in the original crop space, where every configuration of a case agrees) for ensemble selection.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from selfunet.data.io import SUPPORTED_ENDINGS, file_ending, read_image, strip_ending
+from selfunet.errors import SelfUNetError
+from selfunet.inference.sliding_window import InferenceConfig, predict_probabilities
+from selfunet.planning.plan_types import Configuration, Plan
+from selfunet.preprocessing.preprocess import PreprocessedCase, preprocess_image_for_inference
+from selfunet.preprocessing.revert import (
+    revert_probabilities,
+    revert_to_labels,
+    save_probabilities,
+    write_prediction,
+)
+from selfunet.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    network: torch.nn.Module
+    plan: Plan
+    configuration: Configuration
+    checkpoint: Path
+
+
+def load_trained_model(checkpoint: Path, device: torch.device) -> TrainedModel:
+    """Rebuild the network from the plan stored inside the checkpoint and load its weights."""
+    from selfunet.runtime import load_checkpoint
+    from selfunet.training.network import build_network
+
+    payload = load_checkpoint(checkpoint)
+    plan = Plan.from_dict(payload["plan"], source=str(checkpoint))
+    configuration = plan.configurations[payload["configuration"]]
+    network = build_network(configuration.topology, plan.input_channels(configuration.name), plan.num_classes,
+                            deep_supervision=False)
+    network.load_state_dict(payload["network"])
+    network.to(device).eval()
+    return TrainedModel(network, plan, configuration, Path(checkpoint))
+
+
+def inference_config(configuration: Configuration, mirroring: bool, amp_dtype: torch.dtype | None,
+                     device: torch.device, windows_per_batch: int = 4) -> InferenceConfig:
+    return InferenceConfig(
+        mirror_axes=None if mirroring else (), amp_dtype=amp_dtype, device=device,
+        windows_per_batch=windows_per_batch,
+    )
+
+
+def predict_array(models: list[TrainedModel], data: np.ndarray, config: InferenceConfig) -> np.ndarray:
+    """Averaged softmax probabilities ``(K, *spatial)`` for one preprocessed case."""
+    first = models[0]
+    probabilities = predict_probabilities(
+        [m.network for m in models], torch.from_numpy(np.array(data, dtype=np.float32)),
+        first.configuration.patch_size, first.plan.num_classes, config,
+    )
+    return probabilities.numpy()
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_ids: list[str], checkpoint: Path,
+                             mirroring: bool = True, amp: str = "auto", console: Console | None = None) -> Path:
+    """Out-of-fold predictions of one fold: labels (original geometry) + crop-space probabilities.
+
+    Already finished cases (label and probabilities present) are skipped, so an interrupted
+    validation resumes.
+    """
+    from selfunet.runtime import resolve_amp, resolve_device
+
+    console = console or Console(stderr=True)
+    device = resolve_device("auto")
+    model = load_trained_model(checkpoint, device)
+    config = inference_config(model.configuration, mirroring, resolve_amp(amp, device), device)
+    folder = work.preprocessed(model.configuration.data_identifier)
+    if model.configuration.previous_stage is not None:
+        from selfunet.training.cascade import cascade_data_identifier
+
+        folder = work.preprocessed(cascade_data_identifier(model.configuration))
+    out = work.training(configuration, fold) / "validation"
+    out.mkdir(parents=True, exist_ok=True)
+    ending = _dataset_ending(work)
+    with _progress(console) as progress:
+        task = progress.add_task(f"validation {configuration} fold {fold}", total=len(case_ids))
+        for case_id in case_ids:
+            label_path, prob_path = out / f"{case_id}{ending}", out / f"{case_id}.npz"
+            if not (label_path.is_file() and prob_path.is_file()):
+                properties = PreprocessedCase.load(folder / f"{case_id}.json")
+                data = np.load(folder / f"{case_id}.npy", mmap_mode="r")
+                probabilities = predict_array([model], data, config)
+                save_probabilities(prob_path, revert_probabilities(
+                    probabilities, properties, model.configuration.resampling), properties)
+                labels = revert_to_labels(probabilities, properties, model.configuration.resampling)
+                write_prediction(label_path, labels, properties)
+            progress.advance(task)
+    return out
+
+
+def _dataset_ending(work: WorkDir) -> str:
+    from selfunet.planning.fingerprint_types import Fingerprint
+
+    try:
+        return Fingerprint.load(work.fingerprint).dataset.file_ending
+    except SelfUNetError:
+        return ".nii.gz"
+
+
+@dataclass(frozen=True)
+class InputCase:
+    case_id: str
+    files: tuple[Path, ...]
+    output_name: str
+
+
+def discover_inputs(inputs: list[Path], num_channels: int) -> list[InputCase]:
+    """Cases from files and folders: MSD style (one file per case, channels in a 4D file) or
+    nnU-Net v2 style (``case_0000.nii.gz`` per channel). Output names follow the input's style."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+                            and p.name.lower().endswith(SUPPORTED_ENDINGS))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise SelfUNetError(f"{item}: no such file or folder to predict.")
+    if not files:
+        raise SelfUNetError(f"no images ({', '.join(SUPPORTED_ENDINGS)}) found in {', '.join(map(str, inputs))}.")
+    channel_style = all(len(s := strip_ending(f)) > 5 and s[-5] == "_" and s[-4:].isdigit() for f in files)
+    if channel_style:
+        groups: dict[str, dict[int, Path]] = {}
+        for f in files:
+            stem = strip_ending(f)
+            groups.setdefault(stem[:-5], {})[int(stem[-4:])] = f
+        cases = []
+        for case_id, by_channel in sorted(groups.items()):
+            missing = [c for c in range(num_channels) if c not in by_channel]
+            if missing:
+                raise SelfUNetError(
+                    f"case '{case_id}': channel file(s) {', '.join(f'{case_id}_{c:04d}' for c in missing)} missing; "
+                    f"the model needs {num_channels} channel(s)."
+                )
+            first = by_channel[0]
+            cases.append(InputCase(case_id, tuple(by_channel[c] for c in range(num_channels)),
+                                   f"{case_id}{file_ending(first)}"))
+        return cases
+    return [InputCase(strip_ending(f), (f,), f.name) for f in files]
+
+
+def read_input_case(case: InputCase, num_channels: int):
+    arrays, geometry = [], None
+    for path in case.files:
+        array, geo = read_image(path)
+        arrays.append(array)
+        geometry = geometry or geo
+    image = np.concatenate(arrays, axis=0).astype(np.float32, copy=False)
+    if image.shape[0] != num_channels:
+        raise SelfUNetError(
+            f"case '{case.case_id}' ({case.files[0]}): {image.shape[0]} channel(s), the model expects "
+            f"{num_channels}; give all channels (one 4D file or case_0000.. files)."
+        )
+    return image, geometry
+
+
+def find_checkpoints(work: WorkDir, configuration: str, folds: list[int] | None, name: str) -> list[Path]:
+    root = work.root / "train" / configuration
+    if folds is None:
+        found = sorted(root.glob(f"fold_*/{name}"))
+        if not found:
+            raise SelfUNetError(
+                f"no {name} under {root}: train first (`selfunet train {work.root} -c {configuration} -f 0`)."
+            )
+        return found
+    paths = [work.training(configuration, f) / name for f in folds]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SelfUNetError(f"checkpoint(s) missing: {', '.join(missing)}; train those folds first.")
+    return paths
+
+
+def case_probabilities(stage: str, image: np.ndarray, geometry, case_id: str, models: dict[str, list[TrainedModel]],
+                       configs: dict[str, InferenceConfig]) -> tuple[np.ndarray, PreprocessedCase]:
+    """Crop-space probabilities ``(K, *shape_after_crop)`` of one stage for one case.
+
+    Crop space is the same for every configuration of a case, so ensembles average there; a
+    cascade stage first predicts its previous stage and appends that segmentation as channels.
+    """
+    from selfunet.training.cascade import previous_stage_channels
+
+    first = models[stage][0]
+    plan, configuration = first.plan, first.configuration
+    data, properties = preprocess_image_for_inference(image, geometry, plan, configuration, case_id)
+    if configuration.previous_stage is not None:
+        previous, _ = case_probabilities(configuration.previous_stage, image, geometry, case_id, models, configs)
+        extra = previous_stage_channels(previous.argmax(0), properties, plan.num_classes)
+        data = np.concatenate([data, extra], axis=0)
+    probabilities = predict_array(models[stage], data, configs[stage])
+    return revert_probabilities(probabilities, properties, configuration.resampling), properties
+
+
+def _load_stage_models(workdir: WorkDir, members: list[str], folds: list[int] | None, checkpoint_name: str,
+                       device: torch.device) -> dict[str, list[TrainedModel]]:
+    models: dict[str, list[TrainedModel]] = {}
+    pending = list(members)
+    while pending:
+        stage = pending.pop()
+        if stage in models:
+            continue
+        models[stage] = [load_trained_model(p, device)
+                         for p in find_checkpoints(workdir, stage, folds, checkpoint_name)]
+        previous = models[stage][0].configuration.previous_stage
+        if previous is not None:
+            pending.append(previous)
+    return models
+
+
+def predict_cases(inputs: list[Path], output: Path, work: Path, configurations: list[str],
+                  folds: list[int] | None = None, checkpoint_name: str = "checkpoint_final.pt",
+                  mirroring: bool = True, amp: str = "auto", device: str = "auto",
+                  save_probabilities_files: bool = False, postprocessing=None,
+                  console: Console | None = None) -> list[Path]:
+    """Predict every input case and write label maps into ``output``.
+
+    ``configurations`` with more than one entry is an ensemble: crop-space probabilities of the
+    members (each averaged over its folds) are averaged. ``postprocessing`` is a
+    :class:`selfunet.inference.postprocess.PostprocessingRule` applied to the final labels.
+    """
+    from selfunet.preprocessing.revert import labels_from_cropped_probabilities
+    from selfunet.runtime import resolve_amp, resolve_device
+
+    if not configurations:
+        raise SelfUNetError("no configuration to predict with; pass -c CONFIG (several for an ensemble).")
+    console = console or Console(stderr=True)
+    workdir = WorkDir(work)
+    torch_device = resolve_device(device)
+    models = _load_stage_models(workdir, configurations, folds, checkpoint_name, torch_device)
+    amp_dtype = resolve_amp(amp, torch_device)
+    configs = {stage: inference_config(m[0].configuration, mirroring, amp_dtype, torch_device)
+               for stage, m in models.items()}
+    plan = models[configurations[0]][0].plan
+    cases = discover_inputs(inputs, plan.num_input_channels)
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    with _progress(console) as progress:
+        task = progress.add_task(f"predict {'+'.join(configurations)}", total=len(cases))
+        for case in cases:
+            image, geometry = read_input_case(case, plan.num_input_channels)
+            probabilities, properties = None, None
+            for member in configurations:
+                member_probabilities, properties = case_probabilities(
+                    member, image, geometry, case.case_id, models, configs)
+                probabilities = member_probabilities if probabilities is None else probabilities + member_probabilities
+            probabilities /= len(configurations)
+            if save_probabilities_files:
+                save_probabilities(output / f"{case.case_id}.npz", probabilities, properties)
+            labels = labels_from_cropped_probabilities(probabilities, properties)
+            if postprocessing is not None:
+                from selfunet.inference.postprocess import apply_postprocessing
+
+                labels = apply_postprocessing(labels, postprocessing)
+            target = output / case.output_name
+            write_prediction(target, labels, properties)
+            written.append(target)
+            progress.advance(task)
+    console.print(f"wrote {len(written)} prediction(s) to {output}")
+    return written

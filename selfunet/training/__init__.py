@@ -1,0 +1,8 @@
+"""Stage 3, training: preprocessed data in, ``WORK/train/<configuration>/fold_<k>/`` out.
+
+``train`` runs one configuration on one fold (``train_config`` and ``budgets`` say how long,
+``training_log`` records and plots it) with the ``network`` and ``loss``, folds from ``splits``,
+patches from ``sampling`` and ``augment`` fed by ``loader``; ``cascade`` builds the inputs of the
+full-resolution cascade stage from the low-resolution stage's out-of-fold predictions.
+Training never imports inference: validation predictions are made by ``selfunet.pipeline``.
+"""

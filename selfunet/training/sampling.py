@@ -1,0 +1,242 @@
+"""Training mini-batches: random patches with foreground oversampling (SPEC section 3).
+
+A batch is a pure function of ``(seed, batch_index)``: every random number comes from
+``np.random.default_rng([seed, batch_index])`` and the sampler keeps no state between calls.
+Training therefore resumes exactly, and background workers may compute batches in any order.
+
+Reads are memory-mapped (``np.load(mmap_mode="r")``): only the voxels of the patch are copied,
+so the working set stays flat however large the dataset. Where a patch leaves the image, the
+image is padded with 0 (the value of the normalised background outside the non-zero mask) and
+the label with -1, the *ignore* value that preprocessing also gives voxels outside the crop mask:
+the loss must not count those voxels.
+
+Patches are read at ``read_patch_size`` (by default :func:`selfunet.training.augment.enlarged_patch_size`),
+centred where the final patch should be; the augmenter rotates/scales and crops the centre.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from selfunet.errors import SelfUNetError
+from selfunet.training.augment import AugmentationConfig, enlarged_patch_size
+
+log = logging.getLogger(__name__)
+
+#: label value of voxels outside the image (padding) and outside the non-zero crop mask.
+IGNORE_LABEL = -1
+
+
+@dataclass
+class Batch:
+    """One mini-batch as read from disk, before augmentation."""
+
+    image: np.ndarray
+    """float32 [B, C, *read_patch]."""
+    label: np.ndarray
+    """int8 [B, 1, *read_patch] (int16 if preprocessing stored >127 classes); -1 outside the image."""
+    case_ids: list[str]
+    lower_corners: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    """[B, 3] lower corner of each read patch in the case's voxel grid (plan order); for 2D
+    configurations entry 0 is the slice index."""
+    foreground_forced: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """[B] whether the sample was centred on a foreground voxel."""
+
+
+@dataclass(frozen=True)
+class _Case:
+    case_id: str
+    shape: tuple[int, ...]
+    """spatial shape (3 axes)."""
+    channels: int
+    classes: tuple[int, ...]
+    """foreground classes with stored voxel coordinates."""
+    label_dtype: np.dtype
+
+
+class PatchSampler:
+    """Random training patches from one preprocessed data folder."""
+
+    def __init__(
+        self,
+        folder: Path,
+        case_ids: Sequence[str],
+        patch_size: Sequence[int],
+        batch_size: int,
+        dimension: int,
+        oversample_foreground: float = 1 / 3,
+        read_patch_size: Sequence[int] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        if dimension not in (2, 3):
+            raise SelfUNetError(f"sampler: dimension must be 2 or 3, got {dimension}.")
+        if len(patch_size) != dimension or min(patch_size) < 1:
+            raise SelfUNetError(f"sampler: patch size {list(patch_size)} does not fit dimension {dimension}.")
+        if batch_size < 1:
+            raise SelfUNetError(f"sampler: batch size must be at least 1, got {batch_size}.")
+        if not 0.0 <= oversample_foreground <= 1.0:
+            raise SelfUNetError(f"sampler: oversample_foreground={oversample_foreground} must be in [0, 1].")
+        if not case_ids:
+            raise SelfUNetError(f"sampler: no training cases given for {self.folder}.")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.dimension = dimension
+        self.batch_size = int(batch_size)
+        self.oversample_foreground = float(oversample_foreground)
+        if read_patch_size is None:
+            read_patch_size = enlarged_patch_size(self.patch_size, AugmentationConfig())
+        self.read_patch_size = tuple(int(p) for p in read_patch_size)
+        if len(self.read_patch_size) != dimension or any(
+            r < p for r, p in zip(self.read_patch_size, self.patch_size)
+        ):
+            raise SelfUNetError(
+                f"sampler: read patch size {list(self.read_patch_size)} must have {dimension} entries, "
+                f"each at least the patch size {list(self.patch_size)}."
+            )
+        self.cases = [self._inspect(str(c)) for c in case_ids]
+        # int8 per the format; wider only where preprocessing stored more than 127 classes
+        self.label_dtype = np.result_type(np.int8, *(c.label_dtype for c in self.cases))
+
+    # ------------------------------------------------------------------ setup
+    def _inspect(self, case_id: str) -> _Case:
+        """Shape, channels and classes of a case, validated once (headers only, no voxel data)."""
+        image_path = self.folder / f"{case_id}.npy"
+        seg_path = self.folder / f"{case_id}_seg.npy"
+        fg_path = self.folder / f"{case_id}_fg.npz"
+        meta_path = self.folder / f"{case_id}.json"
+        for path in (meta_path, image_path, seg_path):
+            if not path.is_file():
+                raise SelfUNetError(
+                    f"case {case_id}: {path} is missing; run `selfunet preprocess` for this configuration."
+                )
+        try:
+            image = np.load(image_path, mmap_mode="r")
+            seg = np.load(seg_path, mmap_mode="r")
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SelfUNetError(
+                f"case {case_id}: cannot read its preprocessed files in {self.folder} ({exc}); delete "
+                f"them and rerun `selfunet preprocess`."
+            ) from exc
+        if image.ndim != 4 or seg.shape != (1, *image.shape[1:]):
+            raise SelfUNetError(
+                f"case {case_id}: image {image.shape} and segmentation {seg.shape} in {self.folder} are not "
+                f"(C, z, y, x) and (1, z, y, x) of the same size; rerun `selfunet preprocess`."
+            )
+        classes: tuple[int, ...] = ()
+        if fg_path.is_file():
+            try:
+                with zipfile.ZipFile(fg_path) as archive:
+                    keys = [n.removesuffix(".npy") for n in archive.namelist()]
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise SelfUNetError(f"case {case_id}: {fg_path} is unreadable ({exc}); rerun preprocessing.") from exc
+            stored = sorted(int(k.removeprefix("class_")) for k in keys if k.startswith("class_"))
+            present = meta.get("classes_present") if isinstance(meta, dict) else None
+            classes = tuple(c for c in stored if present is None or c in present)
+        elif isinstance(meta, dict) and meta.get("classes_present"):
+            raise SelfUNetError(
+                f"case {case_id}: {fg_path} is missing although the case has foreground; rerun preprocessing."
+            )
+        if seg.dtype.kind != "i":
+            raise SelfUNetError(
+                f"case {case_id}: {seg_path} holds {seg.dtype}, not signed integer labels; rerun preprocessing."
+            )
+        return _Case(case_id, tuple(int(s) for s in image.shape[1:]), int(image.shape[0]), classes, seg.dtype)
+
+    @property
+    def num_channels(self) -> int:
+        return self.cases[0].channels
+
+    @property
+    def num_foreground_samples(self) -> int:
+        """How many samples of each batch (the last ones) are centred on foreground."""
+        if self.oversample_foreground <= 0:
+            return 0
+        return min(self.batch_size, max(1, round(self.batch_size * self.oversample_foreground)))
+
+    # ------------------------------------------------------------------ sampling
+    def sample_batch(self, seed: int, batch_index: int) -> Batch:
+        """Batch ``batch_index`` of the run seeded ``seed``; the same arguments give the same batch."""
+        rng = np.random.default_rng([int(seed), int(batch_index)])
+        b, read = self.batch_size, self.read_patch_size
+        channels = self.num_channels
+        image = np.zeros((b, channels, *read), dtype=np.float32)
+        label = np.full((b, 1, *read), IGNORE_LABEL, dtype=self.label_dtype)
+        corners = np.zeros((b, 3), dtype=np.int64)
+        forced = np.zeros(b, dtype=bool)
+        case_ids = []
+        first_fg = b - self.num_foreground_samples
+        for i in range(b):
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            if case.channels != channels:
+                raise SelfUNetError(
+                    f"case {case.case_id} has {case.channels} channels, {self.cases[0].case_id} has "
+                    f"{channels}; all cases of a preprocessed folder must have the same channels."
+                )
+            voxel = self._foreground_voxel(case, rng) if i >= first_fg else None
+            forced[i] = voxel is not None
+            corners[i] = self._lower_corner(case.shape, voxel, rng)
+            self._read(case, corners[i], image[i], label[i])
+            case_ids.append(case.case_id)
+        return Batch(image, label, case_ids, corners, forced)
+
+    def _foreground_voxel(self, case: _Case, rng: np.random.Generator) -> np.ndarray | None:
+        """A random stored voxel of a random present class, or None when the case has none."""
+        if not case.classes:
+            return None
+        cls = case.classes[int(rng.integers(len(case.classes)))]
+        with np.load(self.folder / f"{case.case_id}_fg.npz") as stored:
+            coords = stored[f"class_{cls}"]
+        if coords.shape[0] == 0:
+            return None
+        return np.asarray(coords[int(rng.integers(coords.shape[0]))], dtype=np.int64)
+
+    def _lower_corner(self, shape: tuple[int, ...], voxel: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        """Lower corner of the read patch (3 entries; for 2D entry 0 is the slice).
+
+        The *final* patch (the centre of the read patch) is kept inside the image where the image
+        is large enough, and placed at a random offset that still covers the whole image where it is
+        smaller, as the reference implementation does; the enlarged margin around it may leave the
+        image (padded). A foreground voxel becomes the patch centre, then the same bounds apply, which
+        keeps the voxel inside the final patch.
+        """
+        corner = np.zeros(3, dtype=np.int64)
+        if self.dimension == 2:
+            corner[0] = voxel[0] if voxel is not None else rng.integers(shape[0])
+            spatial, offset = shape[1:], 1
+        else:
+            spatial, offset = shape, 0
+        for axis, (size, patch, read) in enumerate(zip(spatial, self.patch_size, self.read_patch_size)):
+            low, high = min(0, size - patch), max(0, size - patch)
+            if voxel is None:
+                start = int(rng.integers(low, high + 1))
+            else:
+                start = int(np.clip(voxel[axis + offset] - patch // 2, low, high))
+            corner[axis + offset] = start - (read - patch) // 2
+        return corner
+
+    def _read(self, case: _Case, corner: np.ndarray, image_out: np.ndarray, label_out: np.ndarray) -> None:
+        """Copy the part of the patch that lies inside the case into the (pre-padded) outputs."""
+        image = np.load(self.folder / f"{case.case_id}.npy", mmap_mode="r")
+        seg = np.load(self.folder / f"{case.case_id}_seg.npy", mmap_mode="r")
+        if self.dimension == 2:
+            source_prefix: tuple[int | slice, ...] = (slice(None), int(corner[0]))
+            lows, shape = corner[1:], case.shape[1:]
+        else:
+            source_prefix = (slice(None),)
+            lows, shape = corner, case.shape
+        src, dst = [], []
+        for low, size, read in zip(lows, shape, self.read_patch_size):
+            a, b = max(int(low), 0), min(int(low) + read, size)
+            if a >= b:
+                return  # the patch misses the image on this axis: all padding
+            src.append(slice(a, b))
+            dst.append(slice(a - int(low), b - int(low)))
+        image_out[(slice(None), *dst)] = image[(*source_prefix, *src)]
+        label_out[(slice(None), *dst)] = seg[(*source_prefix, *src)]

@@ -1,0 +1,374 @@
+"""``selfunet train``: one configuration, one fold (SPEC section 3, "Training").
+
+Design decisions that make resume exact and the loop simple:
+
+* every training batch is a pure function of ``(seed, batch index)`` (sampling and augmentation
+  both seed from it), so no sampler state needs saving and prefetching order cannot change
+  results;
+* checkpoints record the epoch and the iteration inside it; a SIGTERM/SIGINT saves ``latest`` at
+  the current iteration and exits, ``--resume`` continues at the very next batch;
+* the JSON-lines log is truncated on resume to the checkpoint's epoch, so no epoch appears twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from selfunet.artifacts import atomic_write_json
+from selfunet.errors import SelfUNetError
+from selfunet.planning.plan_types import Configuration, Plan
+from selfunet.runtime import load_checkpoint, resolve_amp, resolve_device, save_checkpoint
+from selfunet.training.train_config import TrainConfig
+from selfunet.training.training_log import append_log, plot_log, read_log, truncate_log
+from selfunet.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_LATEST = "checkpoint_latest.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"
+CHECKPOINT_FINAL = "checkpoint_final.pt"
+
+
+class TrainingInterrupted(SelfUNetError):
+    """Raised after a SIGTERM/SIGINT once the latest checkpoint is safely written."""
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0
+    iteration: int = 0
+    """iterations already done inside ``epoch``."""
+    loss_sum: float = 0.0
+    ema: float | None = None
+    best_ema: float = -math.inf
+    extra: dict = field(default_factory=dict)
+
+
+def poly_lr(initial_lr: float, epoch: int, epochs: int, exponent: float) -> float:
+    return initial_lr * (1 - epoch / epochs) ** exponent
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """One integer seed per batch, distinct for every (seed, index) pair in practice."""
+    return (seed * 1_000_003 + index) % (2**63 - 1)
+
+
+def _center_crop(tensor: torch.Tensor, patch: list[int]) -> torch.Tensor:
+    slices = [slice(None), slice(None)]
+    for size, target in zip(tensor.shape[2:], patch):
+        start = (size - target) // 2
+        slices.append(slice(start, start + target))
+    return tensor[tuple(slices)]
+
+
+class Trainer:
+    """Trains one configuration on one fold; see the module docstring for the resume contract."""
+
+    def __init__(self, work: Path, configuration: str, fold: int, config: TrainConfig,
+                 console: Console | None = None) -> None:
+        from selfunet.training.splits import get_fold, load_or_create_splits
+
+        self.work = WorkDir(work)
+        self.console = console or Console(stderr=True)
+        self.plan = Plan.load(self.work.plan)
+        if configuration not in self.plan.configurations:
+            raise SelfUNetError(
+                f"configuration '{configuration}' is not in {self.work.plan}; "
+                f"choose one of {sorted(self.plan.configurations)}."
+            )
+        self.configuration: Configuration = self.plan.configurations[configuration]
+        self.config = config
+        self.fold = fold
+        self.out = self.work.training(configuration, fold)
+        self.data_folder = self.work.preprocessed(self.configuration.data_identifier)
+        if self.configuration.previous_stage is not None:
+            from selfunet.training.cascade import prepare_cascade_data
+
+            self.data_folder = prepare_cascade_data(work, self.plan, self.configuration, self.console)
+        case_ids = sorted(p.name[: -len(".json")] for p in self.data_folder.glob("*.json")
+                          if not p.name.startswith(("dataset", ".")))
+        if not case_ids:
+            raise SelfUNetError(
+                f"{self.data_folder} holds no preprocessed cases: run "
+                f"`selfunet preprocess {self.work.root} -c {configuration}` first."
+            )
+        splits = load_or_create_splits(self.work.splits, case_ids, config.num_folds, config.split_seed)
+        split = get_fold(splits, fold)
+        self.train_ids, self.val_ids = list(split.train), list(split.val)
+        self.device = resolve_device(config.device)
+        self.amp_dtype = resolve_amp(config.amp, self.device)
+        self.stop_requested: int | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    def _build(self) -> None:
+        from selfunet.training.augment import AugmentationConfig, Augmenter
+        from selfunet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+        from selfunet.training.network import build_network
+        from selfunet.training.sampling import PatchSampler
+
+        cfg = self.config
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(cfg.seed)
+        self.network = build_network(
+            self.configuration.topology, self.plan.input_channels(self.configuration.name), self.plan.num_classes,
+            deep_supervision=True,
+        ).to(self.device)
+        if cfg.channels_last:
+            fmt = torch.channels_last_3d if self.configuration.dimension == 3 else torch.channels_last
+            self.network = self.network.to(memory_format=fmt)
+        self.memory_format = (
+            (torch.channels_last_3d if self.configuration.dimension == 3 else torch.channels_last)
+            if cfg.channels_last else torch.contiguous_format
+        )
+        self.model = torch.compile(self.network) if cfg.compile else self.network
+        self.optimizer = torch.optim.SGD(
+            self.network.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, nesterov=True,
+        )
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        num_outputs = len(self.configuration.topology.features_per_stage) - 1
+        self.loss = DeepSupervisionLoss(
+            DiceCELoss(batch_dice=self.configuration.batch_dice), deep_supervision_weights(num_outputs)
+        )
+        patch = list(self.configuration.patch_size)
+        self.patch = patch
+        self.augmenter = Augmenter(AugmentationConfig(), patch, self.configuration.dimension, self.device,
+                                   intensity_channels=self.plan.num_input_channels)
+        common = dict(
+            patch_size=patch, batch_size=self.configuration.batch_size,
+            dimension=self.configuration.dimension, oversample_foreground=cfg.oversample_foreground,
+        )
+        self.train_sampler = PatchSampler(self.data_folder, self.train_ids, **common)
+        # validation batches are read at the patch size itself: no augmentation, no enlargement.
+        self.val_sampler = PatchSampler(self.data_folder, self.val_ids or self.train_ids,
+                                        read_patch_size=patch, **common)
+
+    # -- batches --------------------------------------------------------------------------------
+    def _produce_train_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = batch_seed(self.config.seed, index)
+        batch = self.train_sampler.sample_batch(self.config.seed, index)
+        image = torch.from_numpy(np.ascontiguousarray(batch.image))
+        label = torch.from_numpy(np.ascontiguousarray(batch.label))
+        if self.device.type == "cpu":
+            generator = torch.Generator().manual_seed(seed)
+            image, label = self.augmenter(image, label, generator)
+        return image, label
+
+    def _augment_on_device(self, image: torch.Tensor, label: torch.Tensor, index: int):
+        image = image.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True)
+        if self.device.type != "cpu":
+            generator = torch.Generator(device=self.device).manual_seed(batch_seed(self.config.seed, index))
+            image, label = self.augmenter(image, label, generator)
+        # like the reference: voxels outside the non-zero mask (and padding) train as background
+        return image.contiguous(memory_format=self.memory_format), label.long().clamp_min_(0)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _train_step(self, image: torch.Tensor, label: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            outputs = self.model(image)
+            loss = self.loss([o.float() for o in outputs], label)
+        self.grad_scaler.scale(loss).backward()
+        self.grad_scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip_norm)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _validate(self) -> tuple[float, list[float]]:
+        """Loss and per-class pseudo-Dice (pooled TP/FP/FN) over fixed validation patches."""
+        self.model.eval()
+        num_fg = self.plan.num_classes - 1
+        tp = np.zeros(num_fg)
+        fp = np.zeros(num_fg)
+        fn = np.zeros(num_fg)
+        losses = []
+        for j in range(self.config.validation_iterations):
+            batch = self.val_sampler.sample_batch(self.config.seed + 7919, j)
+            image = _center_crop(torch.from_numpy(np.ascontiguousarray(batch.image)), self.patch)
+            label = _center_crop(torch.from_numpy(np.ascontiguousarray(batch.label)), self.patch)
+            image = image.to(self.device).contiguous(memory_format=self.memory_format)
+            label = label.to(self.device).long().clamp_min_(0)
+            with self._autocast():
+                outputs = self.model(image)
+                losses.append(float(self.loss([o.float() for o in outputs], label)))
+            prediction = outputs[0].argmax(1, keepdim=True)
+            valid = label >= 0
+            for c in range(1, num_fg + 1):
+                p = (prediction == c) & valid
+                r = label == c
+                tp[c - 1] += float((p & r).sum())
+                fp[c - 1] += float((p & ~r).sum())
+                fn[c - 1] += float((~p & r).sum())
+        self.model.train()
+        denominator = 2 * tp + fp + fn
+        dice = [float(2 * t / d) if d > 0 else float("nan") for t, d in zip(tp, denominator)]
+        return float(np.mean(losses)) if losses else float("nan"), dice
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _checkpoint_payload(self, state: LoopState) -> dict:
+        return {
+            "format": "selfunet-checkpoint-1",
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "loss_sum": state.loss_sum,
+            "ema": state.ema,
+            "best_ema": state.best_ema,
+            "torch_rng": torch.get_rng_state(),
+            "train_config": self.config.model_dump(),
+            "configuration": self.configuration.name,
+            "plan": self.plan.model_dump(),
+            "fold": self.fold,
+        }
+
+    def _restore(self, payload: dict) -> LoopState:
+        saved = TrainConfig.from_dict(payload["train_config"], source="checkpoint")
+        if saved.epochs != self.config.epochs or saved.iterations_per_epoch != self.config.iterations_per_epoch:
+            raise SelfUNetError(
+                f"{self.out / CHECKPOINT_LATEST} was made with {saved.epochs} epochs x "
+                f"{saved.iterations_per_epoch} iterations, now {self.config.epochs} x "
+                f"{self.config.iterations_per_epoch}; resume with the same budget or start over with --restart."
+            )
+        self.network.load_state_dict(payload["network"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.grad_scaler.load_state_dict(payload["grad_scaler"])
+        torch.set_rng_state(payload["torch_rng"])
+        return LoopState(epoch=payload["epoch"], iteration=payload["iteration"], loss_sum=payload["loss_sum"],
+                         ema=payload["ema"], best_ema=payload["best_ema"])
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, resume: bool = False, restart: bool = False) -> Path:
+        cfg = self.config
+        latest, final = self.out / CHECKPOINT_LATEST, self.out / CHECKPOINT_FINAL
+        if restart:
+            for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST, CHECKPOINT_FINAL, "log.jsonl", "progress.png"):
+                (self.out / name).unlink(missing_ok=True)
+        elif final.is_file() and resume:
+            self.console.print(f"{final} exists: training of this fold is complete.")
+            return final
+        elif latest.is_file() and not resume:
+            raise SelfUNetError(
+                f"{latest} exists: add --resume to continue that run, or --restart to start over."
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp*"):  # half-written checkpoint/plot of a killed run
+            stale.unlink(missing_ok=True)
+        self._build()
+        state = LoopState()
+        log_path = self.out / "log.jsonl"
+        if resume and latest.is_file():
+            state = self._restore(load_checkpoint(latest))
+            truncate_log(log_path, state.epoch)
+            self.console.print(f"resuming at epoch {state.epoch}, iteration {state.iteration}")
+        elif log_path.exists():
+            log_path.unlink()
+        cfg.save(self.out / "train_config.json")
+        iterations = cfg.iterations_per_epoch
+        from selfunet.training.loader import BackgroundLoader
+
+        previous_handlers = self._install_signal_handlers()
+        loader = BackgroundLoader(
+            self._produce_train_batch, start_index=state.epoch * iterations + state.iteration,
+            prefetch=cfg.prefetch_batches, num_workers=cfg.loader_threads,
+        )
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+            console=self.console, transient=False,
+        )
+        self.network.train()
+        try:
+            with loader, progress:
+                total = progress.add_task(
+                    f"{self.configuration.name} fold {self.fold}", total=cfg.epochs * iterations,
+                    completed=state.epoch * iterations + state.iteration, status="",
+                )
+                while state.epoch < cfg.epochs:
+                    lr = poly_lr(cfg.initial_lr, state.epoch, cfg.epochs, cfg.poly_exponent)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    epoch_start = time.perf_counter()
+                    for it in range(state.iteration, iterations):
+                        image, label = next(loader)
+                        image, label = self._augment_on_device(image, label, state.epoch * iterations + it)
+                        state.loss_sum += self._train_step(image, label)
+                        state.iteration = it + 1
+                        progress.update(total, advance=1, status=(
+                            f"epoch {state.epoch + 1}/{cfg.epochs} loss {state.loss_sum / state.iteration:.4f} "
+                            f"lr {lr:.2e} pseudo-Dice {state.ema if state.ema is not None else float('nan'):.3f}"
+                        ))
+                        if self.stop_requested is not None:
+                            save_checkpoint(latest, self._checkpoint_payload(state))
+                            raise TrainingInterrupted(
+                                f"stopped by signal {self.stop_requested}; the latest checkpoint is in "
+                                f"{latest}: continue with --resume."
+                            )
+                    val_loss, dice = self._validate()
+                    finite = [d for d in dice if not math.isnan(d)]
+                    mean_dice = float(np.mean(finite)) if finite else 0.0
+                    state.ema = mean_dice if state.ema is None else (
+                        cfg.pseudo_dice_ema * state.ema + (1 - cfg.pseudo_dice_ema) * mean_dice)
+                    record = {
+                        "epoch": state.epoch, "train_loss": state.loss_sum / iterations, "val_loss": val_loss,
+                        "pseudo_dice_per_class": dice, "pseudo_dice": mean_dice, "pseudo_dice_ema": state.ema,
+                        "lr": lr, "epoch_seconds": time.perf_counter() - epoch_start,
+                    }
+                    append_log(log_path, record)
+                    plot_log(read_log(log_path), self.out / "progress.png")
+                    state.epoch += 1
+                    state.iteration = 0
+                    state.loss_sum = 0.0
+                    if state.ema > state.best_ema:
+                        state.best_ema = state.ema
+                        save_checkpoint(self.out / CHECKPOINT_BEST, self._checkpoint_payload(state))
+                    if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.epochs:
+                        save_checkpoint(latest, self._checkpoint_payload(state))
+                    log.info("epoch %d: loss %.4f, val loss %.4f, pseudo-Dice %s (EMA %.4f)", state.epoch - 1,
+                             record["train_loss"], val_loss, [round(d, 4) for d in dice], state.ema)
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+        save_checkpoint(final, self._checkpoint_payload(state))
+        atomic_write_json(self.out / "training_summary.json", {
+            "configuration": self.configuration.name, "fold": self.fold, "epochs": cfg.epochs,
+            "final_pseudo_dice_ema": state.ema, "best_pseudo_dice_ema": state.best_ema,
+            "train_cases": self.train_ids, "validation_cases": self.val_ids,
+            "device": str(self.device), "amp": str(self.amp_dtype),
+        })
+        return final
+
+    def _install_signal_handlers(self) -> dict:
+        def handler(signum, _frame):
+            self.stop_requested = signum
+
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. a test runner thread)
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
