@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "oracle_plans.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "oracle_plans.py"
 
 
 def _reference_python() -> str | None:
