@@ -3,6 +3,8 @@ data is expensive to make); keep each one independent of the others' state."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,33 @@ def tiny_work(tiny_work_template: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_work_template, tmp_path / "work"))
+
+
+# ---- the reference implementation (nnU-Net v2) for oracle tests ---------------------------------
+#: a python interpreter with nnunetv2 installed; `.ci/run` installs it with
+#: ../shared/reference/setup_nnunet.sh (or bench/reference/setup_reference.sh) and exports it.
+REFERENCE_PYTHON_ENV = "SELFUNET_REFERENCE_PYTHON"
+#: set to 1 (CI does) to make a missing reference a failure instead of a skip.
+REQUIRE_REFERENCE_ENV = "SELFUNET_REQUIRE_REFERENCE"
+
+
+def find_reference_python() -> str | None:
+    """The reference's python from ``$SELFUNET_REFERENCE_PYTHON`` if it imports nnunetv2, else None."""
+    candidate = os.environ.get(REFERENCE_PYTHON_ENV)
+    if not candidate or not Path(candidate).is_file():
+        return None
+    probe = subprocess.run([candidate, "-c", "import nnunetv2"], capture_output=True, timeout=120)
+    return candidate if probe.returncode == 0 else None
+
+
+@pytest.fixture(scope="session")
+def reference_python() -> str:
+    """Path of a python with nnunetv2. Skips when absent, unless CI requires it: then it fails."""
+    found = find_reference_python()
+    if found is None:
+        message = (f"no python with nnunetv2: set {REFERENCE_PYTHON_ENV} to one "
+                   f"(e.g. after `bash ../shared/reference/setup_nnunet.sh VENV`, VENV/bin/python)")
+        if os.environ.get(REQUIRE_REFERENCE_ENV) == "1":
+            pytest.fail(message + f"; {REQUIRE_REFERENCE_ENV}=1 makes the oracle tests mandatory")
+        pytest.skip(message)
+    return found
