@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from selfunet.cli import errors_to
+from selfunet.cli import errors_to, print_version
 from selfunet.errors import SelfUNetError
 
 app = typer.Typer(name="harness", help="Benchmark selfunet over many tasks.", no_args_is_help=True,
@@ -34,7 +34,11 @@ user_errors = errors_to(console)
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=print_version("harness"),
+                                          help="print the version and exit")] = False,
+) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -176,16 +180,20 @@ def leaderboard(
 
 
 class _ExportGroup(typer.core.TyperGroup):
-    """``harness export TASK`` runs the ``task`` subcommand; named subcommands (``gc``) stay reachable."""
+    """``harness export TASK [--zip]`` is short for ``harness export task TASK [--zip]``; named
+    subcommands (``task``, ``gc``) and ``--help`` keep their meaning."""
 
     def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h") and any(
+                not a.startswith("-") for a in args):
             args = ["task", *args]
         return super().parse_args(ctx, args)
 
 
 export_app = typer.Typer(cls=_ExportGroup, no_args_is_help=True,
-                         help="Challenge-format predictions: `harness export TASK [--zip]` (and `harness export gc`).")
+                         help="Export a task's selected model: `harness export task TASK [--zip]` (challenge-format "
+                              "predictions; `harness export TASK` is short for it) or `harness export gc TASK ...` (a "
+                              "grand-challenge algorithm container).")
 app.add_typer(export_app, name="export")
 
 

@@ -49,8 +49,25 @@ def errors_to(target: Console) -> Callable[[F], F]:
 user_errors = errors_to(console)
 
 
+def print_version(program: str) -> Callable[[bool], None]:
+    """An eager ``--version`` callback: prints ``PROGRAM VERSION`` and exits before any command runs."""
+
+    def callback(value: bool) -> None:
+        if value:
+            from selfunet import __version__
+
+            typer.echo(f"{program} {__version__}")
+            raise typer.Exit()
+
+    return callback
+
+
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=print_version("selfunet"),
+                                          help="print the version and exit")] = False,
+) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
