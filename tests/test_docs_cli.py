@@ -94,7 +94,7 @@ def _doc_id(path: Path) -> str:
 def test_the_parser_finds_commands_and_options() -> None:
     text = "Run `selfunet train W -c 3d_fullres --epochs 2` then\n```bash\nharness export gc demo --out x  # c\n```\n"
     assert command_lines(text) == ["selfunet train W -c 3d_fullres --epochs 2", "harness export gc demo --out x"]
-    command, path, rest = resolve(["harness", "export", "gc", "demo", "--out", "x"])
+    _, path, rest = resolve(["harness", "export", "gc", "demo", "--out", "x"])
     assert path == ["harness", "export", "gc"] and rest == ["demo", "--out", "x"]
     assert lone_options("use `--amp bf16` or `--nope`, not `x --y`") == ["--amp", "--nope"]
 
