@@ -159,7 +159,7 @@ def run(
         raise typer.Exit(1)
 
 
-# -- results: leaderboard, export, compare (harness/leaderboard.py, export.py, compare.py) ----------
+# -- results: leaderboard, export, compare (harness/results.py, export.py, compare.py) -------------
 ResultsOpt = Annotated[Path, typer.Option("--results", help="results root (holds <task>/)")]
 
 
@@ -173,7 +173,7 @@ def leaderboard(
                                                       "recorded in run.json)")] = None,
 ) -> None:
     """Re-render results/<task>/leaderboard.csv|.md and results/leaderboard.md from what is on disk."""
-    from harness.leaderboard import rerender
+    from harness.results import rerender
 
     boards = rerender(tasks, results, work_root, console=Console())
     console.print(f"{len(boards)} leaderboard(s) written; overview: {results / 'leaderboard.md'}", highlight=False)

@@ -1,4 +1,4 @@
-"""Leaderboards: every candidate of a task's model selection, as CSV, Markdown and a rich table.
+"""Leaderboards: every candidate of a task's model selection, as rows read from the work directory.
 
 A task's leaderboard (``results/<task>/leaderboard.csv`` and ``.md``) has two rows per candidate
 of ``WORK/selection.json`` (each configuration, each pair): its cross-validation scores without
@@ -20,22 +20,20 @@ Where the numbers come from (all read from disk, so ``harness leaderboard`` can 
   fold means are recomputed from the pair's per-case metrics and the folds' case lists.
 
 The empty-mask rule (:data:`selfunet.evaluation.evaluate.EMPTY_MASK_RULE`) is stated in every Markdown file.
+Rendering (CSV, Markdown, rich) is in :mod:`harness.tables`; the files under ``results/`` are
+written by :mod:`harness.results`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
@@ -324,248 +322,4 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
     return Leaderboard(task=task, labels=labels, rows=rows, nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
                        selected=selection.selected, empty_mask_rule=selection.empty_mask_rule or EMPTY_MASK_RULE,
                        notes=notes, meta=dict(meta or {}))
-
-
-# -- rendering ------------------------------------------------------------------------------------
-def to_csv(board: Leaderboard) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=board.columns(), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(board.records())
-    return buffer.getvalue()
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _short(text: str) -> str:
-    return text if text == NA else f"{float(text):.4f}"
-
-
-def _display_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    """Human columns: four decimals, fold spread as "std (min-max)", members folded into the name."""
-    cols = [c for c in board.columns() if c not in ("task", "members", "fold_mean", "fold_std", "fold_min",
-                                                    "fold_max")]
-    header = [("" if c == "selected" else c) for c in cols] + ["fold std (min-max)"]
-    rows = []
-    for rec in board.records():
-        cells = []
-        for c in cols:
-            value = rec[c]
-            if c == "selected":
-                value = "**→**" if value == SELECTED else ""
-            elif c not in ("candidate", "postprocessing", "num_cases"):
-                value = _short(value)
-            cells.append(value)
-        spread = NA if rec["fold_std"] == NA else (
-            f"{_short(rec['fold_std'])} ({_short(rec['fold_min'])}-{_short(rec['fold_max'])})")
-        rows.append([*cells, spread])
-    return header, rows
-
-
-def to_markdown(board: Leaderboard) -> str:
-    header, rows = _display_rows(board)
-    sel = board.selected_row
-    lines = [f"# Leaderboard: {board.task}", ""]
-    lines += [f"- {k}: {v}" for k, v in board.meta.items()]
-    if sel is not None:
-        lines.append(f"- selected: **{sel.candidate}** (postprocessing: {sel.postprocessing}), cross-validation "
-                     f"mean foreground Dice {fmt(sel.mean_fg_dice, 4)}")
-    lines += ["", "Every candidate without and with its postprocessing; scores are means over all "
-              "cross-validation cases.", "", md_table(header, rows), ""]
-    lines += [f"Empty masks: {board.empty_mask_rule}", ""]
-    lines += [f"{note}" + "\n" for note in board.notes]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def rich_table(board: Leaderboard) -> Table:
-    header, rows = _display_rows(board)
-    table = Table(title=f"{board.task}: cross-validation leaderboard", caption=f"Empty masks: {board.empty_mask_rule}")
-    for h in header:
-        table.add_column(h, justify="left" if h in ("", "candidate", "postprocessing") else "right",
-                         no_wrap=h == "candidate", min_width=6 if h.startswith(("dice", "nsd", "hd95")) else None)
-    for rec, row in zip(board.records(), rows, strict=True):
-        cells = [("[bold green]→[/]" if c == "**→**" else c) for c in row]
-        table.add_row(*cells, style="bold" if rec["selected"] == SELECTED else None)
-    return table
-
-
-# -- results/<task>/ and results/leaderboard.md ---------------------------------------------------
-def _meta(record: dict | None) -> dict[str, str]:
-    if not record:
-        return {}
-    meta = {}
-    if record.get("dataset"):
-        meta["dataset"] = str(record["dataset"])
-    when = record.get("finished") or record.get("started")
-    if when:
-        meta["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(when)))
-    meta["budget"] = budget_text(record)
-    if record.get("seeds"):
-        meta["seeds"] = ", ".join(f"{k} {v}" for k, v in record["seeds"].items())
-    if record.get("code_version"):
-        meta["code"] = str(record["code_version"])
-    return meta
-
-
-def budget_text(record: dict | None) -> str:
-    if not record:
-        return NA
-    preset = ((record.get("descriptor_content") or {}).get("budget") or {}).get("preset", "?")
-    cfg = record.get("train_config") or {}
-    if "epochs" in cfg:
-        return (f"{preset} ({cfg['epochs']} epochs x {cfg.get('iterations_per_epoch', '?')} iterations, "
-                f"{cfg.get('num_folds', record.get('folds', '?'))} folds)")
-    return str(preset)
-
-
-def _read_record(task_dir: Path) -> dict | None:
-    try:
-        return json.loads((task_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def render_task(task: str, results_root: Path, work: Path | None = None, nsd_tolerance_mm: float | None = None,
-                hd95: bool | None = None, record: dict | None = None, console: Console | None = None,
-                compute: bool = True, processes: int = 1) -> Leaderboard | None:
-    """Copy selection.json into results/<task>/ and write leaderboard.csv/.md from what is on disk.
-
-    ``work`` defaults to the one recorded in run.json; the metrics asked default to the recorded
-    descriptor's. Returns None (with a warning) when the task has no selection yet.
-    """
-    out = Path(results_root) / task
-    record = record if record is not None else _read_record(out)
-    if work is None and record and record.get("work"):
-        work = Path(record["work"])
-    metrics = ((record or {}).get("descriptor_content") or {}).get("metrics") or {}
-    if nsd_tolerance_mm is None:
-        nsd_tolerance_mm = metrics.get("nsd_tolerance_mm")
-    if hd95 is None:
-        hd95 = bool(metrics.get("hd95", False))
-    source = work / "selection.json" if work is not None and (work / "selection.json").is_file() else None
-    out.mkdir(parents=True, exist_ok=True)
-    if source is not None:
-        atomic_write_text(out / "selection.json", source.read_text())
-    elif not (out / "selection.json").is_file():
-        log.warning("task %s: no selection.json in %s or %s; no leaderboard (did `selfunet select` run?).",
-                    task, work, out)
-        return None
-    board = build_leaderboard(task, work, out / "selection.json", nsd_tolerance_mm, hd95, _meta(record),
-                              compute=compute, processes=processes)
-    atomic_write_text(out / "leaderboard.csv", to_csv(board))
-    atomic_write_text(out / "leaderboard.md", to_markdown(board))
-    if console is not None:
-        console.print(rich_table(board))
-    return board
-
-
-def task_dirs(results_root: Path) -> list[Path]:
-    root = Path(results_root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_TASKS and not p.name.startswith(".")
-                  and ((p / "run.json").is_file() or (p / "selection.json").is_file()
-                       or (p / "leaderboard.csv").is_file()))
-
-
-def read_selected(csv_path: Path) -> dict[str, str] | None:
-    """The selected row of a leaderboard.csv (None when the file is missing or marks none)."""
-    try:
-        with open(csv_path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError:
-        return None
-    return next((r for r in rows if r.get("selected") == SELECTED), None)
-
-
-def write_overview(results_root: Path) -> Path:
-    """results/leaderboard.md: one row per task, from each task's leaderboard.csv and run.json."""
-    root = Path(results_root)
-    rows = []
-    for d in task_dirs(root):
-        sel = read_selected(d / "leaderboard.csv")
-        record = _read_record(d)
-        meta = _meta(record)
-        status = NA if record is None else ("ok" if record.get("succeeded") else "failed jobs")
-        if sel is None:
-            rows.append([d.name, "no selection", NA, NA, meta.get("date", NA), meta.get("budget", NA), status])
-            continue
-        spread = NA if sel.get("fold_std", NA) == NA else (
-            f"{_short(sel['fold_std'])} ({_short(sel['fold_min'])}-{_short(sel['fold_max'])})")
-        rows.append([d.name, f"{sel['candidate']} (postprocessing: {sel['postprocessing']})",
-                     _short(sel["mean_fg_dice"]), spread, meta.get("date", NA), meta.get("budget", NA), status])
-    text = "\n".join([
-        "# Leaderboard", "",
-        "One row per task: the selected model and its cross-validation mean foreground Dice (with its "
-        "postprocessing). Details in `<task>/leaderboard.md`.", "",
-        md_table(["task", "selected model", "CV mean fg Dice", "fold std (min-max)", "date", "budget", "run"], rows),
-        "", f"Empty masks: {_empty_rule()}", "",
-    ])
-    atomic_write_text(root / "leaderboard.md", text)
-    return root / "leaderboard.md"
-
-
-def _empty_rule() -> str:
-    from selfunet.evaluation.evaluate import EMPTY_MASK_RULE
-
-    return EMPTY_MASK_RULE
-
-
-def _job_ok(record: dict, job: str) -> bool:
-    """Whether ``job`` succeeded or was skipped as done in this run (True when the graph has no such job)."""
-    states = [j.get("status") for j in record.get("jobs", []) if j.get("job") == job]
-    return not states or states[-1] in ("succeeded", "skipped")
-
-
-def write_task_results(task, work: Path, results_root: Path, record: dict) -> Path:
-    """Called by the harness runner when a task settles (run.json already written): selection.json,
-    leaderboard.csv/.md, the challenge-format predictions and results/leaderboard.md.
-
-    Outputs of a stage whose job failed in this run are left as they were (a stale selection or
-    old test predictions must not pass for this run's).
-    """
-    from harness.export import export_task
-
-    results_root, work = Path(results_root), Path(work)
-    out = results_root / task.name
-    try:
-        if not _job_ok(record, "select"):
-            log.warning("task %s: the select job did not succeed; leaderboard not updated.", task.name)
-            return out
-        board = render_task(task.name, results_root, work, task.metrics.nsd_tolerance_mm, task.metrics.hd95,
-                            record, Console(stderr=True), processes=task.resources.cpus)
-        if board is not None and _job_ok(record, "predict-test") and (work / "test_predictions").is_dir():
-            export_task(task, work, results_root)
-    finally:
-        write_overview(results_root)
-    return out
-
-
-def rerender(tasks: list[str] | None, results_root: Path, work_root: Path | None = None,
-             console: Console | None = None) -> list[Leaderboard]:
-    """``harness leaderboard``: re-render the named tasks (default: every task under results_root)."""
-    results_root = Path(results_root)
-    names = tasks or [d.name for d in task_dirs(results_root)]
-    if not names:
-        raise SelfUNetError(f"{results_root}: no task results found; run `harness run TASKS --results "
-                            f"{results_root}` first or pass --results DIR.")
-    boards = []
-    for name in names:
-        if not (results_root / name).is_dir():
-            known = ", ".join(d.name for d in task_dirs(results_root)) or "none"
-            raise SelfUNetError(f"{results_root / name}: no results for task '{name}' (tasks there: {known}).")
-        work = Path(work_root) / name if work_root is not None else None
-        board = render_task(name, results_root, work, console=console)
-        if board is not None:
-            boards.append(board)
-    write_overview(results_root)
-    return boards
 

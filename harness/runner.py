@@ -259,16 +259,13 @@ def run_record(graph: TaskGraph, records: list[JobRecord], started: float, execu
 
 
 def write_results(graph: TaskGraph, record: dict) -> Path:
-    """Hand over to ``harness.leaderboard.write_task_results`` when it exists, else write run.json only."""
+    """run.json, then everything else under results/<task>/ (``harness.results.write_task_results``)."""
+    from harness.results import write_task_results
+
     out = graph.results / graph.task.name
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run.json", record)
-    try:
-        from harness import leaderboard  # type: ignore[attr-defined]
-    except ImportError:
-        leaderboard = None
-    if leaderboard is not None and hasattr(leaderboard, "write_task_results"):
-        leaderboard.write_task_results(graph.task, graph.work, graph.results, record)
+    write_task_results(graph.task, graph.work, graph.results, record)
     return out
 
 

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.compare import compare
-from harness.leaderboard import Leaderboard, Row, to_csv
+from harness.leaderboard import Leaderboard, Row
+from harness.tables import to_csv
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
 

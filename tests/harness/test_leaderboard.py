@@ -21,7 +21,8 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.leaderboard import NA, SELECTED, read_selected, render_task, write_overview, write_task_results
+from harness.leaderboard import NA, SELECTED
+from harness.results import read_selected, render_task, write_overview, write_task_results
 from harness.tasks import TaskDescriptor
 from selfunet.evaluation.crossval import (
     CrossvalResult,

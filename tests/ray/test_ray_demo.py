@@ -65,5 +65,5 @@ def test_demo_task_selects_the_same_model_with_ray_as_locally(ray_address: str, 
     assert selection(work) == expected
     board_local = tmp_path / "results_local" / "demo" / "leaderboard.csv"
     board_ray = tmp_path / "results_ray" / "demo" / "leaderboard.csv"
-    if board_local.is_file():  # the leaderboard (harness.leaderboard) when it is there: same rows
+    if board_local.is_file():  # the leaderboards (harness.results) when they are there: same rows
         assert board_ray.read_text() == board_local.read_text()

@@ -1,0 +1,194 @@
+"""The results folder: ``results/<task>/`` (selection.json, leaderboard.csv/.md, predictions) and
+``results/leaderboard.md`` (one row per task), written when a task settles and re-rendered by
+``harness leaderboard`` from what is on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from harness.leaderboard import NA, NOT_TASKS, SELECTED, Leaderboard, build_leaderboard
+from harness.tables import md_table, rich_table, short, to_csv, to_markdown
+from selfunet.artifacts import atomic_write_text
+from selfunet.errors import SelfUNetError
+
+log = logging.getLogger(__name__)
+
+
+def _meta(record: dict | None) -> dict[str, str]:
+    if not record:
+        return {}
+    meta = {}
+    if record.get("dataset"):
+        meta["dataset"] = str(record["dataset"])
+    when = record.get("finished") or record.get("started")
+    if when:
+        meta["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(when)))
+    meta["budget"] = budget_text(record)
+    if record.get("seeds"):
+        meta["seeds"] = ", ".join(f"{k} {v}" for k, v in record["seeds"].items())
+    if record.get("code_version"):
+        meta["code"] = str(record["code_version"])
+    return meta
+
+
+def budget_text(record: dict | None) -> str:
+    if not record:
+        return NA
+    preset = ((record.get("descriptor_content") or {}).get("budget") or {}).get("preset", "?")
+    cfg = record.get("train_config") or {}
+    if "epochs" in cfg:
+        return (f"{preset} ({cfg['epochs']} epochs x {cfg.get('iterations_per_epoch', '?')} iterations, "
+                f"{cfg.get('num_folds', record.get('folds', '?'))} folds)")
+    return str(preset)
+
+
+def _read_record(task_dir: Path) -> dict | None:
+    try:
+        return json.loads((task_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def render_task(task: str, results_root: Path, work: Path | None = None, nsd_tolerance_mm: float | None = None,
+                hd95: bool | None = None, record: dict | None = None, console: Console | None = None,
+                compute: bool = True, processes: int = 1) -> Leaderboard | None:
+    """Copy selection.json into results/<task>/ and write leaderboard.csv/.md from what is on disk.
+
+    ``work`` defaults to the one recorded in run.json; the metrics asked default to the recorded
+    descriptor's. Returns None (with a warning) when the task has no selection yet.
+    """
+    out = Path(results_root) / task
+    record = record if record is not None else _read_record(out)
+    if work is None and record and record.get("work"):
+        work = Path(record["work"])
+    metrics = ((record or {}).get("descriptor_content") or {}).get("metrics") or {}
+    if nsd_tolerance_mm is None:
+        nsd_tolerance_mm = metrics.get("nsd_tolerance_mm")
+    if hd95 is None:
+        hd95 = bool(metrics.get("hd95", False))
+    source = work / "selection.json" if work is not None and (work / "selection.json").is_file() else None
+    out.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        atomic_write_text(out / "selection.json", source.read_text())
+    elif not (out / "selection.json").is_file():
+        log.warning("task %s: no selection.json in %s or %s; no leaderboard (did `selfunet select` run?).",
+                    task, work, out)
+        return None
+    board = build_leaderboard(task, work, out / "selection.json", nsd_tolerance_mm, hd95, _meta(record),
+                              compute=compute, processes=processes)
+    atomic_write_text(out / "leaderboard.csv", to_csv(board))
+    atomic_write_text(out / "leaderboard.md", to_markdown(board))
+    if console is not None:
+        console.print(rich_table(board))
+    return board
+
+
+def task_dirs(results_root: Path) -> list[Path]:
+    root = Path(results_root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_TASKS and not p.name.startswith(".")
+                  and ((p / "run.json").is_file() or (p / "selection.json").is_file()
+                       or (p / "leaderboard.csv").is_file()))
+
+
+def read_selected(csv_path: Path) -> dict[str, str] | None:
+    """The selected row of a leaderboard.csv (None when the file is missing or marks none)."""
+    try:
+        with open(csv_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None
+    return next((r for r in rows if r.get("selected") == SELECTED), None)
+
+
+def write_overview(results_root: Path) -> Path:
+    """results/leaderboard.md: one row per task, from each task's leaderboard.csv and run.json."""
+    root = Path(results_root)
+    rows = []
+    for d in task_dirs(root):
+        sel = read_selected(d / "leaderboard.csv")
+        record = _read_record(d)
+        meta = _meta(record)
+        status = NA if record is None else ("ok" if record.get("succeeded") else "failed jobs")
+        if sel is None:
+            rows.append([d.name, "no selection", NA, NA, meta.get("date", NA), meta.get("budget", NA), status])
+            continue
+        spread = NA if sel.get("fold_std", NA) == NA else (
+            f"{short(sel['fold_std'])} ({short(sel['fold_min'])}-{short(sel['fold_max'])})")
+        rows.append([d.name, f"{sel['candidate']} (postprocessing: {sel['postprocessing']})",
+                     short(sel["mean_fg_dice"]), spread, meta.get("date", NA), meta.get("budget", NA), status])
+    text = "\n".join([
+        "# Leaderboard", "",
+        "One row per task: the selected model and its cross-validation mean foreground Dice (with its "
+        "postprocessing). Details in `<task>/leaderboard.md`.", "",
+        md_table(["task", "selected model", "CV mean fg Dice", "fold std (min-max)", "date", "budget", "run"], rows),
+        "", f"Empty masks: {_empty_rule()}", "",
+    ])
+    atomic_write_text(root / "leaderboard.md", text)
+    return root / "leaderboard.md"
+
+
+def _empty_rule() -> str:
+    from selfunet.evaluation.evaluate import EMPTY_MASK_RULE
+
+    return EMPTY_MASK_RULE
+
+
+def _job_ok(record: dict, job: str) -> bool:
+    """Whether ``job`` succeeded or was skipped as done in this run (True when the graph has no such job)."""
+    states = [j.get("status") for j in record.get("jobs", []) if j.get("job") == job]
+    return not states or states[-1] in ("succeeded", "skipped")
+
+
+def write_task_results(task, work: Path, results_root: Path, record: dict) -> Path:
+    """Called by the harness runner when a task settles (run.json already written): selection.json,
+    leaderboard.csv/.md, the challenge-format predictions and results/leaderboard.md.
+
+    Outputs of a stage whose job failed in this run are left as they were (a stale selection or
+    old test predictions must not pass for this run's).
+    """
+    from harness.export import export_task
+
+    results_root, work = Path(results_root), Path(work)
+    out = results_root / task.name
+    try:
+        if not _job_ok(record, "select"):
+            log.warning("task %s: the select job did not succeed; leaderboard not updated.", task.name)
+            return out
+        board = render_task(task.name, results_root, work, task.metrics.nsd_tolerance_mm, task.metrics.hd95,
+                            record, Console(stderr=True), processes=task.resources.cpus)
+        if board is not None and _job_ok(record, "predict-test") and (work / "test_predictions").is_dir():
+            export_task(task, work, results_root)
+    finally:
+        write_overview(results_root)
+    return out
+
+
+def rerender(tasks: list[str] | None, results_root: Path, work_root: Path | None = None,
+             console: Console | None = None) -> list[Leaderboard]:
+    """``harness leaderboard``: re-render the named tasks (default: every task under results_root)."""
+    results_root = Path(results_root)
+    names = tasks or [d.name for d in task_dirs(results_root)]
+    if not names:
+        raise SelfUNetError(f"{results_root}: no task results found; run `harness run TASKS --results "
+                            f"{results_root}` first or pass --results DIR.")
+    boards = []
+    for name in names:
+        if not (results_root / name).is_dir():
+            known = ", ".join(d.name for d in task_dirs(results_root)) or "none"
+            raise SelfUNetError(f"{results_root / name}: no results for task '{name}' (tasks there: {known}).")
+        work = Path(work_root) / name if work_root is not None else None
+        board = render_task(name, results_root, work, console=console)
+        if board is not None:
+            boards.append(board)
+    write_overview(results_root)
+    return boards
+
