@@ -15,10 +15,11 @@ from selfunet.training.augment import (
     AugmentationConfig,
     AugmentationParams,
     Augmenter,
-    _rotation_matrices,
     enlarged_patch_size,
     generator_for,
+    rotation_matrices,
 )
+from selfunet.training.augment_spatial import sampling_grid
 
 #: every transform off; tests switch on the one they look at.
 OFF = AugmentationConfig(
@@ -47,14 +48,15 @@ def test_enlarged_patch_covers_every_rotation_and_scale() -> None:
         assert all(r >= p and (r - p) % 2 == 0 for r, p in zip(read, patch))
         params = aug.draw(200, 1, torch.Generator().manual_seed(0))
         in_plane = per_slice or len(patch) == 2
-        grid = aug._grid(params.matrix, read[-2:] if per_slice else read, patch[-2:] if per_slice else patch)
+        grid_read, grid_patch = (read[-2:], patch[-2:]) if per_slice else (read, patch)
+        grid = sampling_grid(params.matrix, grid_read, grid_patch, aug.device)
         assert grid.abs().max() <= 1 + 1e-5
         # the corners of the angle box with the smallest scale, explicitly
         lo, hi = cfg.rotation_degrees_2d if in_plane else cfg.rotation_degrees_3d
         k = 1 if in_plane else 3
         corners = np.array(np.meshgrid(*[[lo, 0.0, hi]] * k, indexing="ij")).reshape(k, -1).T
-        matrix = torch.from_numpy(_rotation_matrices(np.deg2rad(corners))) / cfg.scale_range[0]
-        grid = aug._grid(matrix, read[-2:] if per_slice else read, patch[-2:] if per_slice else patch)
+        matrix = torch.from_numpy(rotation_matrices(np.deg2rad(corners))) / cfg.scale_range[0]
+        grid = sampling_grid(matrix, grid_read, grid_patch, aug.device)
         assert grid.abs().max() <= 1 + 1e-5
     assert enlarged_patch_size((6, 48, 48), SPATIAL)[0] == 6  # per-slice: no growth across slices
     assert enlarged_patch_size((10, 20, 30), OFF) == (10, 20, 30)
