@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from selfunet.data.io import ImageGeometry, write_label
-from selfunet.evaluation.evaluate import evaluate_arrays, evaluate_folders
+from selfunet.evaluation.evaluate import evaluate_folders
+from selfunet.evaluation.metrics import evaluate_arrays
 from selfunet.evaluation.surface import surface_distances
 
 SHAPE = (500, 512, 512)

@@ -13,13 +13,13 @@ Where the numbers come from (all read from disk, so ``harness leaderboard`` can 
   when the work directory is gone;
 * NSD and HD95 (only when the task's ``metrics`` ask): ``mean[<label>]["nsd"|"hd95"]`` and
   ``mean_foreground`` of the candidate's ``summary.json`` (``WORK/<prediction_dir>/summary.json``,
-  an :class:`selfunet.evaluation.evaluate.EvaluationSummary`), used only when its ``nsd_tolerance_mm`` equals
+  an :class:`selfunet.evaluation.summary.EvaluationSummary`), used only when its ``nsd_tolerance_mm`` equals
   the one asked; otherwise "n/a". Postprocessed rows carry them only when the rule changes
   nothing (the evaluation of postprocessed predictions keeps Dice only);
 * spread over folds: ``WORK/crossval/<config>/crossval.json`` for configurations; for pairs the
   fold means are recomputed from the pair's per-case metrics and the folds' case lists.
 
-The empty-mask rule (:data:`selfunet.evaluation.evaluate.EMPTY_MASK_RULE`) is stated in every Markdown file.
+The empty-mask rule (:data:`selfunet.evaluation.metrics.EMPTY_MASK_RULE`) is stated in every Markdown file.
 Rendering (CSV, Markdown, rich) is in :mod:`harness.tables`; the files under ``results/`` are
 written by :mod:`harness.results`.
 """
@@ -133,7 +133,7 @@ def _finite(value: Any) -> float | None:
 
 # -- reading the work directory -------------------------------------------------------------------
 def _load_summary(path: Path):
-    from selfunet.evaluation.evaluate import EvaluationSummary
+    from selfunet.evaluation.summary import EvaluationSummary
 
     if not path.is_file():
         return None
@@ -176,7 +176,8 @@ def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol
     the predictions are not there.
     """
     from selfunet.evaluation.crossval import load_references
-    from selfunet.evaluation.evaluate import EvaluationSummary, evaluate_folders, write_evaluation
+    from selfunet.evaluation.evaluate import evaluate_folders
+    from selfunet.evaluation.summary import EvaluationSummary, write_evaluation
     from selfunet.inference.postprocess import postprocess_folder
     from selfunet.workdir import WorkDir
 
@@ -232,7 +233,7 @@ def _fold_cases(work: Path) -> list[list[str]]:
 def _pair_spread(summary, labels: dict[str, str], folds: list[list[str]]):
     """Spread over folds of a pair's mean foreground Dice, from its per-case metrics."""
     from selfunet.evaluation.crossval import fold_spread
-    from selfunet.evaluation.evaluate import summarize
+    from selfunet.evaluation.summary import summarize
 
     if summary is None or not folds:
         return None
@@ -264,7 +265,7 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
                       processes: int = 1) -> Leaderboard:
     """Every candidate of ``selection_path`` without and with its postprocessing (see module doc)."""
     from selfunet.evaluation.ensemble import Selection
-    from selfunet.evaluation.evaluate import EMPTY_MASK_RULE
+    from selfunet.evaluation.metrics import EMPTY_MASK_RULE
 
     selection = Selection.load(selection_path)
     labels = dict(sorted(selection.labels.items(), key=lambda kv: int(kv[0])))

@@ -137,7 +137,7 @@ def write_overview(results_root: Path) -> Path:
 
 
 def _empty_rule() -> str:
-    from selfunet.evaluation.evaluate import EMPTY_MASK_RULE
+    from selfunet.evaluation.metrics import EMPTY_MASK_RULE
 
     return EMPTY_MASK_RULE
 

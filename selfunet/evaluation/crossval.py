@@ -7,7 +7,7 @@ configuration, and evaluates them against the dataset's reference labels::
 
     WORK/crossval/<configuration>/
         <case><ending>  <case>.npz     merged predictions (hard links to the fold folders)
-        summary.json  per_case.csv     evaluation over all cases (selfunet.evaluation.evaluate)
+        summary.json  per_case.csv     evaluation over all cases (selfunet.evaluation.summary)
         fold_<k>/summary.json, per_case.csv   the same for fold k's validation cases
         crossval.json                  CrossvalResult: fold means and their spread
 
@@ -36,7 +36,7 @@ from selfunet.errors import SelfUNetError
 from selfunet.workdir import WorkDir
 
 if TYPE_CHECKING:
-    from selfunet.evaluation.evaluate import EvaluationSummary
+    from selfunet.evaluation.summary import EvaluationSummary
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,8 @@ def evaluate_prediction_folder(folder: Path, references: References, folds: list
     overall evaluation covers ``overall_cases`` (default: every fold's cases); each case is read
     once, the fold summaries are summaries of subsets of the overall per-case metrics.
     """
-    from selfunet.evaluation.evaluate import evaluate_folders, summarize, write_evaluation
+    from selfunet.evaluation.evaluate import evaluate_folders
+    from selfunet.evaluation.summary import summarize, write_evaluation
 
     all_cases = overall_cases if overall_cases is not None else [c for _, cases in folds for c in cases]
     overall = evaluate_folders(folder, references.folder, references.labels, nsd_tolerance_mm=nsd_tolerance_mm,
@@ -267,7 +268,7 @@ def evaluate_prediction_folder(folder: Path, references: References, folds: list
 def run_crossval(work: Path | WorkDir, configuration: str, nsd_tolerance_mm: float | None = None,
                  hd95: bool = False, processes: int = 1) -> EvaluationSummary:
     """Merge the fold validation folders of ``configuration`` and evaluate them (see module doc)."""
-    from selfunet.evaluation.evaluate import EvaluationSummary
+    from selfunet.evaluation.summary import EvaluationSummary
 
     work = work if isinstance(work, WorkDir) else WorkDir(work)
     references = load_references(work)

@@ -60,7 +60,7 @@ from selfunet.inference.postprocess import PostprocessingRule
 from selfunet.workdir import WorkDir
 
 if TYPE_CHECKING:
-    from selfunet.evaluation.evaluate import EvaluationSummary
+    from selfunet.evaluation.summary import EvaluationSummary
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def class_dice(summary: EvaluationSummary, references: References) -> dict[str, 
 
 def _evaluate_ensemble(work: WorkDir, out: Path, references: References, case_ids: list[str],
                        nsd_tolerance_mm: float | None, hd95: bool, processes: int) -> EvaluationSummary:
-    from selfunet.evaluation.evaluate import EvaluationSummary
+    from selfunet.evaluation.summary import EvaluationSummary
 
     summary_path = out / "summary.json"
     labels = [out / f"{c}{references.file_ending}" for c in case_ids]

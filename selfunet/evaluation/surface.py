@@ -17,7 +17,7 @@ Definitions (fixed here so that every number selfunet reports means the same thi
   ``surface-distance`` package weights each surface element by its area instead, so its NSD can
   differ slightly on strongly anisotropic grids).
 
-Empty masks are *not* handled here (the caller decides the rule, see :mod:`selfunet.evaluation.evaluate`);
+Empty masks are *not* handled here (the caller decides the rule, see :mod:`selfunet.evaluation.metrics`);
 :func:`surface_distances` refuses them.
 
 Two exact ways to get the distances, with identical results (tests compare them):

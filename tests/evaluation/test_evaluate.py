@@ -14,16 +14,9 @@ from typer.testing import CliRunner
 
 from selfunet.cli import app
 from selfunet.errors import SelfUNetError
-from selfunet.evaluation.evaluate import (
-    EMPTY_MASK_RULE,
-    CaseMetrics,
-    EvaluationSummary,
-    evaluate_arrays,
-    evaluate_folders,
-    parse_labels,
-    summarize,
-    write_evaluation,
-)
+from selfunet.evaluation.evaluate import evaluate_folders, parse_labels
+from selfunet.evaluation.metrics import EMPTY_MASK_RULE, evaluate_arrays
+from selfunet.evaluation.summary import CaseMetrics, EvaluationSummary, summarize, write_evaluation
 from selfunet.evaluation.surface import image_diagonal_mm
 
 SPACING = (3.0, 0.8, 0.8)  # array order (z, y, x)

@@ -32,8 +32,9 @@ from selfunet.evaluation.crossval import (
     load_references,
 )
 from selfunet.evaluation.ensemble import CandidateScore, Selection, class_dice, rank_candidates
-from selfunet.evaluation.evaluate import EMPTY_MASK_RULE, EvaluationSummary
+from selfunet.evaluation.metrics import EMPTY_MASK_RULE
 from selfunet.evaluation.postprocess_selection import determine_postprocessing
+from selfunet.evaluation.summary import EvaluationSummary
 from selfunet.planning.fingerprint import run_fingerprint
 from selfunet.workdir import WorkDir
 
