@@ -106,7 +106,8 @@ def run(
     budget: Annotated[Optional[str], typer.Option(help="preset replacing each descriptor's budget: full | ci | demo")]
     = None,
     force: Annotated[bool, typer.Option("--force", help="redo every job, ignoring finished markers")] = False,
-    jobs: Annotated[Optional[int], typer.Option(min=1, help="jobs at once (default: one per GPU, 1 on CPU)")] = None,
+    jobs: Annotated[Optional[int], typer.Option(
+        min=1, help="jobs at once (default: one per GPU; on CPU, cores // resources.cpus)")] = None,
     executor: Annotated[str, typer.Option(help="where jobs run: local | ray")] = "local",
     address: Annotated[Optional[str], typer.Option(
         help="--executor ray: cluster address (HOST:6379, auto, ray://HOST:10001); default $RAY_ADDRESS, else a "
@@ -147,6 +148,10 @@ def run(
     options = {"image": image, "cpus": cpus, "memory_gb": memory_gb, "timeout_s": job_timeout}
     if sandbox != "docker" and any(v is not None for v in options.values()):
         raise SelfUNetError("--image/--cpus/--memory-gb/--job-timeout apply to --sandbox docker only.")
+    if executor == "local" and jobs is None:
+        from harness.executors.local import default_cpu_jobs
+
+        jobs = default_cpu_jobs(max(t.resources.cpus for t in loaded))
     with EXECUTORS[executor](SANDBOXES[sandbox](**(options if sandbox == "docker" else {})), jobs=jobs) as ex:
         records = run_tasks(loaded, ex, work_root, results, force=force, console=console, executor_name=executor)
     Console().print(summary_table(records))

@@ -1,8 +1,10 @@
-"""The local executor: one job per visible GPU at a time (one at a time on CPU, or ``--jobs N``)."""
+"""The local executor: one job per visible GPU at a time, or on a CPU-only machine as many jobs as
+the cores hold (``cores // resources.cpus``), or ``--jobs N``."""
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -24,10 +26,32 @@ def visible_gpus() -> int:
         return 0
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_cpu_jobs(cpus_per_job: int) -> int | None:
+    """Jobs at once on a CPU-only machine: as many as the cores hold at ``cpus_per_job`` each.
+
+    Why not one: a job is never CPU-bound on every core all the time (start-up imports, the
+    single-threaded parts of data loading, evaluation and writing), so one job at a time left one
+    of two cores idle for much of a demo run. Each process job gets ``OMP_NUM_THREADS`` =
+    ``cpus_per_job`` (the process sandbox), so two jobs on two cores do not oversubscribe them.
+    Returns None where GPUs are visible: there the default stays one job per GPU.
+    """
+    if visible_gpus():
+        return None
+    return max(1, usable_cores() // max(int(cpus_per_job), 1))
+
+
 def make_slots(jobs: int | None = None, gpus: int | None = None) -> list[Slot]:
     """One slot per GPU (``gpus`` defaults to the visible count), or ``jobs`` slots spread over them.
 
-    On a CPU-only machine the default is one slot: parallel CPU trainings only fight over cores.
+    Without ``jobs`` on a CPU-only machine: one slot (callers pass :func:`default_cpu_jobs`).
     """
     gpus = visible_gpus() if gpus is None else gpus
     count = jobs if jobs is not None else max(gpus, 1)

@@ -245,6 +245,27 @@ def test_slots_one_per_gpu_or_jobs_spread_over_gpus() -> None:
     assert make_slots(gpus=2)[1].env() == {"CUDA_VISIBLE_DEVICES": "1"}
 
 
+def test_cpu_only_machines_run_as_many_jobs_as_the_cores_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.executors.local as local
+
+    monkeypatch.setattr(local, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(local, "usable_cores", lambda: 8)
+    assert local.default_cpu_jobs(1) == 8
+    assert local.default_cpu_jobs(2) == 4
+    assert local.default_cpu_jobs(3) == 2
+    assert local.default_cpu_jobs(16) == 1  # never zero
+    monkeypatch.setattr(local, "visible_gpus", lambda: 2)
+    assert local.default_cpu_jobs(1) is None  # GPUs: one job per GPU, as before
+
+
+def test_usable_cores_follow_the_affinity_mask() -> None:
+    import os
+
+    from harness.executors.local import usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0))
+
+
 class SleepySandbox(Sandbox):
     """Holds each slot for a moment and records which slots are busy at the same time."""
 
