@@ -244,7 +244,12 @@ class TaskGraph:
     def _make_splits(self) -> int:
         """Write WORK/splits.json (what ``selfunet train`` would write on first use) before any training,
         so train hashes can cover it; a file with another fold count than the task asks for is
-        replaced (the descriptor decides the folds; a hand-edited file with the right count wins)."""
+        replaced (the descriptor decides the folds; a hand-edited file with the right count wins).
+
+        The task's ``holdout`` cases are left out of every fold: ``selfunet train`` and ``crossval``
+        read the folds from this file, so those cases are never trained on nor used to select the
+        model, and ``harness score`` can test on them. (They are still preprocessed, and the
+        fingerprint's dataset statistics include them: the plan sees their images, not how they score.)"""
         from selfunet.planning.plan_types import Plan
         from selfunet.training.splits import load_splits, make_splits, save_splits
 
@@ -253,13 +258,20 @@ class TaskGraph:
         case_ids = sorted(p.stem for p in data.glob("*.json") if not p.name.startswith(("dataset", ".")))
         if not case_ids:
             raise SelfUNetError(f"{data}: no preprocessed cases; rerun the preprocess job.")
+        held_out = set(self.task.holdout.select(case_ids)) if self.task.holdout is not None else set()
+        case_ids = [c for c in case_ids if c not in held_out]
         wanted, splits = self.train_config.num_folds, self._w("splits.json")
         if splits.is_file():
-            folds = load_splits(splits, case_ids)
-            if len(folds) == wanted:
+            folds = load_splits(splits, case_ids + sorted(held_out))
+            leaked = sorted(held_out & {c for f in folds for c in (*f.train, *f.val)})
+            if leaked:
+                log.warning("%s puts held-out case(s) %s in a fold: writing new splits without them.", splits,
+                            leaked[:5])
+            elif len(folds) == wanted:
                 return wanted
-            log.warning("%s holds %d folds but task '%s' asks for %d: writing new splits.", splits, len(folds),
-                        self.task.name, wanted)
+            else:
+                log.warning("%s holds %d folds but task '%s' asks for %d: writing new splits.", splits, len(folds),
+                            self.task.name, wanted)
         save_splits(splits, make_splits(case_ids, wanted, self.train_config.split_seed))
         return wanted
 

@@ -97,6 +97,54 @@ class Resources(_Strict):
     memory_gb: Optional[float] = Field(default=None, gt=0)
 
 
+class Holdout(_Strict):
+    """Training cases held out for ``harness score``: never in a training or validation fold.
+
+    Either ``cases`` (case ids) or ``fraction`` (of the training cases, drawn with ``seed``; at
+    least one case). Why a seeded draw and not "the last N": case ids often encode the site or the
+    acquisition date, and a tail would be a biased test set.
+    """
+
+    cases: Optional[list[str]] = None
+    fraction: Optional[float] = Field(default=None, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Holdout:
+        if (self.cases is None) == (self.fraction is None):
+            raise ValueError("give exactly one of 'cases' (a list of case ids) or 'fraction' (e.g. 0.2)")
+        if self.cases is not None and not self.cases:
+            raise ValueError("'cases' is empty; list at least one training case id")
+        return self
+
+    def select(self, case_ids: list[str]) -> list[str]:
+        """The held-out ids among ``case_ids`` (sorted); unknown ids in ``cases`` are an error."""
+        ids = sorted(case_ids)
+        if self.cases is not None:
+            unknown = sorted(set(self.cases) - set(ids))
+            if unknown:
+                raise SelfUNetError(f"holdout.cases names case ids that are not training cases: {unknown[:10]}; "
+                                    f"known ids look like {ids[:3]}.")
+            return sorted(set(self.cases))
+        import random
+
+        count = max(1, round(len(ids) * float(self.fraction or 0)))
+        if count >= len(ids):
+            raise SelfUNetError(f"holdout.fraction {self.fraction} leaves no training case out of {len(ids)}; "
+                                "lower it.")
+        return sorted(random.Random(self.seed).sample(ids, count))
+
+
+class Scoring(_Strict):
+    """Limits of one submission container on one case (``harness score``); like the platform's."""
+
+    case_timeout_s: float = Field(default=600.0, gt=0)
+    memory_gb: Optional[float] = Field(default=None, gt=0)
+    """default: ``resources.memory_gb``."""
+    cpus: Optional[float] = Field(default=None, gt=0)
+    """default: ``resources.cpus``."""
+
+
 class TaskDescriptor(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -113,9 +161,21 @@ class TaskDescriptor(_Strict):
     seed: int = 0
     export: Export = Field(default_factory=Export)
     resources: Resources = Field(default_factory=Resources)
+    test_labels: Optional[Path] = None
+    """folder of the test cases' reference label maps (named like the cases), for ``harness score``;
+    absolute after loading."""
+    holdout: Optional[Holdout] = None
+    """training cases kept out of training and cross-validation, scored by ``harness score``."""
+    scoring: Scoring = Field(default_factory=Scoring)
 
     # not part of the YAML: where the descriptor came from (set by the loader).
     source: Path = Field(default=Path("<memory>"), exclude=True)
+
+    @model_validator(mode="after")
+    def _one_test_set(self) -> TaskDescriptor:
+        if self.test_labels is not None and self.holdout is not None:
+            raise ValueError("'test_labels' and 'holdout' both given; a task has one held-out test set: keep one")
+        return self
 
     @field_validator("configurations")
     @classmethod
@@ -153,8 +213,13 @@ class TaskDescriptor(_Strict):
         return self.model_copy(update={"budget": Budget(preset=preset), "folds": None})
 
     def with_data_root(self, data_root: Path) -> TaskDescriptor:
-        """``harness run --data-root DIR``: the dataset folder of the same name under DIR."""
-        return self.model_copy(update={"dataset": (Path(data_root) / self.dataset.name).resolve()})
+        """``harness run --data-root DIR``: the dataset folder of the same name under DIR (a test
+        label folder inside the dataset folder moves with it)."""
+        dataset = (Path(data_root) / self.dataset.name).resolve()
+        update: dict[str, Any] = {"dataset": dataset}
+        if self.test_labels is not None and self.dataset in self.test_labels.parents:
+            update["test_labels"] = dataset / self.test_labels.relative_to(self.dataset)
+        return self.model_copy(update=update)
 
     def content(self) -> dict:
         """Everything that affects results, as plain JSON (what the descriptor hash covers)."""
@@ -206,8 +271,9 @@ def _load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     merged: dict = {}
     for include in includes:
         merged = _merge(merged, _load_raw(path.parent / include, (*chain, path)))
-    if isinstance(raw.get("dataset"), str) and raw["dataset"]:
-        raw["dataset"] = str((path.parent / Path(raw["dataset"]).expanduser()).resolve())
+    for key in ("dataset", "test_labels"):
+        if isinstance(raw.get(key), str) and raw[key]:
+            raw[key] = str((path.parent / Path(raw[key]).expanduser()).resolve())
     return _merge(merged, raw)
 
 

@@ -44,6 +44,9 @@ LABELS = {"0": "background", "1": "organ", "2": "lesion"}
 #: bright in T2, the organ brighter than the surrounding tissue in T1 only.
 TISSUE_MEANS = ((100.0, 160.0, 70.0), (80.0, 85.0, 210.0))
 NOISE_SIGMA = 7.0
+#: the test cases' reference labels (not listed in dataset.json, as in a challenge: the held-out
+#: answers a task descriptor's ``test_labels:`` points at for ``harness score``).
+TEST_LABELS = "labelsTs"
 
 
 def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed: int = 0) -> DatasetSpec:
@@ -69,14 +72,16 @@ def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed
         )
     if previous == {"params": params, "complete": True} and descriptor.is_file():
         spec = load_dataset(out)
-        if all(p.is_file() for c in spec.training + spec.test for p in (*c.images, c.label) if p):
+        test_labels = [out / TEST_LABELS / f"{c.case_id}.nii.gz" for c in spec.test]
+        if all(p.is_file() for c in spec.training + spec.test for p in (*c.images, c.label) if p) and all(
+                p.is_file() for p in test_labels):
             log.info("demo dataset already complete in %s", out)
             return spec
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, {"params": params, "complete": False})
     descriptor.unlink(missing_ok=True)
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+    for sub in ("imagesTr", "labelsTr", "imagesTs", TEST_LABELS):
         (out / sub).mkdir(exist_ok=True)
         for stale in (out / sub).glob("demo_*.nii.gz"):
             stale.unlink()
@@ -94,8 +99,9 @@ def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed
     test = []
     for number in test_numbers:
         case_id = f"demo_{number:03d}"
-        image, _, geometry = _make_case(seed, number)
+        image, label, geometry = _make_case(seed, number)
         _write(out / "imagesTs" / f"{case_id}.nii.gz", image, geometry)
+        _write(out / TEST_LABELS / f"{case_id}.nii.gz", label[None], geometry)
         test.append(f"./imagesTs/{case_id}.nii.gz")
 
     atomic_write_json(
