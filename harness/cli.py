@@ -285,6 +285,60 @@ def export_gc_command(
         console.print(f"[green]container test passed[/]: {result}", highlight=False)
 
 
+def _find_task(task: str, tasks_dir: Path, data_root: Optional[Path]):
+    """A descriptor file, or a task name looked up under ``tasks_dir``."""
+    path = Path(task)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return _load([path], data_root)[0]
+    candidates = _load([tasks_dir], data_root)
+    found = [t for t in candidates if t.name == task]
+    if not found:
+        known = ", ".join(t.name for t in candidates) or "none"
+        raise SelfUNetError(f"task '{task}': not found under {tasks_dir} (tasks: {known}); pass its descriptor file "
+                            "or --tasks DIR.")
+    return found[0]
+
+
+@app.command()
+@user_errors
+def score(
+    task: Annotated[str, typer.Argument(help="task name (looked up under --tasks) or descriptor file")],
+    submission: Annotated[Optional[list[str]], typer.Option(
+        "--submission", "-s", help="NAME=IMAGE (a grand-challenge algorithm image) or NAME=FOLDER (label maps "
+        "named like the cases); repeat")] = None,
+    no_selfunet: Annotated[bool, typer.Option("--no-selfunet", help="leave selfunet's own selected model out")]
+    = False,
+    input_slug: Annotated[Optional[list[str]], typer.Option(
+        help="input socket slug; one: all channels in one (4D) image; several: one per channel (default: the "
+        "image's labels from `harness export gc`, else 'image')")] = None,
+    output_slug: Annotated[Optional[str], typer.Option(help="output socket slug (default: the image's, else "
+                                                       "'segmentation')")] = None,
+    case_timeout: Annotated[Optional[float], typer.Option(help="seconds per case (default: scoring.case_timeout_s)")]
+    = None,
+    memory_gb: Annotated[Optional[float], typer.Option(help="memory limit per case in GB (default: scoring.memory_gb, "
+                                                       "else resources.memory_gb)")] = None,
+    cpus: Annotated[Optional[float], typer.Option(help="CPUs per case (default: scoring.cpus, else resources.cpus)")]
+    = None,
+    gpu: Annotated[Optional[int], typer.Option(help="host GPU index given to the containers (default: none)")] = None,
+    tasks_dir: Annotated[Path, typer.Option("--tasks", help="where task names are looked up")] = Path("tasks"),
+    work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
+    results: ResultsOpt = Path("results"),
+    data_root: DataRootOpt = None,
+) -> None:
+    """Score submissions (and selfunet's model) on the task's held-out test set: results/<task>/scores/."""
+    from harness.score import ScoreOptions, parse_submission, score_task
+
+    t = _find_task(task, tasks_dir, data_root)
+    submissions = [parse_submission(s) for s in submission or []]
+    if not submissions and no_selfunet:
+        raise SelfUNetError("nothing to score: give --submission NAME=IMAGE_OR_FOLDER, or drop --no-selfunet.")
+    options = ScoreOptions(input_slugs=input_slug, output_slug=output_slug, gpu=gpu, case_timeout_s=case_timeout,
+                           memory_gb=memory_gb, cpus=cpus)
+    score_task(t, submissions, work_root / t.name, results, options, selfunet=not no_selfunet, console=console)
+    board = results / t.name / "scores" / "leaderboard.md"
+    console.print(board.read_text(), highlight=False, markup=False, soft_wrap=True)
+
+
 image_app = typer.Typer(no_args_is_help=True, help="The project's Docker image (Dockerfile; docs/containers.md).")
 app.add_typer(image_app, name="image")
 

@@ -354,3 +354,20 @@ def test_parallel_slots_give_the_same_result(setup) -> None:
     assert statuses(records, "succeeded") == set(records)
     _, sandbox = run(task(), jobs=1)
     assert sandbox.calls == []  # worker count is not part of any hash
+
+
+def test_holdout_cases_are_in_no_fold_and_a_leaking_splits_file_is_replaced(setup) -> None:
+    task, run, work = setup
+    held = ["demo_001", "demo_004"]
+    records, _ = run(task(holdout={"cases": held}))
+    assert statuses(records, "succeeded") == set(records)
+    folds = json.loads((work / "splits.json").read_text())
+    in_folds = {c for f in folds for c in f["train"] + f["val"]}
+    assert in_folds and not in_folds & set(held)
+    assert len(in_folds) == 4
+    # a splits file written before the holdout was declared (holdout cases in folds) is rewritten
+    (work / "splits.json").write_text(json.dumps([{"train": ["demo_000", "demo_001", "demo_002"],
+                                                   "val": ["demo_003", "demo_004", "demo_005"]}] * 2))
+    records, _ = run(task(holdout={"cases": held}))
+    assert json.loads((work / "splits.json").read_text()) == folds  # the same folds as the first run: no retraining
+    assert not {j for j in statuses(records, "succeeded") if j.startswith("train-")}

@@ -1,0 +1,50 @@
+"""A grand-challenge algorithm container on one case, in the Docker job sandbox.
+
+Same engine code, limits and failure reporting as the harness's own jobs
+(:class:`~harness.sandboxes.docker.DockerSandbox`: no network, CPU and memory limits, an OOM kill
+and a timeout named in the log and returned as their own exit codes, the container always
+removed), with the platform's contract instead of ``selfunet ARGV``:
+
+- the case folder is mounted read-only at ``/input`` and a fresh folder read-write at
+  ``/output`` (the request's one ``read_only`` and one ``read_write`` path);
+- the image's own entry point and command, and its own user (the platform runs an algorithm as
+  the user its image declares; the output folder is made writable for it);
+- no host paths inside the container besides those two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.sandboxes.base import SandboxRequest, Slot
+from harness.sandboxes.docker import DockerSandbox
+from selfunet.errors import SelfUNetError
+
+
+class AlgorithmSandbox(DockerSandbox):
+    name = "algorithm"
+
+    def mounts(self, request: SandboxRequest) -> dict[str, dict[str, str]]:
+        if len(request.read_only) != 1 or len(request.read_write) != 1:
+            raise SelfUNetError(f"job {request.job_id}: an algorithm run needs one input and one output folder.")
+        return {str(Path(request.read_only[0]).resolve()): {"bind": "/input", "mode": "ro"},
+                str(Path(request.read_write[0]).resolve()): {"bind": "/output", "mode": "rw"}}
+
+    def container_kwargs(self, request: SandboxRequest, slot: Slot) -> dict[str, Any]:
+        kwargs = super().container_kwargs(request, slot)
+        kwargs.pop("user", None)  # the image's user, as on the platform
+        kwargs.pop("command", None)  # the image's CMD
+        kwargs.pop("entrypoint", None)
+        if self.entrypoint is not None:
+            kwargs["entrypoint"] = list(self.entrypoint)
+        if request.argv:
+            kwargs["command"] = list(request.argv)
+        kwargs["labels"] = {**kwargs.get("labels", {}), "selfunet.algorithm": self.image_ref}
+        return kwargs
+
+    def run(self, request: SandboxRequest, slot: Slot) -> int:
+        output = Path(request.read_write[0])
+        output.mkdir(parents=True, exist_ok=True)
+        output.chmod(0o777)  # written by the image's user, whoever that is
+        return super().run(request, slot)

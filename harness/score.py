@@ -1,0 +1,451 @@
+"""``harness score TASK --submission NAME=IMAGE_OR_FOLDER ...``: submissions on a task's held-out test set.
+
+A submission is a grand-challenge algorithm container image (run once per case: the case laid
+out under ``/input`` by :mod:`harness.gc_case`, the label map read from
+``/output/images/<output slug>/``) or a folder of label maps named like the cases
+(``<case><ending>``). selfunet's own selected model (``WORK/selection.json``, predicted with
+``selfunet predict --selection`` one case at a time, as a container would) is scored beside them
+on the same cases as the submission ``selfunet`` (``--no-selfunet`` leaves it out).
+
+The test set is what the descriptor declares: ``test_labels:`` (reference label maps of the
+dataset's test cases, named like the cases) or ``holdout:`` (training cases kept out of every
+fold by the job graph, :meth:`harness.jobs.TaskGraph._make_splits`).
+
+Containers run in :class:`harness.sandboxes.algorithm.AlgorithmSandbox` with the descriptor's
+``scoring`` limits per case (time, memory, CPUs). A case whose run times out, runs out of memory
+or crashes, or whose output is missing, unreadable or not on the reference's voxel grid, is
+recorded with its status and reason and scored as the worst case (Dice 0 for every class), and
+scoring goes on.
+
+Files (``results/<task>/scores/``; the format other tools read, e.g. rankings):
+
+``<submission>.csv``
+    long format, one row per case and foreground class, columns :data:`CSV_COLUMNS`:
+    ``case`` (case id), ``class`` (the label's name from dataset.json), ``dice`` (``nan`` when
+    reference and prediction are both empty, see :data:`~selfunet.evaluation.evaluate.EMPTY_MASK_RULE`;
+    0 for a failed case), ``status`` (:data:`STATUSES`), ``reason`` (empty when ``ok``),
+    ``seconds`` (wall time of the case's run; the same on each class row of a case).
+``<submission>.json``
+    where it came from: kind, reference (image id or folder), sockets, limits, wall time.
+``predictions/<submission>/<case>.mha``, ``logs/<submission>/<case>.log``
+    what each run wrote and printed.
+``leaderboard.csv`` / ``leaderboard.md``
+    one row per submission scored so far: mean Dice per class and over classes, failed cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.gc_case import geometry_problem, output_files, write_case
+from harness.tasks import TaskDescriptor
+from selfunet.artifacts import atomic_write_json, atomic_write_text
+from selfunet.data.io import SUPPORTED_ENDINGS, strip_ending
+from selfunet.errors import SelfUNetError
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("case", "class", "dice", "status", "reason", "seconds")
+OK = "ok"
+#: every status a case can get; all but ``ok`` are scored as the worst case.
+STATUSES = (OK, "timeout", "oom", "crash", "missing", "unreadable", "wrong-geometry")
+SELFUNET = "selfunet"
+DEFAULT_INPUT_SLUG = "image"
+DEFAULT_OUTPUT_SLUG = "segmentation"
+#: image labels an exported algorithm carries (harness export gc), read when no slug is given.
+INPUTS_LABEL = "org.selfunet.gc.inputs"
+OUTPUT_LABEL = "org.selfunet.gc.output"
+
+
+# -- the test set ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TestCase:
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path
+
+
+def _label_file(folder: Path, case_id: str) -> Path | None:
+    for ending in SUPPORTED_ENDINGS:
+        if (folder / f"{case_id}{ending}").is_file():
+            return folder / f"{case_id}{ending}"
+    return None
+
+
+def held_out_cases(task: TaskDescriptor) -> list[TestCase]:
+    """The cases ``harness score`` tests on, with their reference labels (see the module doc)."""
+    from selfunet.data.dataset import load_dataset
+
+    spec = load_dataset(task.dataset)
+    if task.test_labels is not None:
+        if not spec.test:
+            raise SelfUNetError(f"{task.source}: key 'test_labels': the dataset {task.dataset} has no test cases.")
+        folder = task.test_labels
+        if not folder.is_dir():
+            raise SelfUNetError(f"{task.source}: key 'test_labels': folder {folder} does not exist; put the test "
+                                "cases' label maps there (named like the cases) or fix the path.")
+        cases, missing = [], []
+        for case in spec.test:
+            label = _label_file(folder, case.case_id)
+            if label is None:
+                missing.append(case.case_id)
+            else:
+                cases.append(TestCase(case.case_id, case.images, label))
+        if missing:
+            raise SelfUNetError(f"{folder}: no label map for test case(s) {missing[:10]} (expected e.g. "
+                                f"{missing[0]}.nii.gz); every test case needs its reference.")
+        return cases
+    if task.holdout is not None:
+        by_id = {c.case_id: c for c in spec.training}
+        return [TestCase(i, by_id[i].images, by_id[i].label) for i in task.holdout.select(list(by_id))
+                if by_id[i].label is not None]
+    raise SelfUNetError(f"{task.source}: task '{task.name}' declares no held-out test set; add `test_labels: FOLDER` "
+                        "(the test cases' label maps) or `holdout: {fraction: 0.2}` (training cases kept out of "
+                        "training), then rerun `harness run` for a holdout.")
+
+
+# -- submissions ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Submission:
+    name: str
+    kind: Literal["container", "folder", "selfunet"]
+    ref: str
+
+
+def parse_submission(text: str) -> Submission:
+    """``NAME=IMAGE`` (a tag or id in the engine) or ``NAME=FOLDER`` (an existing folder of label maps)."""
+    name, sep, ref = text.partition("=")
+    name, ref = name.strip(), ref.strip()
+    if not sep or not name or not ref:
+        raise SelfUNetError(f"--submission {text!r}: expected NAME=IMAGE or NAME=FOLDER (e.g. team-a=team-a:latest).")
+    if not all(c.isalnum() or c in "_.-" for c in name) or name.startswith("."):
+        raise SelfUNetError(f"--submission {text!r}: name '{name}' may hold letters, digits, '_', '.', '-' only "
+                            "(it names files).")
+    if name == SELFUNET:
+        raise SelfUNetError(f"--submission {text!r}: the name '{SELFUNET}' is selfunet's own model; choose another.")
+    return Submission(name, "folder" if Path(ref).is_dir() else "container", ref)
+
+
+@dataclass(frozen=True)
+class Sockets:
+    inputs: tuple[str, ...] = (DEFAULT_INPUT_SLUG,)
+    output: str = DEFAULT_OUTPUT_SLUG
+
+
+def image_sockets(image_labels: dict[str, str], inputs: list[str] | None, output: str | None) -> Sockets:
+    """The options' slugs, else the ones an exported image names in its labels, else the defaults."""
+    found = [s for s in (image_labels.get(INPUTS_LABEL) or "").split(",") if s]
+    return Sockets(tuple(inputs or found or [DEFAULT_INPUT_SLUG]),
+                   output or image_labels.get(OUTPUT_LABEL) or DEFAULT_OUTPUT_SLUG)
+
+
+# -- one case scored ------------------------------------------------------------------------------
+@dataclass
+class CaseResult:
+    case_id: str
+    status: str = OK
+    reason: str = ""
+    seconds: float = 0.0
+    dice: dict[int, float] = field(default_factory=dict)
+
+    def fail(self, status: str, reason: str) -> CaseResult:
+        self.status, self.reason = status, reason
+        return self
+
+
+def score_case(result: CaseResult, prediction: Path | None, reference: Path, labels: dict[int, str]) -> CaseResult:
+    """Dice of each foreground class; a failed case (any status but ok) gets 0 for every class."""
+    from selfunet.data.io import image_to_array
+    from selfunet.evaluation.evaluate import evaluate_arrays
+
+    if result.status == OK:
+        if prediction is None:
+            result.fail("missing", "no label map for this case")
+        else:
+            want = sitk.ReadImage(str(reference))
+            try:
+                got = sitk.ReadImage(str(prediction))
+            except RuntimeError as exc:
+                got = None
+                result.fail("unreadable", f"{prediction.name}: {str(exc).strip().splitlines()[-1][:200]}")
+            problem = geometry_problem(got, want) if got is not None else None
+            if problem:
+                result.fail("wrong-geometry", problem)
+            elif got is not None:
+                pred, _ = image_to_array(got, str(prediction))
+                ref, geometry = image_to_array(want, str(reference))
+                metrics = evaluate_arrays(np.rint(pred[0]).astype(np.int32), ref[0].astype(np.int32), sorted(labels),
+                                          geometry.spacing)
+                result.dice = {label: m.dice for label, m in metrics.items()}
+    if result.status != OK:
+        result.dice = dict.fromkeys(labels, 0.0)
+    return result
+
+
+def prediction_file(folder: Path, case_id: str) -> Path | None:
+    found = [p for p in folder.iterdir() if p.is_file() and strip_ending(p) == case_id] if folder.is_dir() else []
+    return sorted(found)[0] if found else None
+
+
+def _last_line(log_path: Path) -> str:
+    try:
+        lines = [x.strip() for x in log_path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [x for x in lines if x and not x.startswith("===")]
+    return lines[-1][:300] if lines else ""
+
+
+# -- running submissions --------------------------------------------------------------------------
+@dataclass
+class ScoreOptions:
+    input_slugs: list[str] | None = None
+    output_slug: str | None = None
+    gpu: int | None = None
+    case_timeout_s: float | None = None
+    memory_gb: float | None = None
+    cpus: float | None = None
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], scores: Path, options: ScoreOptions,
+                  console: Console, client=None) -> tuple[list[CaseResult], dict]:
+    """Each case through the algorithm container; outputs kept under predictions/<name>/."""
+    import docker.errors
+
+    from harness.image import docker_client
+    from harness.sandboxes.algorithm import AlgorithmSandbox
+    from harness.sandboxes.base import SandboxRequest, Slot
+    from harness.sandboxes.docker import EXIT_OOM, EXIT_TIMEOUT
+
+    client = client or docker_client()
+    try:
+        image = client.images.get(sub.ref)
+    except docker.errors.ImageNotFound:
+        raise SelfUNetError(f"--submission {sub.name}={sub.ref}: no such image in the Docker Engine and no such "
+                            "folder; load it (`docker load -i FILE`) or build it first.") from None
+    sockets = image_sockets(image.labels or {}, options.input_slugs, options.output_slug)
+    limits = {"case_timeout_s": options.case_timeout_s or task.scoring.case_timeout_s,
+              "memory_gb": options.memory_gb or task.scoring.memory_gb or task.resources.memory_gb,
+              "cpus": options.cpus or task.scoring.cpus or task.resources.cpus}
+    sandbox = AlgorithmSandbox(image=image.id, client=client, timeout_s=limits["case_timeout_s"],
+                               cpus=limits["cpus"], memory_gb=limits["memory_gb"])
+    predictions, logs = scores / "predictions" / sub.name, scores / "logs" / sub.name
+    for folder in (predictions, logs):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="selfunet-score-", ignore_cleanup_errors=True) as tmp, \
+            _progress(console) as progress:
+        bar = progress.add_task(f"{task.name}: {sub.name}", total=len(cases))
+        for case in cases:
+            inputs = scores / ".inputs" / "-".join(sockets.inputs) / case.case_id
+            if not (inputs / "inputs.json").is_file():
+                shutil.rmtree(inputs, ignore_errors=True)
+                write_case(inputs, case.images, sockets.inputs)
+            output = Path(tmp) / case.case_id
+            log_path = logs / f"{case.case_id}.log"
+            request = SandboxRequest(job_id=f"score-{sub.name}-{case.case_id}", argv=(), log_path=log_path,
+                                     read_only=(inputs,), read_write=(output,))
+            started = time.perf_counter()
+            code = sandbox.run(request, Slot(0, options.gpu))
+            result = CaseResult(case.case_id, seconds=time.perf_counter() - started)
+            produced = output_files(output, sockets.output)
+            if code == EXIT_TIMEOUT:
+                result.fail("timeout", f"ran past the {limits['case_timeout_s']:g} s limit per case")
+            elif code == EXIT_OOM:
+                result.fail("oom", f"killed at the {limits['memory_gb']} GB memory limit")
+            elif code != 0:
+                result.fail("crash", f"exit code {code}: {_last_line(log_path)}".rstrip(": "))
+            elif len(produced) != 1:
+                result.fail("missing", f"{len(produced)} image(s) in /output/images/{sockets.output}/, expected 1")
+            kept = None
+            if result.status == OK:
+                kept = predictions / f"{case.case_id}.mha"
+                try:
+                    sitk.WriteImage(sitk.ReadImage(str(produced[0])), str(kept), True)
+                except RuntimeError as exc:
+                    kept = None
+                    result.fail("unreadable", f"{produced[0].name}: {str(exc).strip().splitlines()[-1][:200]}")
+            results.append(score_case(result, kept, case.label, _labels(task)))
+            progress.advance(bar)
+    record = {"kind": "container", "ref": sub.ref, "image": image.id, "tags": image.tags,
+              "sockets": {"inputs": list(sockets.inputs), "output": sockets.output}, "limits": limits}
+    return results, record
+
+
+def score_folder(sub: Submission, task: TaskDescriptor, cases: list[TestCase]) -> tuple[list[CaseResult], dict]:
+    folder = Path(sub.ref)
+    results = [score_case(CaseResult(c.case_id), prediction_file(folder, c.case_id), c.label, _labels(task))
+               for c in cases]
+    return results, {"kind": "folder", "ref": str(folder.resolve())}
+
+
+def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores: Path,
+                 console: Console) -> tuple[list[CaseResult], dict]:
+    """``selfunet predict --selection`` per case (model loaded per case, as a container does)."""
+    selection = work / "selection.json"
+    if not selection.is_file():
+        raise SelfUNetError(f"{selection} not found: run the task first (`harness run {task.source}`), or pass "
+                            "--no-selfunet to score the submissions alone.")
+    predictions, logs = scores / "predictions" / SELFUNET, scores / "logs" / SELFUNET
+    for folder in (predictions, logs):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="selfunet-score-") as tmp, _progress(console) as progress:
+        bar = progress.add_task(f"{task.name}: {SELFUNET}", total=len(cases))
+        for case in cases:
+            out = Path(tmp) / case.case_id
+            command = [sys.executable, "-m", "selfunet.cli", "predict", *map(str, case.images), "-o", str(out),
+                       "-w", str(work), "--selection", str(selection)]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True)
+            result = CaseResult(case.case_id, seconds=time.perf_counter() - started)
+            log_path = logs / f"{case.case_id}.log"
+            log_path.write_text(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}")
+            kept = None
+            if done.returncode != 0:
+                result.fail("crash", f"exit code {done.returncode}: {_last_line(log_path)}")
+            else:
+                written = prediction_file(out, case.case_id)
+                if written is not None:
+                    kept = predictions / f"{case.case_id}.mha"
+                    sitk.WriteImage(sitk.ReadImage(str(written)), str(kept), True)
+            results.append(score_case(result, kept, case.label, _labels(task)))
+            progress.advance(bar)
+    return results, {"kind": SELFUNET, "ref": str(selection), "selection": json.loads(selection.read_text())}
+
+
+def _labels(task: TaskDescriptor) -> dict[int, str]:
+    from selfunet.data.dataset import load_dataset
+
+    spec = load_dataset(task.dataset)
+    return {v: spec.labels[v] for v in spec.foreground_labels}
+
+
+# -- files ----------------------------------------------------------------------------------------
+def _num(value: float, digits: int) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def scores_csv(results: list[CaseResult], labels: dict[int, str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in results:
+        for label, name in labels.items():
+            writer.writerow([r.case_id, name, _num(r.dice.get(label, math.nan), 6), r.status, r.reason,
+                             f"{r.seconds:.2f}"])
+    return buffer.getvalue()
+
+
+def read_scores(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and tuple(rows[0]) != CSV_COLUMNS:
+        raise SelfUNetError(f"{path}: columns {tuple(rows[0])}, expected {CSV_COLUMNS}.")
+    return rows
+
+
+def board_rows(scores: Path) -> list[dict[str, str]]:
+    """One row per ``<submission>.csv`` in ``scores``: mean Dice per class and over classes."""
+    rows = []
+    for path in sorted(scores.glob("*.csv")):
+        if path.name == "leaderboard.csv":
+            continue
+        table = read_scores(path)
+        classes = list(dict.fromkeys(r["class"] for r in table))
+        cases = list(dict.fromkeys(r["case"] for r in table))
+        failed = {r["case"] for r in table if r["status"] != OK}
+        means = {}
+        for name in classes:
+            values = [float(r["dice"]) for r in table if r["class"] == name]
+            finite = [v for v in values if not math.isnan(v)]
+            means[name] = sum(finite) / len(finite) if finite else math.nan
+        finite_means = [v for v in means.values() if not math.isnan(v)]
+        seconds = [float(r["seconds"]) for r in {r["case"]: r for r in table}.values()]
+        row = {"submission": path.stem, "cases": str(len(cases)), "failed": str(len(failed)),
+               "mean_fg_dice": _num(sum(finite_means) / len(finite_means) if finite_means else math.nan, 4)}
+        row |= {f"dice_{name}": _num(means[name], 4) for name in classes}
+        row["seconds_per_case"] = _num(sum(seconds) / len(seconds) if seconds else math.nan, 1)
+        rows.append(row)
+    return sorted(rows, key=lambda r: -float(r["mean_fg_dice"]) if r["mean_fg_dice"] != "nan" else math.inf)
+
+
+def write_board(task: TaskDescriptor, scores: Path) -> list[dict[str, str]]:
+    rows = board_rows(scores)
+    if not rows:
+        return rows
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n", restval="n/a")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(scores / "leaderboard.csv", buffer.getvalue())
+    lines = [f"# {task.name}: held-out test set", "",
+             f"Per-case scores: `<submission>.csv` beside this file. A failed case (timeout, crash, missing or "
+             f"wrong-geometry output) counts as Dice 0 for every class. `{SELFUNET}` is selfunet's own selected model.",
+             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r.get(c, "n/a") for c in columns) + " |" for r in rows]
+    atomic_write_text(scores / "leaderboard.md", "\n".join(lines) + "\n")
+    return rows
+
+
+def score_task(task: TaskDescriptor, submissions: list[Submission], work: Path, results: Path,
+               options: ScoreOptions | None = None, selfunet: bool = True, console: Console | None = None,
+               client=None) -> dict[str, list[CaseResult]]:
+    """Score every submission (and selfunet's model) on the task's held-out cases; write the files."""
+    options = options or ScoreOptions()
+    console = console or Console(stderr=True)
+    cases = held_out_cases(task)
+    if not cases:
+        raise SelfUNetError(f"task '{task.name}': the held-out test set is empty.")
+    names = [s.name for s in submissions]
+    if len(set(names)) != len(names):
+        raise SelfUNetError(f"--submission names must differ: {sorted(n for n in names if names.count(n) > 1)}.")
+    scores = Path(results) / task.name / "scores"
+    scores.mkdir(parents=True, exist_ok=True)
+    labels = _labels(task)
+    queue: list[Submission | None] = [*([None] if selfunet else []), *submissions]
+    out: dict[str, list[CaseResult]] = {}
+    for sub in queue:
+        started = time.perf_counter()
+        if sub is None:
+            name, (case_results, record) = SELFUNET, run_selfunet(task, Path(work), cases, scores, console)
+        elif sub.kind == "folder":
+            name, (case_results, record) = sub.name, score_folder(sub, task, cases)
+        else:
+            name, (case_results, record) = sub.name, run_container(sub, task, cases, scores, options, console, client)
+        record |= {"submission": name, "task": task.name, "cases": [c.case_id for c in cases],
+                   "wall_seconds": round(time.perf_counter() - started, 2), "date": time.strftime("%Y-%m-%d %H:%M"),
+                   "failed": {r.case_id: f"{r.status}: {r.reason}" for r in case_results if r.status != OK}}
+        atomic_write_text(scores / f"{name}.csv", scores_csv(case_results, labels))
+        atomic_write_json(scores / f"{name}.json", record)
+        out[name] = case_results
+        failed = len(record["failed"])
+        console.print(f"{task.name}: {name} scored on {len(cases)} case(s) in {record['wall_seconds']:.1f} s"
+                      + (f", {failed} failed" if failed else ""), highlight=False)
+    write_board(task, scores)
+    return out
