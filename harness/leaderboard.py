@@ -35,6 +35,7 @@ from typing import Any
 
 from rich.console import Console
 
+from harness.ranking import CandidateScores, RankRow, TaskRanking, rank_task
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
 
@@ -65,6 +66,16 @@ class Row:
     fold_min: float | None = None
     fold_max: float | None = None
     num_cases: int = 0
+    postprocessed: bool = False
+    """the row's predictions differ from the raw row's (a rule that changes something)."""
+    per_case: dict[str, dict[str, float]] | None = None
+    """case -> foreground label value -> Dice (NaN undefined): what the ranking compares; None when the
+    per-case evaluation is not on disk."""
+
+    @property
+    def rank_name(self) -> str:
+        """The name this row has in a ranking: the candidate, plus "+pp" for a postprocessed row."""
+        return f"{self.candidate}+pp" if self.postprocessed else self.candidate
 
 
 @dataclass
@@ -80,6 +91,10 @@ class Leaderboard:
     notes: list[str] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     """what the Markdown header states: dataset, date, budget, ..."""
+    ranking: TaskRanking | None = None
+    """the cross-validation ranking of the rows that have per-case scores (:func:`rank_rows`)."""
+    test_ranking: TaskRanking | None = None
+    """submissions (and selfunet's model) on the held-out test cases: ``results/<task>/scores/``."""
 
     @property
     def selected_row(self) -> Row | None:
@@ -92,7 +107,12 @@ class Leaderboard:
             cols += ["nsd", *(class_column("nsd", self.labels, v) for v in self.labels)]
         if self.hd95:
             cols += ["hd95", *(class_column("hd95", self.labels, v) for v in self.labels)]
-        return [*cols, "fold_mean", "fold_std", "fold_min", "fold_max", "num_cases"]
+        return [*cols, "fold_mean", "fold_std", "fold_min", "fold_max", "num_cases", *RANK_COLUMNS]
+
+    def rank_of(self, row: Row) -> RankRow | None:
+        if self.ranking is None:
+            return None
+        return next((r for r in self.ranking.rows if r.name == row.rank_name), None)
 
     def records(self) -> list[dict[str, str]]:
         out = []
@@ -109,8 +129,22 @@ class Leaderboard:
                         rec[class_column(metric, self.labels, v)] = fmt(values.get(v))
             rec |= {"fold_mean": fmt(r.fold_mean), "fold_std": fmt(r.fold_std), "fold_min": fmt(r.fold_min),
                     "fold_max": fmt(r.fold_max), "num_cases": str(r.num_cases)}
+            rec |= rank_record(self.rank_of(r))
             out.append(rec)
         return out
+
+
+#: ranking columns of leaderboard.csv (harness.ranking): aggregate-then-rank with its 95 % bootstrap
+#: interval and the share of resamples won, rank-then-aggregate, and who it beats significantly.
+RANK_COLUMNS = ("rank", "rank_low", "rank_high", "p_first", "case_rank", "mean_case_rank", "better_than")
+
+
+def rank_record(rank: RankRow | None) -> dict[str, str]:
+    if rank is None:
+        return dict.fromkeys(RANK_COLUMNS, NA)
+    return {"rank": str(rank.rank), "rank_low": str(rank.rank_low), "rank_high": str(rank.rank_high),
+            "p_first": fmt(rank.p_first, 3), "case_rank": str(rank.case_rank),
+            "mean_case_rank": fmt(rank.mean_case_rank, 3), "better_than": "; ".join(rank.better_than)}
 
 
 def class_column(metric: str, labels: dict[str, str], value: str) -> str:
@@ -282,7 +316,8 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
         nsd, hd = _surface_metrics(summary, labels, nsd_tolerance_mm, hd95)
         spread = cand.fold_spread if cand.fold_spread is not None else _pair_spread(summary, labels, folds)
         raw = Row(cand.name, list(cand.members), "none", False, _finite(cand.mean_foreground_dice),
-                  {v: _finite(cand.dice.get(v)) for v in labels}, nsd, hd, num_cases=cand.num_cases)
+                  {v: _finite(cand.dice.get(v)) for v in labels}, nsd, hd, num_cases=cand.num_cases,
+                  per_case=per_case_dice(summary, labels))
         if spread is not None:
             raw.fold_mean, raw.fold_std = _finite(spread.mean), _finite(spread.std)
             raw.fold_min, raw.fold_max = _finite(spread.min), _finite(spread.max)
@@ -297,11 +332,12 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
         else:
             post = Row(cand.name, list(cand.members), describe_rule(rule, labels), False,
                        _finite(rule.mean_foreground_dice_after), {v: _finite(rule.dice_after.get(v)) for v in labels},
-                       num_cases=rule.num_cases or cand.num_cases)
+                       num_cases=rule.num_cases or cand.num_cases, postprocessed=True)
             done = (evaluate_candidate(work, cand.prediction_dir, cand.name, rule, nsd_tolerance_mm, hd95, processes)
                     if have_work and compute else None)
             if done is not None:
                 post.nsd, post.hd95 = _surface_metrics(done, labels, nsd_tolerance_mm, hd95)
+                post.per_case = per_case_dice(done, labels)
                 spread = _pair_spread(done, labels, folds)
                 if spread is not None:
                     post.fold_mean, post.fold_std = _finite(spread.mean), _finite(spread.std)
@@ -320,7 +356,29 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
                      "postprocessed rows; cached under WORK/leaderboard/); n/a where the work directory or its "
                      "predictions are gone.")
     notes.append("Fold spread: population std, min and max over folds of each fold's mean foreground Dice.")
-    return Leaderboard(task=task, labels=labels, rows=rows, nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
-                       selected=selection.selected, empty_mask_rule=selection.empty_mask_rule or EMPTY_MASK_RULE,
-                       notes=notes, meta=dict(meta or {}))
+    board = Leaderboard(task=task, labels=labels, rows=rows, nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
+                        selected=selection.selected, empty_mask_rule=selection.empty_mask_rule or EMPTY_MASK_RULE,
+                        notes=notes, meta=dict(meta or {}))
+    board.ranking = rank_rows(board)
+    return board
+
+
+def per_case_dice(summary, labels: dict[str, str]) -> dict[str, dict[str, float]] | None:
+    """case -> foreground label -> Dice of an EvaluationSummary (None without one)."""
+    if summary is None:
+        return None
+    return {c.case_id: {v: float(c.classes[v].dice) if v in c.classes else math.nan for v in labels}
+            for c in summary.per_case}
+
+
+def rank_rows(board: Leaderboard) -> TaskRanking | None:
+    """Rank every distinct row with per-case scores (a rule that changes nothing adds no candidate);
+    None when fewer than two have them (nothing to compare)."""
+    seen: dict[str, Row] = {}
+    for row in board.rows:
+        if row.per_case is not None and row.rank_name not in seen:
+            seen[row.rank_name] = row
+    if len(seen) < 2:
+        return None
+    return rank_task(board.task, [CandidateScores(name, row.per_case or {}) for name, row in seen.items()])
 

@@ -25,10 +25,12 @@ rank), over the candidates present in every task.
 from __future__ import annotations
 
 import contextlib
+import csv
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -228,18 +230,50 @@ class ConsensusRow:
     """None for a candidate not ranked in every task."""
 
 
-def consensus(rankings: Mapping[str, TaskRanking]) -> list[ConsensusRow]:
-    """Mean rank over tasks; candidates missing from a task are listed after the ranked ones, unranked."""
-    tasks = sorted(rankings)
+def consensus(ranks: Mapping[str, Mapping[str, int]]) -> list[ConsensusRow]:
+    """``task -> candidate -> rank`` to the mean rank over tasks; candidates missing from a task are
+    listed after the ranked ones, unranked."""
+    tasks = sorted(ranks)
     names: dict[str, dict[str, int]] = {}
     for task in tasks:
-        for row in rankings[task].rows:
-            names.setdefault(row.name, {})[task] = row.rank
+        for name, rank in ranks[task].items():
+            names.setdefault(name, {})[task] = int(rank)
     complete = {n: r for n, r in names.items() if len(r) == len(tasks)}
     mean = {n: float(np.mean(list(r.values()))) for n, r in names.items()}
     ordered = sorted(complete, key=lambda n: (mean[n], n))
     values = np.array([mean[n] for n in ordered])
-    ranks = stats.rankdata(values, method="min").astype(int) if len(values) else []
-    out = [ConsensusRow(n, mean[n], complete[n], int(r)) for n, r in zip(ordered, ranks)]
+    ranked = stats.rankdata(values, method="min").astype(int) if len(values) else []
+    out = [ConsensusRow(n, mean[n], complete[n], int(r)) for n, r in zip(ordered, ranked)]
     out += [ConsensusRow(n, mean[n], names[n], None) for n in sorted(set(names) - set(complete))]
     return out
+
+
+# -- per-case score files of submissions (harness score) ------------------------------------------
+SCORE_COLUMNS = ("case", "class", "dice")
+
+
+def read_case_scores(path: Path) -> CandidateScores | None:
+    """``<submission>.csv`` (one row per case and class: case, class, dice, ...) as CandidateScores
+    named after the file; None for a CSV without those columns (e.g. a leaderboard beside them)."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not set(SCORE_COLUMNS) <= set(reader.fieldnames or ()):
+            return None
+        dice: dict[str, dict[str, float]] = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                value = float(row["dice"]) if row["dice"] not in ("", "n/a") else math.nan
+            except ValueError as exc:
+                raise SelfUNetError(f"{path}, line {line}: dice '{row['dice']}' is not a number (use nan for "
+                                    "undefined).") from exc
+            dice.setdefault(row["case"], {})[row["class"]] = value
+    return CandidateScores(path.stem, dice)
+
+
+def rank_scores(task: str, folder: Path, resamples: int = RESAMPLES, seed: int = SEED) -> TaskRanking | None:
+    """The ranking of every per-case score file in ``folder`` (``results/<task>/scores/``); None when
+    fewer than two candidates are there."""
+    folder = Path(folder)
+    found = [c for c in (read_case_scores(p) for p in sorted(folder.glob("*.csv"))) if c is not None] \
+        if folder.is_dir() else []
+    return rank_task(task, found, resamples=resamples, seed=seed) if len(found) >= 2 else None

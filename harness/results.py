@@ -14,7 +14,8 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.leaderboard import NA, NOT_TASKS, SELECTED, Leaderboard, build_leaderboard
-from harness.tables import md_table, rich_table, short, to_csv, to_markdown
+from harness.ranking import consensus, rank_scores
+from harness.tables import consensus_markdown, md_table, ranking_csv, rich_table, short, to_csv, to_markdown
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
 
@@ -83,10 +84,16 @@ def render_task(task: str, results_root: Path, work: Path | None = None, nsd_tol
         return None
     board = build_leaderboard(task, work, out / "selection.json", nsd_tolerance_mm, hd95, _meta(record),
                               compute=compute, processes=processes)
+    board.test_ranking = rank_scores(task, out / "scores")
     atomic_write_text(out / "leaderboard.csv", to_csv(board))
     atomic_write_text(out / "leaderboard.md", to_markdown(board))
+    rankings = {k: v for k, v in (("crossval", board.ranking), ("test", board.test_ranking)) if v is not None}
+    if rankings:
+        atomic_write_text(out / "ranking.csv", ranking_csv(rankings))
+    elif (out / "ranking.csv").is_file():
+        (out / "ranking.csv").unlink()
     if console is not None:
-        console.print(rich_table(board))
+        console.print(rich_table(board, console.width))
     return board
 
 
@@ -132,8 +139,27 @@ def write_overview(results_root: Path) -> Path:
         md_table(["task", "selected model", "CV mean fg Dice", "fold std (min-max)", "date", "budget", "run"], rows),
         "", f"Empty masks: {_empty_rule()}", "",
     ])
+    for kind, title in (("crossval", "cross-validation"), ("test", "held-out test cases")):
+        ranks = read_task_ranks(root, kind)
+        if len(ranks) >= 2:
+            text += "\n" + consensus_markdown(consensus(ranks), sorted(ranks)).replace(
+                "## Consensus over tasks", f"## Consensus over tasks: {title}", 1)
     atomic_write_text(root / "leaderboard.md", text)
     return root / "leaderboard.md"
+
+
+def read_task_ranks(results_root: Path, kind: str) -> dict[str, dict[str, int]]:
+    """task -> candidate -> rank, from every ``<task>/ranking.csv`` rows of set ``kind`` (crossval | test)."""
+    ranks: dict[str, dict[str, int]] = {}
+    for d in task_dirs(results_root):
+        try:
+            with open(d / "ranking.csv", newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if r.get("set") == kind]
+        except OSError:
+            continue
+        if rows:
+            ranks[d.name] = {r["candidate"]: int(r["rank"]) for r in rows}
+    return ranks
 
 
 def _empty_rule() -> str:

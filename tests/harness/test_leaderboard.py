@@ -258,3 +258,32 @@ def test_a_failed_select_leaves_the_previous_leaderboard_alone(work: Path, tmp_p
     write_task_results(_task(work), work, results, _record(work, select="failed"))
     assert not (results / "tiny" / "leaderboard.csv").exists()
     assert "| tiny | no selection |" in (results / "leaderboard.md").read_text()
+
+
+def test_ranking_of_the_rows_and_of_scored_submissions_and_the_consensus_over_tasks(work: Path, tmp_path: Path):
+    results = tmp_path / "results"
+    scores = results / "tiny" / "scores"
+    scores.mkdir(parents=True)
+    header = "case,class,dice,status,reason,seconds\n"
+    for name, organ in (("team_a", 0.9), ("team_b", 0.6)):
+        (scores / f"{name}.csv").write_text(header + "".join(
+            f"{c},organ,{organ + i / 100:.3f},ok,,1.0\n{c},lesion,{organ:.3f},ok,,1.0\n" for i, c in enumerate(CASES)))
+    board = render_task("tiny", results, work)
+    render_task("tiny2", results, work)
+    # the postprocessed 3d_fullres is perfect on every case; its raw twin has a stray organ blob
+    assert board.ranking.rows[0].name == "3d_fullres+pp" and board.ranking.rows[0].p_first == 1.0
+    assert board.ranking.row("3d_fullres").rank > 1
+    # 4 cases: the smallest exact one-sided Wilcoxon p is 1/16 > 0.05, so no difference is significant
+    assert all(not r.better_than for r in board.ranking.rows)
+    assert [r.name for r in board.test_ranking.rows] == ["team_a", "team_b"]
+    ranking = _rows(results / "tiny" / "ranking.csv")
+    assert {r["set"] for r in ranking} == {"crossval", "test"}
+    assert [r["candidate"] for r in ranking if r["set"] == "test"] == ["team_a", "team_b"]
+    selected = read_selected(results / "tiny" / "leaderboard.csv")
+    assert selected["rank"] == "1" and selected["rank_low"] == "1"
+    md = (results / "tiny" / "leaderboard.md").read_text()
+    assert "## Ranking on the cross-validation cases" in md and "## Ranking on the held-out test cases" in md
+    overview = write_overview(results).read_text()
+    assert "## Consensus over tasks: cross-validation" in overview
+    assert "| 1 | 3d_fullres+pp | 1.00 | 1 | 1 |" in overview
+    assert "held-out test cases" not in overview  # only one task has scored submissions

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from harness.ranking import CandidateScores, consensus, holm, per_case_scores, rank_task, wilcoxon_greater
+from harness.ranking import (
+    CandidateScores,
+    consensus,
+    holm,
+    per_case_scores,
+    rank_scores,
+    rank_task,
+    wilcoxon_greater,
+)
 from selfunet.errors import SelfUNetError
 
 CASES = [f"case_{i:02d}" for i in range(30)]
@@ -117,7 +125,24 @@ def test_consensus_is_the_mean_rank_over_tasks_and_partial_candidates_stay_unran
 
     rankings = {"t1": ranking("t1", ["A", "B", "C", "D"]), "t2": ranking("t2", ["B", "A", "C"]),
                 "t3": ranking("t3", ["B", "C", "A"])}
-    rows = consensus(rankings)
+    rows = consensus({task: {r.name: r.rank for r in ranked.rows} for task, ranked in rankings.items()})
     assert [(r.name, r.rank) for r in rows] == [("B", 1), ("A", 2), ("C", 3), ("D", None)]
     assert rows[0].mean_rank == pytest.approx(4 / 3) and rows[1].mean_rank == pytest.approx(2.0)
     assert rows[1].ranks == {"t1": 1, "t2": 2, "t3": 3}
+
+
+def test_score_files_of_submissions_are_ranked_and_other_csvs_ignored(tmp_path):
+    header = "case,class,dice,status,reason,seconds\n"
+    good = "".join(f"c{i},organ,{0.9 + i / 1000:.4f},ok,,1.0\nc{i},lesion,nan,ok,,1.0\n" for i in range(12))
+    bad = "".join(f"c{i},organ,{0.5 + i / 1000:.4f},ok,,1.0\nc{i},lesion,0,ok,,1.0\n" for i in range(11))
+    (tmp_path / "good.csv").write_text(header + good)
+    (tmp_path / "bad.csv").write_text(header + bad)  # c11 missing: counts as 0
+    (tmp_path / "leaderboard.csv").write_text("submission,mean_fg_dice\ngood,0.9\n")
+    ranking = rank_scores("demo", tmp_path, resamples=100)
+    assert [r.name for r in ranking.rows] == ["good", "bad"] and ranking.missing == {"bad": 1}
+    assert ranking.row("good").better_than == ["bad"]
+    assert ranking.row("good").mean_fg_dice == pytest.approx(np.mean([0.9 + i / 1000 for i in range(12)]))
+    (tmp_path / "bad.csv").write_text(header + "c0,organ,oops,ok,,1\n")
+    with pytest.raises(SelfUNetError, match=r"bad\.csv, line 2"):
+        rank_scores("demo", tmp_path)
+    assert rank_scores("demo", tmp_path / "none") is None
