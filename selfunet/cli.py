@@ -181,6 +181,8 @@ def train(
         Optional[bool], typer.Option("--validation-mirroring/--no-validation-mirroring",
                                      help="mirror TTA for the out-of-fold validation predictions")
     ] = None,
+    max_voxels_per_batch: Annotated[Optional[int], typer.Option(
+        min=1, help="small budgets: shrink batch, then patch, to at most this many voxels per batch")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoint_latest.pt")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="discard this fold's checkpoints and start over")] = False,
 ) -> None:
@@ -194,6 +196,7 @@ def train(
         "amp": amp, "device": device, "compile": compile, "channels_last": channels_last,
         "checkpoint_every": checkpoint_every, "deterministic": deterministic,
         "predict_validation": predict_validation, "validation_mirroring": validation_mirroring,
+        "max_voxels_per_batch": max_voxels_per_batch,
     }
     config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None}, source="command line")
     run_training(work, configuration, fold, config, resume=resume, restart=restart, console=console)

@@ -2,22 +2,38 @@
 
 A budget only overrides :class:`~selfunet.training.train_config.TrainConfig` fields; the harness's
 ``--budget`` and ``selfunet run --budget`` select one by name.
+
+Why the small budgets also cap the voxels per batch: a few iterations are only "small" if an
+iteration is. On real data with 0.8 mm in-plane spacing the planner makes 512x512 2D patches in
+batches of 5-12 and 3D patches of millions of voxels; a ci run of 45 iterations then took most of
+an hour per fold on a 2-core CPU. Capped at 2^18 voxels per batch, an iteration costs about what a
+demo iteration costs, whatever the dataset. The synthetic demo's plans fit under the cap, so its
+results do not change. A capped run is a smoke test of the pipeline, not the method: its Dice
+says nothing about the planned configuration.
 """
 
 from __future__ import annotations
 
+import math
+
 from selfunet.errors import SelfUNetError
+from selfunet.planning.plan_types import Configuration
 from selfunet.training.train_config import TrainConfig
+
+#: voxels per batch of the small budgets (ci, demo): 2 x 64^3 / 2.
+SMALL_BUDGET_VOXELS_PER_BATCH = 2**18
 
 BUDGETS: dict[str, dict] = {
     # SPEC section 3: 1000 epochs x 250 iterations, 50 validation iterations, 5 folds.
     "full": {},
     # a few minutes per task on a 2-core CPU: enough to separate a working pipeline from a broken one.
     "ci": {"epochs": 3, "iterations_per_epoch": 12, "validation_iterations": 3, "num_folds": 2,
-           "checkpoint_every": 1, "validation_mirroring": False},
+           "checkpoint_every": 1, "validation_mirroring": False,
+           "max_voxels_per_batch": SMALL_BUDGET_VOXELS_PER_BATCH},
     # the README's demo: the same as ci.
     "demo": {"epochs": 3, "iterations_per_epoch": 12, "validation_iterations": 3, "num_folds": 2,
-             "checkpoint_every": 1, "validation_mirroring": False},
+             "checkpoint_every": 1, "validation_mirroring": False,
+             "max_voxels_per_batch": SMALL_BUDGET_VOXELS_PER_BATCH},
 }
 
 
@@ -26,3 +42,23 @@ def budget_config(name: str, **overrides) -> TrainConfig:
         raise SelfUNetError(f"unknown budget '{name}'; choose one of {', '.join(BUDGETS)}.")
     values = {**BUDGETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig.from_dict(values, source=f"budget '{name}'")
+
+
+def fit_to_voxel_budget(configuration: Configuration, max_voxels: int, min_batch: int = 2) -> Configuration:
+    """The configuration with batch x patch voxels <= ``max_voxels``: the batch shrinks first (not
+    below ``min_batch``), then the patch, one network stride at a time on its largest axis, so
+    every axis stays divisible by the network's total stride on it. Unchanged when it fits."""
+    patch = [int(p) for p in configuration.patch_size]
+    batch = int(configuration.batch_size)
+    if batch * math.prod(patch) <= max_voxels:
+        return configuration
+    batch = max(min(batch, max_voxels // math.prod(patch)), min(min_batch, batch))
+    divisors = [math.prod(int(stride[axis]) for stride in configuration.topology.strides)
+                for axis in range(len(patch))]
+    while batch * math.prod(patch) > max_voxels:
+        shrinkable = [a for a in range(len(patch)) if patch[a] - divisors[a] >= divisors[a]]
+        if not shrinkable:
+            break  # the smallest patch the network takes: keep it, the budget is exceeded at its floor
+        axis = max(shrinkable, key=lambda a: patch[a])
+        patch[axis] -= divisors[axis]
+    return configuration.model_copy(update={"patch_size": patch, "batch_size": batch})

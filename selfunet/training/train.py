@@ -88,6 +88,8 @@ class Trainer:
                 f"choose one of {sorted(self.plan.configurations)}."
             )
         self.configuration: Configuration = self.plan.configurations[configuration]
+        if config.max_voxels_per_batch is not None:
+            self._fit_to_voxel_budget(config.max_voxels_per_batch)
         self.config = config
         self.fold = fold
         self.out = self.work.training(configuration, fold)
@@ -109,6 +111,21 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.stop_requested: int | None = None
+
+    def _fit_to_voxel_budget(self, max_voxels: int) -> None:
+        """Shrink batch and patch for a small budget; the checkpoints carry the shrunk plan, so the
+        validation and test predictions use the patch the network was trained on."""
+        from selfunet.training.budgets import fit_to_voxel_budget
+
+        fitted = fit_to_voxel_budget(self.configuration, max_voxels)
+        if fitted is self.configuration:
+            return
+        log.info("budget: %s batch %d x patch %s -> batch %d x patch %s (at most %d voxels per batch)",
+                 fitted.name, self.configuration.batch_size, self.configuration.patch_size, fitted.batch_size,
+                 fitted.patch_size, max_voxels)
+        self.configuration = fitted
+        self.plan = self.plan.model_copy(
+            update={"configurations": {**self.plan.configurations, fitted.name: fitted}})
 
     # -- construction -------------------------------------------------------------------------
     def _build(self) -> None:

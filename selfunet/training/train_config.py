@@ -47,3 +47,6 @@ class TrainConfig(Artifact):
     """after training, predict the fold's validation cases with the full sliding-window scheme."""
     validation_mirroring: bool = True
     """mirror TTA for the out-of-fold (and, in ``selfunet run``, the test) predictions."""
+    max_voxels_per_batch: int | None = None
+    """small budgets only: fewer samples per batch (down to 2), then a smaller patch, until batch x
+    patch voxels fit (``selfunet.training.budgets.fit_to_voxel_budget``); None trains the plan as is."""
