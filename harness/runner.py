@@ -22,6 +22,7 @@ from rich.table import Table
 
 from harness.executors.base import Completion, Executor
 from harness.jobs import Job, TaskGraph, code_version, is_done, job_hash
+from harness.progress import RunProgress, live_view
 from harness.sandboxes.base import SandboxRequest
 from selfunet.artifacts import atomic_write_json
 from selfunet.errors import SelfUNetError
@@ -54,7 +55,7 @@ class JobRecord:
 
 class Runner:
     def __init__(self, graphs: list[TaskGraph], executor: Executor, force: bool = False,
-                 console: Console | None = None, version: str | None = None) -> None:
+                 console: Console | None = None, version: str | None = None, progress: bool = True) -> None:
         self.graphs = {g.task.name: g for g in graphs}
         self.executor = executor
         self.force = force
@@ -64,6 +65,7 @@ class Runner:
         self.records: dict[str, JobRecord] = {}
         self._settled: set[str] = set()
         self.task_started: dict[str, float] = {}
+        self.progress = progress
 
     # --- bookkeeping
     def _add(self, task: str, jobs: list[Job]) -> None:
@@ -137,8 +139,8 @@ class Runner:
             self._finish(key, "succeeded", 0)
             return "inline"
         graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "running", "started": rec.started})
-        self.console.print(f"[bold]start[/] {rec.task}/{job.id}: selfunet {' '.join(argv)}", highlight=False,
-                           soft_wrap=True)
+        self.console.print(f"[bold]start[/] {rec.task}/{job.id}: selfunet {' '.join(argv)}  (log: {rec.log})",
+                           highlight=False, soft_wrap=True)
         task = graph.task
         request = SandboxRequest(
             job_id=f"{rec.task}-{job.id}", argv=argv, log_path=graph.markers.log(job.id),
@@ -158,7 +160,14 @@ class Runner:
 
     # --- the loop
     def run(self, on_task_done=None) -> list[JobRecord]:
-        """Run everything; ``on_task_done(graph, records)`` is called once per task when it settles."""
+        """Run everything under the live progress view (:mod:`harness.progress`); ``on_task_done(graph,
+        records)`` is called once per task when it settles."""
+        if not self.progress:
+            return self._run(on_task_done)
+        with live_view(RunProgress(self.records, self.executor.capacity), self.console):
+            return self._run(on_task_done)
+
+    def _run(self, on_task_done=None) -> list[JobRecord]:
         for name, graph in self.graphs.items():
             self.task_started[name] = time.time()
             self._add(name, graph.initial_jobs())
