@@ -15,6 +15,7 @@ data in either layout. Parsing never opens an image: missing files are reported 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -130,9 +131,33 @@ def _check_labels(descriptor: Path, labels: dict[int, str]) -> dict[int, str]:
     return labels
 
 
-def _resolve(root: Path, entry: str) -> Path:
+def _resolve(root: Path, entry: object, where: str, escapes: list[str]) -> Path | None:
+    """``entry`` (a path relative to the dataset folder) as an absolute path.
+
+    An entry that is absolute or climbs out with ``..`` is collected in ``escapes`` (reported
+    together by the caller): a dataset.json must not make selfunet read files outside its folder,
+    which a container would not have mounted and which a shared dataset could use to pull in
+    anyone's files. The check is on the written path, so a folder inside the dataset that is a
+    symbolic link to another disk keeps working.
+    """
+    if not isinstance(entry, str) or not entry:
+        escapes.append(f"{where}: {entry!r} is not a path string")
+        return None
     path = Path(entry)
-    return path if path.is_absolute() else (root / path).resolve()
+    normal = os.path.normpath(path)
+    if path.is_absolute() or normal == ".." or normal.startswith("../"):
+        escapes.append(f"{where}: '{entry}' points outside the dataset folder")
+        return None
+    return (root / path).resolve()
+
+
+def _raise_escapes(descriptor: Path, root: Path, escapes: list[str]) -> None:
+    if escapes:
+        shown = "; ".join(escapes[:5]) + (f"; ... ({len(escapes)} in all)" if len(escapes) > 5 else "")
+        raise SelfUNetError(
+            f"{descriptor}: {shown}. Every path in dataset.json must name a file inside {root}, relative to it "
+            "(e.g. ./imagesTr/case_001.nii.gz): copy or link the files into the dataset folder and fix the entries."
+        )
 
 
 def _load_msd(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
@@ -146,20 +171,25 @@ def _load_msd(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
             '{"0": "background", "1": "liver"}.'
         ) from exc
     labels = _check_labels(descriptor, labels)
-    training = []
+    training, escapes = [], []
     for i, entry in enumerate(_require(descriptor, raw, "training", list)):  # type: ignore[arg-type]
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise SelfUNetError(
                 f"{descriptor}: training entry {i} must be an object with 'image' and 'label' paths."
             )
-        image = _resolve(root, entry["image"])
-        training.append(CaseSpec(strip_ending(image), (image,), _resolve(root, entry["label"])))
+        case = f"training entry {i} (case '{_case_name(entry['image'])}')"
+        image = _resolve(root, entry["image"], f"{case} 'image'", escapes)
+        label = _resolve(root, entry["label"], f"{case} 'label'", escapes)
+        if image is not None and label is not None:
+            training.append(CaseSpec(strip_ending(image), (image,), label))
     test = []
     for i, entry in enumerate(raw.get("test", [])):
         if not isinstance(entry, str):
             raise SelfUNetError(f"{descriptor}: test entry {i} must be a path string.")
-        image = _resolve(root, entry)
-        test.append(CaseSpec(strip_ending(image), (image,)))
+        image = _resolve(root, entry, f"test entry {i} (case '{_case_name(entry)}')", escapes)
+        if image is not None:
+            test.append(CaseSpec(strip_ending(image), (image,)))
+    _raise_escapes(descriptor, root, escapes)
     first = training[0].images[0] if training else (test[0].images[0] if test else Path("x.nii.gz"))
     return DatasetSpec(
         root=root,
@@ -171,6 +201,15 @@ def _load_msd(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
         training=tuple(training),
         test=tuple(test),
     )
+
+
+def _case_name(entry: object) -> str:
+    if not isinstance(entry, str) or not entry:
+        return "?"
+    try:
+        return strip_ending(entry)
+    except SelfUNetError:
+        return Path(entry).name
 
 
 def _load_nnunetv2(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:

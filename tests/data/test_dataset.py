@@ -119,10 +119,50 @@ def test_region_labels_rejected_with_explanation(tmp_path: Path) -> None:
 def test_channel_count_mismatch_names_the_case(demo_dataset: DatasetSpec, tmp_path: Path) -> None:
     raw = json.loads((demo_dataset.root / "dataset.json").read_text())
     raw["modality"] = {"0": "MR-T1", "1": "MR-T2", "2": "FLAIR"}
-    raw["training"] = [
-        {k: str(demo_dataset.root / v) for k, v in entry.items()} for entry in raw["training"][:1]
-    ]
+    raw["training"] = raw["training"][:1]
     raw["test"] = []
-    spec = load_dataset(write_msd(tmp_path / "ds", raw))
+    root = write_msd(tmp_path / "ds", raw)
+    for folder in ("imagesTr", "labelsTr"):  # the demo's files, linked in (entries stay inside the folder)
+        (root / folder).symlink_to(demo_dataset.root / folder)
+    spec = load_dataset(root)
     with pytest.raises(SelfUNetError, match=r"demo_000.*2 channel\(s\) found.*declares 3"):
         read_case_image(spec, spec.training[0])
+
+
+@pytest.mark.parametrize("entry", ["../../elsewhere/x.nii.gz", "/elsewhere/x.nii.gz", "./imagesTr/../../x.nii.gz"])
+def test_dataset_json_path_outside_the_folder_rejected(tmp_path: Path, entry: str) -> None:
+    """A dataset.json entry may not make selfunet read a file outside the dataset folder."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "x.nii.gz").write_bytes(b"not read")
+    root = write_msd(tmp_path / "a" / "b", {**MSD_OK, "training": [{"image": entry, "label": "./labelsTr/x.nii.gz"}]})
+    with pytest.raises(SelfUNetError) as err:
+        load_dataset(root)
+    message = str(err.value)
+    assert "training entry 0 (case 'x') 'image'" in message and "outside the dataset folder" in message
+    assert entry in message and "relative to it" in message
+
+
+def test_dataset_json_test_entry_outside_the_folder_rejected(tmp_path: Path) -> None:
+    root = write_msd(tmp_path / "d", {**MSD_OK, "test": ["./imagesTs/b.nii.gz", "/etc/passwd.nii.gz"]})
+    with pytest.raises(SelfUNetError, match=r"test entry 1 \(case 'passwd'\): '/etc/passwd.nii.gz' points outside"):
+        load_dataset(root)
+
+
+def test_dataset_json_paths_inside_the_folder_still_accepted(tmp_path: Path) -> None:
+    entry = {"image": "imagesTr/sub/../a.nii.gz", "label": "./labelsTr/a.nii.gz"}
+    spec = load_dataset(write_msd(tmp_path / "d", {**MSD_OK, "training": [entry]}))
+    assert spec.training[0].images[0] == (tmp_path / "d" / "imagesTr" / "a.nii.gz").resolve()
+
+
+def test_selfunet_check_names_the_case_and_the_fix_for_an_outside_path(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from selfunet.cli import app
+
+    root = write_msd(tmp_path / "d", {**MSD_OK, "training": [
+        {"image": "../../elsewhere/x.nii.gz", "label": "./labelsTr/x.nii.gz"}]})
+    result = CliRunner().invoke(app, ["check", str(root), "-p", "1"], terminal_width=300)
+    assert result.exit_code == 1, result.output
+    flat = " ".join(result.output.split())
+    assert "case 'x'" in flat and "outside the dataset folder" in flat and "relative to it" in flat
