@@ -99,6 +99,29 @@ def export_folder_name(task) -> str:
     return task.export_folder
 
 
+def export_target(task, results: Path) -> Path:
+    """results/<task>/predictions/<TaskName>, refused unless it lies right there.
+
+    The export replaces this folder whole (``rmtree`` + rename), so a name that is a path
+    (``/some/dir``, ``../..``) would delete somebody's files; descriptors are validated when
+    loaded, and this check also covers descriptors built or copied in code.
+    """
+    predictions = Path(results) / str(task.name) / "predictions"
+    problems = [f"{what} {value!r}" for what, value in (("task name", str(task.name)),
+                                                           ("export folder", export_folder_name(task)))
+                if value in ("", ".", "..") or any(sep in value for sep in ("/", "\\", "\0"))]
+    out = predictions / export_folder_name(task)
+    if not problems and out.resolve().parent != predictions.resolve():
+        problems.append(f"export folder {export_folder_name(task)!r}")
+    if problems:
+        raise SelfUNetError(
+            f"task '{task.name}': {' and '.join(problems)} is not a plain folder name; the export goes to "
+            f"{predictions}/<name>/ only. Set `export: {{folder: NAME}}` in "
+            f"{getattr(task, 'source', 'the descriptor')} to a name of letters, digits, '_', '.', '-' "
+            "(no '/', no '..').")
+    return out
+
+
 def collect_predictions(task, work: Path) -> list[tuple[Path, Path, str]]:
     """(prediction, test image, target name) per test case; every problem in one error."""
     from selfunet.data.dataset import load_dataset
@@ -138,6 +161,7 @@ def export_task(task, work: Path, results: Path, make_zip: bool = False) -> Path
     sees half an export.
     """
     work, results = Path(work), Path(results)
+    out = export_target(task, results)
     target = results / task.name
     target.mkdir(parents=True, exist_ok=True)
     if (work / "selection.json").is_file():
@@ -148,7 +172,6 @@ def export_task(task, work: Path, results: Path, make_zip: bool = False) -> Path
     if not files:
         log.info("task %s: no test cases; nothing to export.", task.name)
         return None
-    out = target / "predictions" / export_folder_name(task)
     tmp = out.with_name(f".{out.name}.{int(time.time() * 1000)}.tmp")
     tmp.mkdir(parents=True)
     try:

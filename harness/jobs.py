@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import subprocess
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,7 +352,9 @@ class TaskGraph:
                             artifacts=(self._w("selection.json"),), outputs=(self._w("test_predictions"),),
                             uses_gpu=True, read_only=(self.task.dataset,)))
             deps = ("predict-test",)
-        out = self.results / self.task.name / "predictions" / self.task.export_folder
+        from harness.export import export_target
+
+        out = export_target(self.task, self.results)
         jobs.append(Job("export", "export", (), deps, {"export": self.task.export.model_dump()},
                         outputs=(out,) if spec.test and self.task.export.format != "none" else (),
                         action=functools.partial(export_predictions, self.task, self.work, self.results)))
@@ -373,33 +374,7 @@ class _LazyDigest:
 
 
 def export_predictions(task: TaskDescriptor, work: Path, results: Path) -> None:
-    """Challenge folder: the test predictions under results/<task>/predictions/<folder>/, plus selection.json.
+    """The export job: results/<task>/selection.json and the challenge folder (:mod:`harness.export`)."""
+    from harness.export import export_task
 
-    Uses ``harness.export.export_task(task, work, results)`` when that module provides it (the
-    export helper's richer version: zip, grand-challenge); this minimal copy otherwise.
-    """
-    import shutil
-
-    try:
-        from harness import export as rich_export  # type: ignore[attr-defined]
-    except ImportError:
-        rich_export = None
-    if rich_export is not None and hasattr(rich_export, "export_task"):
-        rich_export.export_task(task, work, results)
-        return
-    target = results / task.name
-    target.mkdir(parents=True, exist_ok=True)
-    if (work / "selection.json").is_file():
-        shutil.copy2(work / "selection.json", target / "selection.json")
-    source = work / "test_predictions"
-    if task.export.format == "none" or not source.is_dir():
-        return
-    out = target / "predictions" / task.export_folder
-    tmp = out.with_name(f".{out.name}.{int(time.time() * 1000)}.tmp")
-    tmp.mkdir(parents=True)
-    for f in sorted(source.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and not f.name.endswith((".npz", ".pkl", ".json")):
-            shutil.copy2(f, tmp / f.name)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    export_task(task, work, results)

@@ -34,6 +34,8 @@ DEFAULT_TASKS_DIR = Path("tasks")
 #: files or folders starting with these are bases, not tasks (``tasks/_base/decathlon.yaml``).
 BASE_PREFIXES = ("_", ".")
 KNOWN_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+#: task names and export folders: one path component of letters, digits, ``_ . -`` (no ``/``, no ``..``).
+PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class _Strict(BaseModel):
@@ -85,8 +87,10 @@ class Export(_Strict):
     """Challenge-format output: ``msd`` = one label map per test image, named like the image."""
 
     format: Literal["msd", "none"] = "msd"
-    folder: Optional[str] = None
-    """folder name under results/<task>/predictions/ (default: the dataset folder's name)."""
+    folder: Optional[str] = Field(default=None, pattern=PLAIN_NAME)
+    """folder name under results/<task>/predictions/ (default: the dataset folder's name). A plain
+    name, never a path: the export replaces that folder whole, so ``/some/dir`` or ``../..`` would
+    delete what is there."""
 
 
 class Resources(_Strict):
@@ -146,7 +150,7 @@ class Scoring(_Strict):
 
 
 class TaskDescriptor(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=PLAIN_NAME)
     description: str = ""
     dataset: Path
     """dataset folder (MSD or nnU-Net v2 layout); absolute after loading."""

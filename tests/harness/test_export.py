@@ -171,3 +171,49 @@ def test_export_command_finds_the_task_by_name_and_zips(tmp_path: Path):
 
     unknown = CliRunner().invoke(app, ["export", "nosuch", *args])
     assert unknown.exit_code == 1 and "task 'nosuch': not found" in unknown.output and "tiny" in unknown.output
+
+
+@pytest.mark.parametrize("folder", ["/some/dir", "../..", "..", "a/b", "."])
+def test_export_folder_that_is_a_path_is_refused_by_the_descriptor(tmp_path: Path, folder: str):
+    from harness.tasks import load_task
+
+    root = make_msd(tmp_path / "data", ["a"])
+    path = tmp_path / "tasks" / "t.yaml"
+    path.parent.mkdir()
+    path.write_text(f"name: tiny\ndataset: {root}\nexport:\n  folder: '{folder}'\n")
+    with pytest.raises(SelfUNetError) as err:
+        load_task(path)
+    assert str(path) in str(err.value) and "key 'export.folder'" in str(err.value)
+
+
+@pytest.mark.parametrize("folder", ["/some/dir", "../..", "../../victim", ".."])
+def test_export_never_replaces_a_folder_outside_results_task(tmp_path: Path, folder: str):
+    """A descriptor built in code (model_copy does not validate) still cannot aim the export elsewhere."""
+    root = make_msd(tmp_path / "data", ["a"])
+    work = tmp_path / "work"
+    predict(root / "imagesTs" / "a.nii.gz", work / "test_predictions" / "a.nii.gz")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    results = tmp_path / "results"
+    base = _task(root)
+    task = base.model_copy(update={"export": base.export.model_copy(update={"folder": folder})})
+    with pytest.raises(SelfUNetError, match=r"is not a plain folder name.*no '/', no '\.\.'"):
+        export_task(task, work, results)
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "victim", "work"]
+
+
+@pytest.mark.parametrize("folder", ["/some/dir", "../.."])
+def test_harness_export_with_a_path_as_folder_is_a_clean_error(tmp_path: Path, folder: str):
+    root = make_msd(tmp_path / "data", ["a"])
+    predict(root / "imagesTs" / "a.nii.gz", tmp_path / "work" / "tiny" / "test_predictions" / "a.nii.gz")
+    descriptor = tmp_path / "tasks" / "tiny.yaml"
+    descriptor.parent.mkdir()
+    descriptor.write_text(f"name: tiny\ndataset: {root}\nexport:\n  folder: '{folder}'\n")
+    result = CliRunner().invoke(app, ["export", "task", str(descriptor), "--work-root", str(tmp_path / "work"),
+                                      "--results", str(tmp_path / "results")], terminal_width=300)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    text = " ".join(result.output.split())
+    assert "key 'export.folder'" in text and "Traceback" not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "tasks", "work"]
