@@ -6,6 +6,8 @@ rather than in either stage: inference must not import training's loop to load a
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -44,16 +46,72 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
+#: what a checkpoint may hold besides tensors (exact types: numpy's float64 is a float subclass
+#: that ``torch.load(weights_only=True)`` refuses).
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def plain_payload_problem(value: object, where: str = "payload") -> str | None:
+    """Where ``value`` holds something other than dicts/lists/tuples of plain values and tensors.
+
+    Checkpoints must load with ``weights_only=True`` (unpickling arbitrary objects can run code, and
+    checkpoints are written inside job containers), so a numpy scalar, a pydantic model or a Path
+    that slipped into a payload is caught when it is written, not when the host reads it.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                return f"{where}: key {key!r} is a {type(key).__name__}"
+            problem = plain_payload_problem(item, f"{where}[{key!r}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = plain_payload_problem(item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if type(value) in PLAIN_TYPES or isinstance(value, torch.Tensor):
+        return None
+    return f"{where} is a {type(value).__module__}.{type(value).__qualname__}"
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
+    problem = plain_payload_problem(payload)
+    if problem:  # a bug in the writer, never the user's doing
+        raise SelfUNetError(f"{path}: refusing to write a checkpoint that would not load with weights_only: "
+                            f"{problem}; convert it to plain values (float(), .tolist(), model_dump(mode='json')).")
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's payload, read with ``weights_only=True``: tensors, dicts, lists and plain values only.
+
+    A file holding pickled objects is refused, never unpickled: checkpoints are written by jobs
+    (inside containers, or by anyone who shared a work directory) and unpickling runs code.
+    """
     if not path.is_file():
         raise SelfUNetError(f"{path}: checkpoint not found; run `selfunet train` first.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:  # not an object, just bytes that are no checkpoint
+            detail = next((line.strip() for line in str(exc).splitlines() if line.strip().startswith("Unsupported")),
+                          str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise SelfUNetError(f"{path}: cannot load checkpoint (not a valid checkpoint file: {detail[:200]}); "
+                                "delete it and retrain or resume.") from None
+        reason = f"a pickled {found.group(1)}"
+        raise SelfUNetError(
+            f"{path}: refused: the checkpoint holds pickled Python objects, not only tensors and plain values "
+            f"({reason[:200]}); selfunet never unpickles objects from a file (that can run code). Retrain the fold "
+            "with this selfunet (`selfunet train WORK -c CONFIG -f K --restart`).") from None
     except Exception as exc:  # a corrupted file: name it and the way out
         raise SelfUNetError(f"{path}: cannot load checkpoint ({exc}); delete it and retrain or resume.") from exc
+    if not isinstance(payload, dict):
+        raise SelfUNetError(f"{path}: not a selfunet checkpoint (a {type(payload).__name__}, not a mapping); "
+                            "retrain the fold (`selfunet train WORK -c CONFIG -f K --restart`).")
+    return payload

@@ -248,16 +248,17 @@ class Trainer:
             "network": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
-            "epoch": state.epoch,
-            "iteration": state.iteration,
-            "loss_sum": state.loss_sum,
-            "ema": state.ema,
-            "best_ema": state.best_ema,
+            # plain values only: checkpoints are read with weights_only=True (runtime.load_checkpoint)
+            "epoch": int(state.epoch),
+            "iteration": int(state.iteration),
+            "loss_sum": float(state.loss_sum),
+            "ema": None if state.ema is None else float(state.ema),
+            "best_ema": float(state.best_ema),
             "torch_rng": torch.get_rng_state(),
-            "train_config": self.config.model_dump(),
-            "configuration": self.configuration.name,
-            "plan": self.plan.model_dump(),
-            "fold": self.fold,
+            "train_config": self.config.model_dump(mode="json"),
+            "configuration": str(self.configuration.name),
+            "plan": self.plan.model_dump(mode="json"),
+            "fold": int(self.fold),
         }
 
     def _restore(self, payload: dict) -> LoopState:
