@@ -249,7 +249,8 @@ def compare(
     Console().print(comparison_table(comparison))
     if not comparison.ok:
         for c in comparison.failures:
-            console.print(f"[bold red]{c.task} {c.metric}: {c.status}[/] {c.note}".rstrip(), highlight=False)
+            change = "" if c.delta is None else f" {c.baseline:.4f} -> {c.current:.4f} ({c.delta:+.4f})"
+            console.print(f"[bold red]{c.task} {c.metric}: {c.status}[/]{change} {c.note}".rstrip(), highlight=False)
         raise typer.Exit(1)
 
 
