@@ -24,26 +24,64 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_supports_bf16() -> bool:
+#: x86 CPU flags (``/proc/cpuinfo``) of instructions that compute bf16 products natively. Without
+#: them oneDNN emulates bf16 with fp32 arithmetic plus conversions, which is slower than plain fp32;
+#: with ``avx512_bf16`` training measured 2.3x faster than fp32 (docs/benchmarks.md, "Training").
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+#: the first CUDA compute capability with bf16 tensor cores (Ampere); older GPUs (T4 = 7.5,
+#: V100 = 7.0) report bf16 as "supported" but emulate it, so they get fp16 with a gradient scaler.
+NATIVE_BF16_CUDA_CAPABILITY = (8, 0)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere: no bf16 on such CPUs)."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether bf16 autocast is worth it on this CPU: only with native bf16 instructions.
+
+    A rule rather than a run-time measurement: the measurement would cost seconds per start and
+    be noisy on a shared machine, while the instruction set decides the outcome (emulated bf16 is
+    slower than fp32; native bf16 doubles the multiply-adds per instruction).
+    """
+    return bool(cpu_flags() & NATIVE_BF16_CPU_FLAGS)
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of a CUDA device (the seam tests fake)."""
+    return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32."""
+    """The autocast dtype, or None for fp32.
+
+    ``auto``: on CUDA, bf16 on GPUs with native bf16 (compute capability >= 8.0), else fp16 (the
+    trainer then scales the loss with a ``GradScaler``); on CPUs, bf16 where
+    :func:`cpu_supports_bf16`, else fp32. ``fp16`` on a CPU is allowed when asked for explicitly
+    (it exercises the gradient-scaler path; it is slower than fp32 on most CPUs).
+    """
     if mode == "off":
         return None
     if mode == "bf16":
         return torch.bfloat16
     if mode == "fp16":
-        if device.type != "cuda":
-            raise SelfUNetError("--amp fp16 needs a CUDA device; use --amp bf16 or --amp off on CPU.")
         return torch.float16
+    if mode != "auto":
+        raise SelfUNetError(f"--amp {mode}: unknown precision; choose one of auto, off, bf16, fp16.")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else None
+        return torch.bfloat16 if cuda_capability(device) >= NATIVE_BF16_CUDA_CAPABILITY else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    return None
 
 
 #: what a checkpoint may hold besides tensors (exact types: numpy's float64 is a float subclass

@@ -154,7 +154,8 @@ class Trainer:
             self.network.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay, nesterov=True,
         )
-        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # fp16 has too few exponent bits for small gradients: scale the loss (bf16 and fp32 need not)
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         num_outputs = len(self.configuration.topology.features_per_stage) - 1
         self.loss = DeepSupervisionLoss(
             DiceCELoss(batch_dice=self.configuration.batch_dice), deep_supervision_weights(num_outputs)
