@@ -177,11 +177,15 @@ def leaderboard(
     work_root: Annotated[Optional[Path], typer.Option(help="work directories are DIR/<task> (default: the one "
                                                       "recorded in run.json)")] = None,
 ) -> None:
-    """Re-render results/<task>/leaderboard.csv|.md and results/leaderboard.md from what is on disk."""
+    """Re-render results/<task>/leaderboard.csv|.md, results/leaderboard.md and the HTML report from what is on
+    disk."""
+    from harness.report import write_report
     from harness.results import rerender
 
     boards = rerender(tasks, results, work_root, console=Console())
-    console.print(f"{len(boards)} leaderboard(s) written; overview: {results / 'leaderboard.md'}", highlight=False)
+    index = write_report(boards, results, work_root)
+    console.print(f"{len(boards)} leaderboard(s) written; overview: {results / 'leaderboard.md'}; report: {index}",
+                  highlight=False)
 
 
 class _ExportGroup(typer.core.TyperGroup):

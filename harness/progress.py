@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -19,8 +19,19 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from harness.runner import JobRecord
+
+class JobRecord(Protocol):
+    """What the view reads of :class:`harness.runner.JobRecord` (the runner imports this module)."""
+
+    task: str
+    job: str
+    stage: str
+    status: str
+    started: float | None
+    log: str
+
+    @property
+    def seconds(self) -> float: ...
 
 DONE = ("succeeded", "skipped", "failed", "blocked")
 

@@ -174,9 +174,10 @@ def _job_ok(record: dict, job: str) -> bool:
     return not states or states[-1] in ("succeeded", "skipped")
 
 
-def write_task_results(task, work: Path, results_root: Path, record: dict) -> Path:
+def write_task_results(task, work: Path, results_root: Path, record: dict) -> Leaderboard | None:
     """Called by the harness runner when a task settles (run.json already written): selection.json,
-    leaderboard.csv/.md, the challenge-format predictions and results/leaderboard.md.
+    leaderboard.csv/.md, the challenge-format predictions and results/leaderboard.md. Returns the
+    leaderboard (None when none was written), which the HTML report shows.
 
     Outputs of a stage whose job failed in this run are left as they were (a stale selection or
     old test predictions must not pass for this run's).
@@ -184,18 +185,18 @@ def write_task_results(task, work: Path, results_root: Path, record: dict) -> Pa
     from harness.export import export_task
 
     results_root, work = Path(results_root), Path(work)
-    out = results_root / task.name
+    board = None
     try:
         if not _job_ok(record, "select"):
             log.warning("task %s: the select job did not succeed; leaderboard not updated.", task.name)
-            return out
+            return None
         board = render_task(task.name, results_root, work, task.metrics.nsd_tolerance_mm, task.metrics.hd95,
                             record, Console(stderr=True), processes=task.resources.cpus)
         if board is not None and _job_ok(record, "predict-test") and (work / "test_predictions").is_dir():
             export_task(task, work, results_root)
     finally:
         write_overview(results_root)
-    return out
+    return board
 
 
 def rerender(tasks: list[str] | None, results_root: Path, work_root: Path | None = None,

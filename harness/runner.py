@@ -268,13 +268,19 @@ def run_record(graph: TaskGraph, records: list[JobRecord], started: float, execu
 
 
 def write_results(graph: TaskGraph, record: dict) -> Path:
-    """run.json, then everything else under results/<task>/ (``harness.results.write_task_results``)."""
+    """run.json, then everything else under results/<task>/ (``harness.results.write_task_results``)
+    and the HTML report (``harness.report``: the task's page and results/index.html)."""
+    from harness.report import write_index, write_report
     from harness.results import write_task_results
 
     out = graph.results / graph.task.name
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run.json", record)
-    write_task_results(graph.task, graph.work, graph.results, record)
+    board = write_task_results(graph.task, graph.work, graph.results, record)
+    if board is not None:
+        write_report([board], graph.results)
+    else:
+        write_index(graph.results)
     return out
 
 

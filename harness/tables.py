@@ -63,7 +63,7 @@ def rank_cell(rank: RankRow | None) -> str:
     return NA if rank is None else f"{rank.rank} ({rank.rank_low}-{rank.rank_high})"
 
 
-def _display_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
+def display_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """Human columns: four decimals, fold spread as "std (min-max)", rank with its interval."""
     cols = [c for c in board.columns() if c not in ("task", "members", "fold_mean", "fold_std", "fold_min",
                                                     "fold_max", *RANK_COLUMNS)]
@@ -117,7 +117,7 @@ def consensus_markdown(rows: list[ConsensusRow], tasks: list[str]) -> str:
 
 
 def to_markdown(board: Leaderboard) -> str:
-    header, rows = _display_rows(board)
+    header, rows = display_rows(board)
     sel = board.selected_row
     lines = [f"# Leaderboard: {board.task}", ""]
     lines += [f"- {k}: {v}" for k, v in board.meta.items()]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from harness.ranking import (
     CandidateScores,
@@ -42,6 +43,14 @@ def test_wilcoxon_exact_p_when_every_difference_favours_one_side():
     assert wilcoxon_greater(a, b) == pytest.approx(1 / 2**10)
     assert wilcoxon_greater(b, a) == pytest.approx(1.0)
     assert wilcoxon_greater(a, a) == 1.0
+    # ties: four equal positive differences are still only 1/16 under the null (no approximation)
+    assert wilcoxon_greater(np.full(4, 0.9), np.full(4, 0.6)) == pytest.approx(1 / 16)
+    # agrees with scipy's exact test where that applies (no ties, no zeros), both tails
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(0, 1, 20), rng.uniform(0, 1, 20)
+    for u, v in ((x, y), (y, x)):
+        assert wilcoxon_greater(u, v) == pytest.approx(
+            stats.wilcoxon(u, v, alternative="greater", method="exact").pvalue)
 
 
 def test_clearly_separated_candidates_rank_in_order_stably_and_significantly():

@@ -1,0 +1,235 @@
+"""The static HTML report of a results folder: ``results/index.html`` plus ``results/<task>/index.html``.
+
+Self-contained: styles inline, every figure an inline PNG (:mod:`harness.report_plots`), no script
+and no request to the network, so the folder can be zipped, mailed or kept as a CI artifact.
+
+A task page holds the run record (code version, budget, seeds, device, job timings), the
+leaderboard, the rankings (cross-validation and, when submissions were scored, held-out test) with
+their rank-stability plots, per-case Dice per class, training curves per fold (``log.jsonl`` of
+every ``WORK/train/<configuration>/fold_<k>/``) and mid-slice overlays of a few test predictions.
+What is not on disk any more (a deleted work directory) is left out with a note, never invented.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import time
+from pathlib import Path
+
+from harness import report_plots as plots
+from harness.leaderboard import NA, Leaderboard
+from harness.ranking import TaskRanking
+from harness.results import budget_text, read_selected, read_task_ranks, task_dirs
+from harness.tables import display_rows
+from selfunet.artifacts import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+#: test predictions shown as overlays per task.
+OVERLAYS = 3
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; } td.text, th.text { text-align: left; }
+tr.selected { font-weight: bold; background: #eef8ee; }
+img { max-width: 100%; margin: 0.4em 0.4em 0.4em 0; } p.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def table(header: list[str], rows: list[list[str]], css: str, selected: list[bool] | None = None,
+          text_columns: tuple[int, ...] = (0,)) -> str:
+    head = "".join(f'<th class="{"text" if i in text_columns else ""}">{_e(h)}</th>' for i, h in enumerate(header))
+    body = []
+    for n, row in enumerate(rows):
+        cls = ' class="selected"' if selected and selected[n] else ""
+        cells = "".join(f'<td class="{"text" if i in text_columns else ""}">{_e(c)}</td>' for i, c in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def image(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{_e(alt)}">'
+
+
+def page(title: str, body: list[str]) -> str:
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")
+
+
+# -- one task -------------------------------------------------------------------------------------
+def record_section(record: dict | None) -> list[str]:
+    if not record:
+        return ["<h2 id=\"record\">Run record</h2>", "<p class=\"note\">No run.json: not run by `harness run`.</p>"]
+    when = record.get("finished") or record.get("started")
+    device = record.get("device") or {}
+    rows = [
+        ["code version", record.get("code_version", NA)], ["budget", budget_text(record)],
+        ["seeds", ", ".join(f"{k} {v}" for k, v in (record.get("seeds") or {}).items()) or NA],
+        ["dataset", record.get("dataset", NA)],
+        ["device", ", ".join(f"{k}: {v}" for k, v in device.items()) or NA],
+        ["executor / sandbox", f"{record.get('executor', NA)} / {record.get('sandbox', NA)}"],
+        ["finished", time.strftime("%Y-%m-%d %H:%M", time.localtime(float(when))) if when else NA],
+        ["wall time", f"{float(record.get('seconds', 0)):.1f} s"],
+        ["succeeded", "yes" if record.get("succeeded") else "no"],
+    ]
+    jobs = [[j.get("job", ""), j.get("status", ""), f"{float(j.get('seconds') or 0):.1f}"]
+            for j in record.get("jobs", [])]
+    return ["<h2 id=\"record\">Run record</h2>", table(["", "value"], rows, "record", text_columns=(0, 1)),
+            table(["job", "status", "seconds"], jobs, "jobs", text_columns=(0, 1))]
+
+
+def ranking_section(ranking: TaskRanking, title: str, css: str) -> list[str]:
+    rows = [[str(r.rank), r.name, f"{r.mean_fg_dice:.4f}", f"{r.rank_low}-{r.rank_high}", f"{r.p_first:.3f}",
+             f"{r.case_rank} ({r.mean_case_rank:.2f})", ", ".join(r.better_than) or "-"] for r in ranking.rows]
+    header = ["rank", "candidate", "mean fg Dice", "rank 95% CI", "P(first)", "case rank (mean)",
+              f"significantly better than (Holm, p < {ranking.alpha:g})"]
+    return [f"<h3>{_e(title)}</h3>", table(header, rows, css, text_columns=(1, 6)),
+            f"<p class=\"note\">{ranking.resamples} bootstrap resamples of {len(ranking.cases)} cases (seed "
+            f"{ranking.seed}); one-sided Wilcoxon signed-rank tests on per-case mean foreground Dice.</p>",
+            image(plots.rank_stability(ranking), f"rank stability: {title}")]
+
+
+def _per_case(board: Leaderboard) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for row in board.rows:
+        if row.per_case is not None and row.rank_name not in out:
+            out[row.rank_name] = row.per_case
+    return out
+
+
+def training_section(work: Path | None) -> list[str]:
+    from selfunet.training.training_log import read_log
+
+    body = ["<h2 id=\"training\">Training curves</h2>"]
+    train = work / "train" if work is not None else None
+    if train is None or not train.is_dir():
+        return [*body, "<p class=\"note\">No training logs (the work directory is not here).</p>"]
+    for config in sorted(p for p in train.iterdir() if p.is_dir()):
+        folds = {f.name.replace("_", " "): read_log(f / "log.jsonl") for f in sorted(config.glob("fold_*"))}
+        folds = {k: v for k, v in folds.items() if v}
+        if folds:
+            body.append(image(plots.training_curves(folds, config.name), f"training curves {config.name}"))
+    return body
+
+
+def overlay_section(task_dir: Path, record: dict | None, labels: dict[str, str]) -> list[str]:
+    from selfunet.data.dataset import load_dataset
+    from selfunet.errors import SelfUNetError
+
+    body = ["<h2 id=\"predictions\">Test predictions</h2>"]
+    folders = sorted(p for p in (task_dir / "predictions").glob("*") if p.is_dir())
+    if not folders or not record or not record.get("dataset"):
+        return [*body, "<p class=\"note\">No exported test predictions.</p>"]
+    try:
+        spec = load_dataset(Path(record["dataset"]))
+    except SelfUNetError as exc:
+        return [*body, f"<p class=\"note\">Test images not readable: {_e(exc)}</p>"]
+    shown = 0
+    for case in spec.test:
+        candidates = [folders[0] / f"{case.case_id}{spec.file_ending}", folders[0] / case.images[0].name]
+        prediction = next((p for p in candidates if p.is_file()), None)
+        if prediction is None:
+            continue
+        body.append(image(plots.overlay(case.images, prediction, labels, case.case_id), f"overlay {case.case_id}"))
+        shown += 1
+        if shown == OVERLAYS:
+            break
+    if not shown:
+        body.append("<p class=\"note\">No prediction matches a test image.</p>")
+    return body
+
+
+def write_task_page(board: Leaderboard, task_dir: Path, record: dict | None = None,
+                    work: Path | None = None) -> Path:
+    """``results/<task>/index.html`` from the task's leaderboard (rankings included) and what is on disk."""
+    task_dir = Path(task_dir)
+    header, rows = display_rows(board)
+    rows = [[c.replace("**→**", "→") for c in row] for row in rows]
+    body = [f"<h1>{_e(board.task)}</h1>", "<p><a href=\"../index.html\">all tasks</a></p>"]
+    sel = board.selected_row
+    if sel is not None:
+        body.append(f"<p>Selected: <b>{_e(sel.candidate)}</b> (postprocessing: {_e(sel.postprocessing)}), "
+                    f"cross-validation mean foreground Dice {sel.mean_fg_dice or float('nan'):.4f}.</p>")
+    body += ["<h2 id=\"leaderboard\">Leaderboard</h2>",
+             table(header, rows, "leaderboard", [r.selected for r in board.rows], text_columns=(0, 1, 2)),
+             f"<p class=\"note\">Empty masks: {_e(board.empty_mask_rule)}</p>",
+             *(f"<p class=\"note\">{_e(n)}</p>" for n in board.notes)]
+    body.append("<h2 id=\"ranking\">Ranking</h2>")
+    if board.ranking is None and board.test_ranking is None:
+        body.append("<p class=\"note\">No per-case scores to rank (the work directory is not here).</p>")
+    if board.ranking is not None:
+        body += ranking_section(board.ranking, "cross-validation cases", "ranking")
+    if board.test_ranking is not None:
+        body += ranking_section(board.test_ranking, "held-out test cases (harness score)", "test-ranking")
+    body.append("<h2 id=\"per-case\">Per-case Dice</h2>")
+    per_case = _per_case(board)
+    body.append(image(plots.per_case_dice(per_case, board.labels), "per-case Dice") if per_case else
+                "<p class=\"note\">No per-case scores (the work directory is not here).</p>")
+    body += training_section(work)
+    body += overlay_section(task_dir, record, board.labels)
+    body += record_section(record)
+    path = task_dir / "index.html"
+    atomic_write_text(path, page(f"{board.task}: selfunet report", body))
+    return path
+
+
+# -- the index ------------------------------------------------------------------------------------
+def write_index(results_root: Path) -> Path:
+    """``results/index.html``: one row per task (linking its page) and the consensus rankings."""
+    from harness.ranking import consensus
+
+    root = Path(results_root)
+    rows, links = [], []
+    for d in task_dirs(root):
+        sel = read_selected(d / "leaderboard.csv")
+        record = _read_json(d / "run.json")
+        rows.append([d.name, f"{sel['candidate']} ({sel['postprocessing']})" if sel else "no selection",
+                     sel["mean_fg_dice"][:6] if sel else NA, budget_text(record),
+                     NA if record is None else ("ok" if record.get("succeeded") else "failed jobs")])
+        links.append(d.name if (d / "index.html").is_file() else None)
+    body = ["<h1>selfunet results</h1>", "<h2 id=\"tasks\">Tasks</h2>",
+            table(["task", "selected model", "CV mean fg Dice", "budget", "run"], rows, "tasks",
+                  text_columns=(0, 1, 3, 4))]
+    if any(links):
+        items = "".join(f'<li><a href="{_e(n)}/index.html">{_e(n)}</a></li>' for n in links if n)
+        body.append(f"<ul>{items}</ul>")
+    for kind, title in (("crossval", "cross-validation"), ("test", "held-out test cases")):
+        ranks = read_task_ranks(root, kind)
+        if len(ranks) >= 2:
+            tasks = sorted(ranks)
+            cons = [[NA if r.rank is None else str(r.rank), r.name, f"{r.mean_rank:.2f}",
+                     *(str(r.ranks.get(t, "-")) for t in tasks)] for r in consensus(ranks)]
+            body += [f"<h2>Consensus over tasks: {_e(title)}</h2>",
+                     table(["rank", "candidate", "mean rank", *tasks], cons, "consensus", text_columns=(1,))]
+    path = root / "index.html"
+    atomic_write_text(path, page("selfunet results", body))
+    return path
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_report(boards: list[Leaderboard], results_root: Path, work_root: Path | None = None) -> Path:
+    """Every task page of ``boards`` and the index; the work directory of a task is ``work_root/<task>``
+    or the one its run.json records."""
+    root = Path(results_root)
+    for board in boards:
+        record = _read_json(root / board.task / "run.json")
+        work = Path(work_root) / board.task if work_root is not None else (
+            Path(record["work"]) if record and record.get("work") else None)
+        write_task_page(board, root / board.task, record, work)
+    return write_index(root)

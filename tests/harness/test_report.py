@@ -1,0 +1,120 @@
+"""The HTML report in a real headless Chromium (Selenium + chromedriver): no console errors, every
+image decoded, the tables with the expected rows; a screenshot is saved (tmp dir and docs/).
+
+The results folder is built from the constructed work directory of test_leaderboard (real label
+maps, real evaluation and selection), plus training logs in the trainer's format, one test image
+with an exported prediction, and two scored submissions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_leaderboard import CASES, SHAPE, _reference, _write, build_work
+
+from harness.report import write_report
+from harness.results import render_task
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def make_results(tmp_path: Path) -> tuple[Path, list]:
+    work = build_work(tmp_path)
+    data = tmp_path / "data"
+    _write(data / "imagesTs" / "case_100.nii.gz", _reference(2) * 50.0 + np.random.default_rng(1).normal(0, 5, SHAPE),
+           np.float32)
+    descriptor = json.loads((data / "dataset.json").read_text())
+    descriptor |= {"test": ["./imagesTs/case_100.nii.gz"], "numTest": 1}
+    (data / "dataset.json").write_text(json.dumps(descriptor))
+    for fold in (0, 1):
+        log = work / "train" / "3d_fullres" / f"fold_{fold}" / "log.jsonl"
+        log.parent.mkdir(parents=True)
+        log.write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1 + fold), "val_loss": 1.1 / (e + 1),
+                                           "pseudo_dice": 0.5 + 0.1 * e, "pseudo_dice_ema": 0.5 + 0.08 * e,
+                                           "lr": 0.01, "epoch_seconds": 1.5}) + "\n" for e in range(5)))
+    results = tmp_path / "results"
+    boards = []
+    for task in ("tiny", "tiny2"):
+        out = results / task
+        _write(out / "predictions" / "TaskTiny" / "case_100.nii.gz", _reference(2))
+        scores = out / "scores"
+        scores.mkdir(parents=True)
+        for name, organ in (("team_a", 0.9), ("team_b", 0.6)):
+            (scores / f"{name}.csv").write_text("case,class,dice,status,reason,seconds\n" + "".join(
+                f"{c},organ,{organ + i / 100:.3f},ok,,1.0\n{c},lesion,{organ:.3f},ok,,1.0\n"
+                for i, c in enumerate(CASES)))
+        record = {"task": task, "work": str(work), "dataset": str(data), "code_version": "0.1.0+tree.test",
+                  "finished": 1_700_000_000.0, "seconds": 321.0, "succeeded": True, "executor": "local",
+                  "sandbox": "process", "seeds": {"train": 0, "split": 12345}, "device": {"type": "cpu"},
+                  "descriptor_content": {"budget": {"preset": "ci"}},
+                  "train_config": {"epochs": 5, "iterations_per_epoch": 12, "num_folds": 2},
+                  "jobs": [{"job": "plan", "status": "succeeded", "seconds": 1.2},
+                           {"job": "train-3d_fullres-fold0", "status": "succeeded", "seconds": 60.0}]}
+        (out / "run.json").write_text(json.dumps(record))
+        boards.append(render_task(task, results, work, record=record))
+    write_report(boards, results)
+    return results, boards
+
+
+def test_pages_are_written_self_contained(tmp_path: Path) -> None:
+    results, _ = make_results(tmp_path)
+    page = (results / "tiny" / "index.html").read_text()
+    assert page.count("<img ") == page.count('src="data:image/png;base64,') >= 5
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for section in ('id="leaderboard"', 'id="ranking"', 'id="per-case"', 'id="training"', 'id="predictions"',
+                    'id="record"', "0.1.0+tree.test", "ci (5 epochs x 12 iterations, 2 folds)"):
+        assert section in page, section
+    index = (results / "index.html").read_text()
+    assert 'href="tiny/index.html"' in index and "Consensus over tasks" in index
+
+
+@pytest.mark.skipif(CHROMEDRIVER is None or CHROMIUM is None,
+                    reason="needs Debian's chromium and chromium-driver (.ci/setup installs them)")
+def test_report_in_headless_chromium(tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    results, boards = make_results(tmp_path)
+    board = boards[0]
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        for page in (results / "tiny" / "index.html", results / "index.html"):
+            driver.get(page.as_uri())
+            errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+            assert not errors, errors
+            widths = driver.execute_script(
+                "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0);")
+            assert all(w > 0 for w in widths), widths
+            if page.parent.name == "tiny":
+                assert len(widths) >= 5  # rank stability x2, per-case Dice, training curves, overlay
+                count = "return document.querySelectorAll(arguments[0]).length;"
+                assert driver.execute_script(count, "table.leaderboard tbody tr") == len(board.rows)
+                assert driver.execute_script(count, "table.ranking tbody tr") == len(board.ranking.rows)
+                assert driver.execute_script(count, "table.test-ranking tbody tr") == 2
+                assert driver.execute_script(count, "table.leaderboard tr.selected") == 1
+                assert driver.execute_script(count, "table.jobs tbody tr") == 2
+                height = driver.execute_script("return document.body.scrollHeight;")
+                driver.set_window_size(1280, min(int(height) + 40, 6000))
+                shot = tmp_path / "report-screenshot.png"
+                assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+                shutil.copyfile(shot, REPO / "docs" / "report-screenshot.png")
+                print(f"report screenshot: {shot} (copied to {REPO / 'docs' / 'report-screenshot.png'})")
+            else:
+                assert driver.execute_script("return document.querySelectorAll('table.tasks tbody tr').length;") == 2
+                assert driver.execute_script(
+                    "return document.querySelectorAll('table.consensus').length;") >= 1
+    finally:
+        driver.quit()
