@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -129,7 +130,7 @@ def run(
     """Run every job of the tasks (resumable: finished jobs are skipped); exit 1 if any job failed."""
     from harness.executors import EXECUTORS
     from harness.executors.ray import RayExecutor  # imports Ray only when used
-    from harness.runner import run_tasks, summary_table
+    from harness.runner import RunInterrupted, run_tasks, summary_table
     from harness.sandboxes import SANDBOXES
     from harness.tasks import dataset_problem
 
@@ -152,8 +153,15 @@ def run(
         from harness.executors.local import default_cpu_jobs
 
         jobs = default_cpu_jobs(max(t.resources.cpus for t in loaded))
-    with EXECUTORS[executor](SANDBOXES[sandbox](**(options if sandbox == "docker" else {})), jobs=jobs) as ex:
-        records = run_tasks(loaded, ex, work_root, results, force=force, console=console, executor_name=executor)
+    try:
+        with EXECUTORS[executor](SANDBOXES[sandbox](**(options if sandbox == "docker" else {})), jobs=jobs) as ex:
+            records = run_tasks(loaded, ex, work_root, results, force=force, console=console,
+                                executor_name=executor)
+    except RunInterrupted as stop:
+        name = signal.Signals(stop.signum).name
+        console.print(f"[bold magenta]stopped by {name}[/]: {len(stop.stopped)} running job(s) stopped and marked "
+                      "interrupted; rerun the same command to resume.", highlight=False)
+        raise typer.Exit(stop.exit_code) from None
     Console().print(summary_table(records))
     failed = [r for r in records if r.status == "failed"]
     for r in failed:

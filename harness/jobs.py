@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,9 +169,49 @@ class Markers:
         return text.splitlines()[-lines:]
 
 
+def output_problem(path: Path) -> str | None:
+    """Why a job's output cannot be trusted (None when it can): missing, empty, a JSON file that does
+    not parse, a checkpoint that does not load. Checkpoints are opened memory-mapped with
+    ``weights_only=True``: cheap, and nothing written by a job is unpickled as code."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.is_dir():
+        return None
+    if path.stat().st_size == 0:
+        return "empty"
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"not readable JSON ({type(exc).__name__})"
+    elif path.suffix == ".pt":
+        import torch
+
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # torn zip, foreign pickle, ...
+            return f"not a loadable checkpoint ({type(exc).__name__})"
+    return None
+
+
+def invalid_outputs(job: Job) -> dict[Path, str]:
+    """The job's outputs that exist but cannot be trusted, with the reason."""
+    problems = {p: output_problem(p) for p in job.outputs if Path(p).exists()}
+    return {p: why for p, why in problems.items() if why}
+
+
 def is_done(marker: dict | None, digest: str, job: Job) -> bool:
+    """The marker says succeeded with this hash, and every output is there and valid."""
     return (marker is not None and marker.get("status") == "succeeded" and marker.get("hash") == digest
-            and all(p.exists() for p in job.outputs))
+            and all(output_problem(p) is None for p in job.outputs))
+
+
+def set_aside(path: Path) -> Path:
+    """Move an untrustworthy output out of the way (kept for inspection, never trusted again)."""
+    target = path.with_name(f"{path.name}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(target)
+    return target
 
 
 # -- the graph of one task ------------------------------------------------------------------------

@@ -11,25 +11,72 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.executors.base import Completion, Executor
-from harness.jobs import Job, TaskGraph, code_version, is_done, job_hash
+from harness.jobs import Job, TaskGraph, code_version, invalid_outputs, is_done, job_hash, set_aside
 from harness.progress import RunProgress, live_view
 from harness.sandboxes.base import SandboxRequest
 from selfunet.artifacts import atomic_write_json
 from selfunet.errors import SelfUNetError
+from selfunet.locks import WORK_LOCK, describe_owner, exclusive, owner_alive, owner_record
 
 log = logging.getLogger(__name__)
 
-STATUS_STYLE = {"succeeded": "green", "skipped": "dim", "failed": "bold red", "blocked": "yellow"}
+STATUS_STYLE = {"succeeded": "green", "skipped": "dim", "failed": "bold red", "blocked": "yellow",
+                "interrupted": "magenta"}
+#: the signals that stop ``harness run``: every running job is stopped and marked interrupted.
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT) if s is not None)
+#: lock files of the roots one ``harness run`` writes (distinct names: the roots may be one folder).
+RESULTS_LOCK, WORK_ROOT_LOCK = ".harness-results.lock", ".harness-work.lock"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """``harness run`` got SIGTERM, SIGHUP or SIGINT; the running jobs were stopped and marked interrupted."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.stopped: list[str] = []
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """Within the block the first stop signal raises :class:`RunInterrupted` in the main thread (the
+    runner then stops the jobs); later ones are noted and ignored, so the stopping itself is not
+    cut short. Outside the main thread nothing changes."""
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if fired:
+            log.warning("signal %d: already stopping the running jobs", signum)
+            return
+        fired.append(signum)
+        raise RunInterrupted(signum)
+
+    previous = {}
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(ValueError):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -38,7 +85,7 @@ class JobRecord:
     job: str
     stage: str
     status: str = "pending"
-    """pending | running | succeeded | skipped | failed | blocked"""
+    """pending | running | succeeded | skipped | failed | blocked | interrupted"""
     hash: str = ""
     started: float | None = None
     finished: float | None = None
@@ -88,6 +135,7 @@ class Runner:
                 "job": job.id, "task": rec.task, "hash": rec.hash, "status": status, "exit_code": exit_code,
                 "started": rec.started, "finished": rec.finished, "seconds": rec.seconds, "argv": list(job.argv),
                 "log": rec.log, "slot": rec.slot, "reason": rec.reason, "log_tail": rec.log_tail,
+                "owner": owner_record(),
             })
         if status in ("succeeded", "skipped"):
             try:
@@ -119,12 +167,18 @@ class Runner:
         deps = {d: self.records[f"{rec.task}/{d}"].hash for d in job.deps}
         rec.hash = job_hash(job, deps, self.executor.sandbox.image, self.version)
         previous = graph.markers.read(job.id)
+        if previous is not None and previous.get("status") == "running":
+            self._recover(key, previous)
         if not self.force and is_done(previous, rec.hash, job):
             rec.started, rec.finished = previous.get("started"), previous.get("finished")
             self._finish(key, "skipped", previous.get("exit_code"))
             return "skipped"
         if job.action is None and not may_submit:
             return "deferred"
+        for path, why in invalid_outputs(job).items():  # e.g. an empty checkpoint after a full disk
+            moved = set_aside(path)
+            self.console.print(f"[yellow]redo[/] {escape(rec.task)}/{escape(job.id)}: {escape(str(path))} is {why}; "
+                               f"moved to {escape(moved.name)}", highlight=False, soft_wrap=True)
         stale = self.force or (previous is not None and previous.get("hash") != rec.hash)
         argv = job.restart_argv if stale and job.restart_argv is not None else job.argv
         rec.started, rec.status = time.time(), "running"
@@ -138,7 +192,8 @@ class Runner:
                 return "inline"
             self._finish(key, "succeeded", 0)
             return "inline"
-        graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "running", "started": rec.started})
+        graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "running", "started": rec.started,
+                                     "owner": owner_record()})
         self.console.print(f"[bold]start[/] {rec.task}/{job.id}: selfunet {' '.join(argv)}  (log: {rec.log})",
                            highlight=False, soft_wrap=True)
         task = graph.task
@@ -149,6 +204,38 @@ class Runner:
         )
         self.executor.submit(key, request, uses_gpu=job.uses_gpu)
         return "submitted"
+
+    def _recover(self, key: str, marker: dict) -> None:
+        """A marker still saying "running": its owner died (a crash, SIGKILL, a power loss) or is gone
+        (this run holds the work directory's lock), so the job counts as interrupted and runs again
+        (a training resumes from its latest checkpoint)."""
+        rec = self.records[key]
+        owner = marker.get("owner") or {}
+        state = "no longer running" if not owner_alive(owner) else "not holding the work directory"
+        self.graphs[rec.task].markers.write(rec.job, {**marker, "status": "interrupted", "recovered": time.time(),
+                                                      "reason": f"owner {describe_owner(owner)} {state}"})
+        self.console.print(f"[magenta]recovered[/] {escape(rec.task)}/{escape(rec.job)}: its marker said running "
+                           f"(owner {escape(describe_owner(owner))}, {state}); treated as interrupted, running it "
+                           "again", highlight=False, soft_wrap=True)
+
+    def _interrupt(self, signum: int) -> list[str]:
+        """Stop every running job (whole process group / container), mark it interrupted."""
+        name = signal.Signals(signum).name
+        running = [k for k, r in self.records.items() if r.status == "running"]
+        if running:
+            self.console.print(f"[bold magenta]{name}[/]: stopping {len(running)} running job(s): "
+                               + ", ".join(escape(k) for k in running), highlight=False, soft_wrap=True)
+        self.executor.stop()
+        for key in running:
+            rec = self.records[key]
+            rec.status, rec.finished = "interrupted", time.time()
+            rec.reason = f"stopped by {name}; rerun to resume"
+            with contextlib.suppress(OSError):
+                self.graphs[rec.task].markers.write(rec.job, {
+                    "job": rec.job, "task": rec.task, "hash": rec.hash, "status": "interrupted", "signal": name,
+                    "started": rec.started, "finished": rec.finished, "log": rec.log, "reason": rec.reason,
+                    "owner": owner_record()})
+        return running
 
     def _complete(self, done: Completion) -> None:
         rec = self.records[done.key]
@@ -161,11 +248,18 @@ class Runner:
     # --- the loop
     def run(self, on_task_done=None) -> list[JobRecord]:
         """Run everything under the live progress view (:mod:`harness.progress`); ``on_task_done(graph,
-        records)`` is called once per task when it settles."""
-        if not self.progress:
-            return self._run(on_task_done)
-        with live_view(RunProgress(self.records, self.executor.capacity), self.console):
-            return self._run(on_task_done)
+        records)`` is called once per task when it settles.
+
+        A :class:`RunInterrupted` (raised by :func:`interrupt_on_signals`) stops the running jobs,
+        marks them interrupted and propagates with the stopped job keys attached."""
+        try:
+            if not self.progress:
+                return self._run(on_task_done)
+            with live_view(RunProgress(self.records, self.executor.capacity), self.console):
+                return self._run(on_task_done)
+        except RunInterrupted as stop:
+            stop.stopped = self._interrupt(stop.signum)
+            raise
 
     def _run(self, on_task_done=None) -> list[JobRecord]:
         for name, graph in self.graphs.items():
@@ -286,9 +380,24 @@ def write_results(graph: TaskGraph, record: dict) -> Path:
 
 def run_tasks(tasks: list, executor: Executor, work_root: Path, results_root: Path, force: bool = False,
               console: Console | None = None, executor_name: str = "local") -> list[JobRecord]:
-    """``harness run``: every task's graph on one executor; results written as each task settles."""
+    """``harness run``: every task's graph on one executor; results written as each task settles.
+
+    Holds the locks of the results root, the work root and each task's work directory for the whole
+    run (a second ``harness run`` or ``selfunet run`` there exits saying who holds them), and turns
+    SIGTERM/SIGHUP/SIGINT into :class:`RunInterrupted` after stopping the running jobs."""
     console = console or Console(stderr=True)
     version = code_version()
+    with contextlib.ExitStack() as held:  # one writer per results root, work root and task work directory
+        held.enter_context(exclusive(Path(results_root), RESULTS_LOCK, "the results root"))
+        held.enter_context(exclusive(Path(work_root), WORK_ROOT_LOCK, "the work root"))
+        for t in tasks:
+            held.enter_context(exclusive(Path(work_root) / t.name, WORK_LOCK, f"task {t.name}'s work directory"))
+        held.enter_context(interrupt_on_signals())
+        return _run_locked(tasks, executor, work_root, results_root, force, console, executor_name, version)
+
+
+def _run_locked(tasks: list, executor: Executor, work_root: Path, results_root: Path, force: bool,
+                console: Console, executor_name: str, version: str) -> list[JobRecord]:
     graphs = [TaskGraph(t, Path(work_root) / t.name, results_root) for t in tasks]
     runner = Runner(graphs, executor, force=force, console=console, version=version)
 

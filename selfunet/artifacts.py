@@ -1,16 +1,20 @@
 """Typed, versioned JSON artifacts written atomically.
 
-Every stage of the pipeline writes one artifact. Writing goes to a temporary file in the same
-folder followed by ``os.replace`` so a killed process never leaves a half-written file that a
-rerun would trust. Reading validates the schema and turns any problem into a
+Every stage of the pipeline writes one artifact. Writing goes to a uniquely named temporary file
+in the same folder, fsynced, then ``os.replace`` and an fsync of the folder (:func:`atomic_path`),
+so neither a killed process nor a power loss leaves a half-written file that a rerun would trust.
+Reading validates the schema and turns any problem into a
 :class:`~selfunet.errors.SelfUNetError` naming the file, the field and what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import re
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -41,8 +45,8 @@ class Artifact(BaseModel):
         if not path.is_file():
             raise SelfUNetError(f"{path} does not exist: run {cls.PRODUCED_BY} first.")
         try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
             raise SelfUNetError(
                 f"{path} is not readable JSON ({exc}); delete it and rerun {cls.PRODUCED_BY}."
             ) from exc
@@ -73,20 +77,88 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the complete new file."""
+# -- durable writes -------------------------------------------------------------------------------
+#: how temp files are named: ``.<name>.<pid>.<random>.tmp<ending>`` beside the target.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def temp_path(path: Path, ending: str = "") -> Path:
+    """A unique sibling of ``path`` for writing it: the writer's pid (so a cleanup can tell whose it
+    is) plus random bits (two writers in one process never collide), ending in ``ending`` (image
+    and plot writers choose the format from it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{ending}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (the directory entry, not only the file's bytes)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, ending: str = "") -> Iterator[Path]:
+    """Yield a unique temp path; after the block writes it: fsync, rename over ``path``, fsync the folder.
+
+    Readers see the old file or the complete new one, never a torn one, even after a power loss;
+    if the block raises (a full disk, a signal) the temp file is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_path(path, ending)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temp files in ``folder`` left by writers that are gone (their pid no longer runs).
+
+    A live writer's temp file (another process, or this one) is never touched.
+    """
+    removed = []
+    for candidate in Path(folder).glob(".*.tmp*"):
+        match = _TEMP.match(candidate.name)
+        if match is None or _pid_alive(int(match["pid"])):
+            continue
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old or the complete new file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -95,30 +167,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` through a temporary file, so a memory-mapped reader never sees a torn array."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)

@@ -93,6 +93,15 @@ def choose_configurations(plan: Plan, requested: tuple[str, ...] | None) -> list
 
 
 def run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Console | None = None) -> RunReport:
+    """Every stage on ``dataset`` in ``work``, holding the work directory's lock (one writer at a time:
+    a second ``selfunet run`` on the same folder exits saying who holds it)."""
+    from selfunet.locks import WORK_LOCK, exclusive
+
+    with exclusive(Path(work), WORK_LOCK, "the work directory"):
+        return _run_pipeline(dataset, work, options, console)
+
+
+def _run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Console | None = None) -> RunReport:
     from selfunet.data.check import check_dataset, render_report
     from selfunet.planning.fingerprint import run_fingerprint
     from selfunet.planning.fingerprint_types import Fingerprint
@@ -230,14 +239,23 @@ def run_training(work: Path, configuration: str, fold: int, config: TrainConfig,
     """Train one fold, then (optionally) predict its validation cases for model selection.
 
     This lives here, above both stages, because training must not import inference.
+
+    One writer per fold: a second ``selfunet train`` of the same fold (or a ``selfunet run`` training
+    it) exits saying who holds it. A stop signal (SIGTERM, SIGINT, SIGHUP) is answered within one
+    iteration, validation batch or prediction window, in training and in the validation prediction.
     """
+    from selfunet.locks import exclusive
+    from selfunet.runtime import stop_on_signals
     from selfunet.training.train import Trainer
 
     trainer = Trainer(work, configuration, fold, config, console=console)
-    final = trainer.run(resume=resume, restart=restart)
-    if config.predict_validation and trainer.val_ids:
-        from selfunet.inference.predict import predict_validation_cases
+    folder = trainer.out.parent
+    with exclusive(folder, f".{trainer.out.name}.lock", f"training of {configuration} fold {fold}"), \
+            stop_on_signals():
+        final = trainer.run(resume=resume, restart=restart)
+        if config.predict_validation and trainer.val_ids:
+            from selfunet.inference.predict import predict_validation_cases
 
-        predict_validation_cases(trainer.work, trainer.configuration.name, fold, trainer.val_ids,
-                                 final, mirroring=config.validation_mirroring, console=trainer.console)
+            predict_validation_cases(trainer.work, trainer.configuration.name, fold, trainer.val_ids,
+                                     final, mirroring=config.validation_mirroring, console=trainer.console)
     return final

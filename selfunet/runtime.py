@@ -6,16 +6,30 @@ rather than in either stage: inference must not import training's loop to load a
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from selfunet.errors import SelfUNetError
+from selfunet.artifacts import atomic_path
+from selfunet.errors import SelfUNetError, quote
+
+#: what ``--device`` accepts (checked when the command line is parsed, not after hours of work).
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def check_device_name(name: str) -> str:
+    if not DEVICE_PATTERN.match(name):
+        raise SelfUNetError(f"--device {quote(name)}: not a device; use auto, cpu, cuda or cuda:N (N = GPU index).")
+    return name
 
 
 def resolve_device(name: str) -> torch.device:
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -116,13 +130,65 @@ def plain_payload_problem(value: object, where: str = "payload") -> str | None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
+    """``torch.save`` through a unique temp file, fsync and rename (see :func:`atomic_path`)."""
     problem = plain_payload_problem(payload)
     if problem:  # a bug in the writer, never the user's doing
         raise SelfUNetError(f"{path}: refusing to write a checkpoint that would not load with weights_only: "
                             f"{problem}; convert it to plain values (float(), .tolist(), model_dump(mode='json')).")
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+# -- stop requests (SIGTERM, SIGINT, SIGHUP) ------------------------------------------------------
+#: the signals a long-running stage answers by stopping cleanly at the next step.
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
+_stop: list[int] = []
+_depth: list[int] = []
+
+
+class StopRequested(SelfUNetError):
+    """A stop signal arrived; what was finished is kept and a rerun resumes."""
+
+
+def request_stop(signum: int) -> None:
+    if not _stop:
+        _stop.append(signum)
+
+
+def stop_requested() -> int | None:
+    """The signal that asked this process to stop, or None."""
+    return _stop[0] if _stop else None
+
+
+def check_stop(where: str) -> None:
+    """Raise :class:`StopRequested` if a stop signal came; call it once per step of every long loop."""
+    if _stop:
+        raise StopRequested(f"stopped by {signal.Signals(_stop[0]).name} {where}; what was finished is kept: "
+                            "rerun the same command to resume.")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, a stop signal only sets a flag (:func:`check_stop` answers it at the next
+    step), so a stage can finish its current write and leave a resumable state. Blocks nest (the
+    outermost one installs and restores the handlers). Outside the main thread signals cannot be
+    caught; the block then changes nothing."""
+    outermost = not _depth
+    previous = {}
+    if outermost:
+        _stop.clear()
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread
+                previous[sig] = signal.signal(sig, lambda signum, _frame: request_stop(signum))
+    _depth.append(1)
+    try:
+        yield
+    finally:
+        _depth.pop()
+        if outermost:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            _stop.clear()
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -45,6 +45,11 @@ class Executor(ABC):
     @abstractmethod
     def wait(self) -> list[Completion]: ...
 
+    def stop(self) -> list[str]:
+        """Stop every running job now (the harness got a stop signal); their completions still
+        come back from :meth:`wait` with the jobs' exit codes. Returns the stopped job ids."""
+        return self.sandbox.stop_all()
+
     def close(self) -> None:
         """Release workers; called once at the end of a run (also after Ctrl-C)."""
         return None

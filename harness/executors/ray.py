@@ -343,8 +343,21 @@ class RayExecutor(Executor):
         return [self._completion(ref, job) for ref, job in jobs]
 
     # --- shutdown
+    def stop(self) -> list[str]:
+        """A stop signal: cancel every submitted task (as :meth:`close` does) and say which jobs they were."""
+        with self._lock:
+            keys = sorted(job.key for job in self._pending.values())
+        self._cancel_pending()
+        return keys
+
     def close(self) -> None:
         """Cancel what is still submitted (Ctrl-C), then disconnect if this executor started Ray."""
+        self._cancel_pending()
+        ray = self._ray
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def _cancel_pending(self) -> None:
         ray = self._ray
         with self._lock:
             refs = list(self._pending)
@@ -359,6 +372,4 @@ class RayExecutor(Executor):
             for ref in refs:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
-        if self._owns_ray and ray.is_initialized():
-            ray.shutdown()
 

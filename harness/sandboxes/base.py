@@ -6,6 +6,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: how long stopped jobs get to save their state before they are killed.
+STOP_GRACE_S = 10.0
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -63,3 +66,10 @@ class Sandbox(ABC):
 
     @abstractmethod
     def run(self, request: SandboxRequest, slot: Slot) -> int: ...
+
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[str]:
+        """Stop every job this sandbox is running now (``harness run`` got SIGTERM/SIGHUP/SIGINT):
+        ask each to stop (SIGTERM: a trainer checkpoints), and kill what is left after ``grace_s``.
+        Returns the ids of the jobs it stopped. Called from the main thread while executor threads
+        are blocked in :meth:`run`, which then return the jobs' exit codes."""
+        return []

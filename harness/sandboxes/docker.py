@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.sandboxes.base import Sandbox, SandboxRequest, Slot
+from harness.sandboxes.base import STOP_GRACE_S, Sandbox, SandboxRequest, Slot
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class DockerSandbox(Sandbox):
         self.network_mode = network_mode
         self._lock = threading.Lock()
         self._image_id: str | None = None
+        #: containers running now (job id -> container), so :meth:`stop_all` can reach them.
+        self._live: dict[str, Any] = {}
 
     # --- engine and image
     @property
@@ -164,6 +166,8 @@ class DockerSandbox(Sandbox):
             try:
                 try:
                     container = self.client.containers.create(**kwargs)
+                    with self._lock:
+                        self._live[request.job_id] = container
                     container.start()
                 except docker.errors.APIError as exc:
                     note(f"=== the engine refused the container: {exc}")
@@ -207,12 +211,34 @@ class DockerSandbox(Sandbox):
                         container.stop(timeout=60)
                 raise
             finally:
+                with self._lock:
+                    self._live.pop(request.job_id, None)
                 if container is not None:
                     with contextlib.suppress(docker.errors.NotFound):
                         try:
                             container.remove(force=True)
                         except docker.errors.APIError as exc:
                             log.warning("could not remove container %s: %s", container.name, exc)
+
+
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[str]:
+        """``docker stop`` every running job container at once: SIGTERM to the container's processes,
+        SIGKILL after ``grace_s``; the job threads then see the exit codes and remove the containers."""
+        import docker.errors
+
+        with self._lock:
+            live = dict(self._live)
+
+        def stop(container: Any) -> None:
+            with contextlib.suppress(docker.errors.APIError):
+                container.stop(timeout=int(grace_s))
+
+        threads = [threading.Thread(target=stop, args=(c,), daemon=True) for c in live.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sorted(live)
 
 
 def _safe(job_id: str) -> str:

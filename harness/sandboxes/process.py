@@ -3,17 +3,37 @@
 ``sys.executable -m`` instead of the ``selfunet`` console script, so it works in any virtual
 environment without relying on PATH; output goes to the job's log file, never to the terminal
 (several jobs run at once), with a header per attempt so resumed jobs keep their history.
+
+Each job runs in a session (and process group) of its own, so stopping it reaches every process
+it started (preprocessing workers too), and a Ctrl-C in the terminal reaches only the harness,
+which then stops the jobs in order (:meth:`ProcessSandbox.stop_all`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
-from harness.sandboxes.base import Sandbox, SandboxRequest, Slot
+from harness.sandboxes.base import STOP_GRACE_S, Sandbox, SandboxRequest, Slot
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to the job's whole process group, SIGKILL to whatever is left after ``grace_s``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    # the leader may be gone while its children (pool workers) live on: the group is killed either way
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
 
 
 class ProcessSandbox(Sandbox):
@@ -22,6 +42,9 @@ class ProcessSandbox(Sandbox):
     def __init__(self, program: Sequence[str] | None = None) -> None:
         #: the command that precedes the job's argv; tests swap in a cheap fake here.
         self.program = tuple(program) if program is not None else (sys.executable, "-m", "selfunet.cli")
+        #: jobs running now (job id -> process), so :meth:`stop_all` can reach them from another thread.
+        self._live: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
 
     def command(self, request: SandboxRequest) -> list[str]:
         return [*self.program, *request.argv]
@@ -38,16 +61,27 @@ class ProcessSandbox(Sandbox):
             log.flush()
             try:
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=env)
+                                           env=env, start_new_session=True)
             except OSError as exc:
                 log.write(f"cannot start the job: {exc}\n".encode())
                 return 127
+            with self._lock:
+                self._live[request.job_id] = process
             try:
                 return process.wait()
-            except BaseException:  # Ctrl-C: let the job checkpoint (SIGTERM) instead of orphaning it
-                process.terminate()
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            except BaseException:  # Ctrl-C in a Ray worker: let the job checkpoint (SIGTERM), then kill its group
+                stop_group(process)
                 raise
+            finally:
+                with self._lock:
+                    self._live.pop(request.job_id, None)
+
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[str]:
+        with self._lock:
+            live = dict(self._live)
+        threads = [threading.Thread(target=stop_group, args=(p, grace_s), daemon=True) for p in live.values()]
+        for t in threads:  # all at once: N jobs take one grace period, not N
+            t.start()
+        for t in threads:
+            t.join()
+        return sorted(live)

@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from selfunet.artifacts import atomic_write_json
+from selfunet.artifacts import atomic_path, atomic_write_json
 from selfunet.data.dataset import DatasetSpec, load_dataset
 from selfunet.errors import SelfUNetError
 
@@ -224,6 +224,5 @@ def _write(path: Path, array: np.ndarray, geometry: dict) -> None:
         direction = np.eye(4)
         direction[:3, :3] = geometry["direction"]
         image.SetDirection(direction.ravel().tolist())
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.tmp.nii.gz")
-    sitk.WriteImage(image, str(tmp), useCompression=True)
-    tmp.replace(path)
+    with atomic_path(path, ending=".nii.gz") as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)

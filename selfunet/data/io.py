@@ -13,12 +13,14 @@ Conventions used everywhere in selfunet:
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from selfunet.artifacts import atomic_path
 from selfunet.errors import SelfUNetError
 
 #: file endings SimpleITK reads and writes for us, longest first so ``.nii.gz`` wins over ``.gz``.
@@ -154,13 +156,15 @@ def array_to_image(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
 
 
 def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry) -> None:
-    """Write a ``(z, y, x)`` array with ``geometry``'s header, atomically (temp file + rename)."""
+    """Write a ``(z, y, x)`` array with ``geometry``'s header, durably (unique temp file, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ending = file_ending(path)
-    tmp = path.with_name(f".{strip_ending(path)}.tmp{ending}")
-    sitk.WriteImage(array_to_image(array, geometry), str(tmp), useCompression=True)
-    tmp.replace(path)
+    image = array_to_image(array, geometry)
+    with atomic_path(path, ending=file_ending(path)) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as exc:  # SimpleITK hides the OSError (a full disk, a read-only folder)
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+            raise OSError(errno.EIO, f"SimpleITK could not write the image ({detail})", str(path)) from exc
 
 
 def write_label(path: str | Path, labels: np.ndarray, geometry: ImageGeometry) -> None:

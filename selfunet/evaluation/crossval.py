@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from selfunet.artifacts import Artifact
+from selfunet.artifacts import Artifact, atomic_path
 from selfunet.errors import SelfUNetError
 from selfunet.workdir import WorkDir
 
@@ -98,9 +98,8 @@ def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copy2(source, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            shutil.copy2(source, tmp)
 
 
 # -- artifacts ------------------------------------------------------------------------------------

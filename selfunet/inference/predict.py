@@ -29,6 +29,7 @@ from selfunet.preprocessing.revert import (
     save_probabilities,
     write_prediction,
 )
+from selfunet.runtime import check_stop
 from selfunet.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_
     with _progress(console) as progress:
         task = progress.add_task(f"validation {configuration} fold {fold}", total=len(case_ids))
         for case_id in case_ids:
+            check_stop(f"while predicting the validation cases of {configuration} fold {fold}")
             label_path, prob_path = out / f"{case_id}{ending}", out / f"{case_id}.npz"
             if not (label_path.is_file() and prob_path.is_file()):
                 properties = PreprocessedCase.load(folder / f"{case_id}.json")
@@ -265,6 +267,7 @@ def predict_cases(inputs: list[Path], output: Path, work: Path, configurations: 
     with _progress(console) as progress:
         task = progress.add_task(f"predict {'+'.join(configurations)}", total=len(cases))
         for case in cases:
+            check_stop("while predicting")
             image, geometry = read_input_case(case, plan.num_input_channels)
             probabilities, properties = None, None
             for member in configurations:

@@ -34,6 +34,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 
 from selfunet.errors import SelfUNetError
+from selfunet.runtime import check_stop
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ def predict_sliding_window(
     )
     with _eval_without_deep_supervision(network), torch.inference_mode():
         for batch in _batches(windows, config.windows_per_batch, config.progress):
+            check_stop("during a sliding-window prediction")  # a stop request is answered within one batch
             x = torch.stack([image[(slice(None), *w)] for w in batch]).to(device, torch.float32)
             out = _predict_mirrored(network, x, mirror_axes, config.amp_dtype, device)
             if out.shape[1] != num_classes or list(out.shape[2:]) != patch:

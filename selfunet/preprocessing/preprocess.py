@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from selfunet.artifacts import Artifact, atomic_save_npy, atomic_save_npz, atomic_write_json
+from selfunet.artifacts import Artifact, atomic_save_npy, atomic_save_npz, atomic_write_json, remove_stale_temps
 from selfunet.data.cropping import bbox_shape, bounding_box, crop_to_bbox, nonzero_mask
 from selfunet.data.dataset import CaseSpec, DatasetSpec, load_dataset, read_case_image, read_case_label
 from selfunet.data.io import ImageGeometry
@@ -304,8 +304,7 @@ def preprocess_dataset(
     """Preprocess the training cases into ``folder``; returns the ids that were (re)done."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.tmp"):  # leftovers of a killed run: never trusted
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(folder)  # leftovers of a killed run: never trusted (a live writer's are kept)
     signature = plan_signature(plan, configuration)
     cases = list(dataset.training if cases is None else cases)
     todo = [c for c in cases if not is_case_complete(folder, c.case_id, signature)]

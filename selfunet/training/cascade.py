@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from selfunet.artifacts import atomic_save_npy
+from selfunet.artifacts import atomic_path, atomic_save_npy
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import Configuration, Plan
 from selfunet.preprocessing.preprocess import PreprocessedCase
@@ -63,13 +63,11 @@ def _out_of_fold_labels(work: WorkDir, previous: str, case_id: str) -> np.ndarra
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def prepare_cascade_data(work: Path, plan: Plan, configuration: Configuration,

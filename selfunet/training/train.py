@@ -5,8 +5,8 @@ Design decisions that make resume exact and the loop simple:
 * every training batch is a pure function of ``(seed, batch index)`` (sampling and augmentation
   both seed from it), so no sampler state needs saving and prefetching order cannot change
   results;
-* checkpoints record the epoch and the iteration inside it; a SIGTERM/SIGINT saves ``latest`` at
-  the current iteration and exits, ``--resume`` continues at the very next batch;
+* checkpoints record the epoch and the iteration inside it; a SIGTERM/SIGINT/SIGHUP saves ``latest``
+  at the current iteration (or validation batch) and exits, ``--resume`` continues at the very next batch;
 * the JSON-lines log is truncated on resume to the checkpoint's epoch, so no epoch appears twice.
 """
 
@@ -25,10 +25,17 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from selfunet.artifacts import atomic_write_json
+from selfunet.artifacts import atomic_write_json, remove_stale_temps
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import Configuration, Plan
-from selfunet.runtime import load_checkpoint, resolve_amp, resolve_device, save_checkpoint
+from selfunet.runtime import (
+    load_checkpoint,
+    resolve_amp,
+    resolve_device,
+    save_checkpoint,
+    stop_on_signals,
+    stop_requested,
+)
 from selfunet.training.train_config import TrainConfig
 from selfunet.training.training_log import append_log, plot_log, read_log, truncate_log
 from selfunet.workdir import WorkDir
@@ -110,7 +117,6 @@ class Trainer:
         self.train_ids, self.val_ids = list(split.train), list(split.val)
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
-        self.stop_requested: int | None = None
 
     def _fit_to_voxel_budget(self, max_voxels: int) -> None:
         """Shrink batch and patch for a small budget; the checkpoints carry the shrunk plan, so the
@@ -212,8 +218,9 @@ class Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _validate(self) -> tuple[float, list[float]]:
-        """Loss and per-class pseudo-Dice (pooled TP/FP/FN) over fixed validation patches."""
+    def _validate(self) -> tuple[float, list[float]] | None:
+        """Loss and per-class pseudo-Dice (pooled TP/FP/FN) over fixed validation patches; None when a
+        stop signal came in between (answered within one validation batch)."""
         self.model.eval()
         num_fg = self.plan.num_classes - 1
         tp = np.zeros(num_fg)
@@ -221,6 +228,9 @@ class Trainer:
         fn = np.zeros(num_fg)
         losses = []
         for j in range(self.config.validation_iterations):
+            if stop_requested() is not None:
+                self.model.train()
+                return None
             batch = self.val_sampler.sample_batch(self.config.seed + 7919, j)
             image = _center_crop(torch.from_numpy(np.ascontiguousarray(batch.image)), self.patch)
             label = _center_crop(torch.from_numpy(np.ascontiguousarray(batch.label)), self.patch)
@@ -292,8 +302,7 @@ class Trainer:
                 f"{latest} exists: add --resume to continue that run, or --restart to start over."
             )
         self.out.mkdir(parents=True, exist_ok=True)
-        for stale in self.out.glob(".*.tmp*"):  # half-written checkpoint/plot of a killed run
-            stale.unlink(missing_ok=True)
+        remove_stale_temps(self.out)  # half-written checkpoint/plot of a killed run (never a live writer's)
         self._build()
         state = LoopState()
         log_path = self.out / "log.jsonl"
@@ -307,7 +316,6 @@ class Trainer:
         iterations = cfg.iterations_per_epoch
         from selfunet.training.loader import BackgroundLoader
 
-        previous_handlers = self._install_signal_handlers()
         loader = BackgroundLoader(
             self._produce_train_batch, start_index=state.epoch * iterations + state.iteration,
             prefetch=cfg.prefetch_batches, num_workers=cfg.loader_threads,
@@ -318,56 +326,52 @@ class Trainer:
             console=self.console, transient=False,
         )
         self.network.train()
-        try:
-            with loader, progress:
-                total = progress.add_task(
-                    f"{self.configuration.name} fold {self.fold}", total=cfg.epochs * iterations,
-                    completed=state.epoch * iterations + state.iteration, status="",
-                )
-                while state.epoch < cfg.epochs:
-                    lr = poly_lr(cfg.initial_lr, state.epoch, cfg.epochs, cfg.poly_exponent)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    epoch_start = time.perf_counter()
-                    for it in range(state.iteration, iterations):
-                        image, label = next(loader)
-                        image, label = self._augment_on_device(image, label, state.epoch * iterations + it)
-                        state.loss_sum += self._train_step(image, label)
-                        state.iteration = it + 1
-                        progress.update(total, advance=1, status=(
-                            f"epoch {state.epoch + 1}/{cfg.epochs} loss {state.loss_sum / state.iteration:.4f} "
-                            f"lr {lr:.2e} pseudo-Dice {state.ema if state.ema is not None else float('nan'):.3f}"
-                        ))
-                        if self.stop_requested is not None:
-                            save_checkpoint(latest, self._checkpoint_payload(state))
-                            raise TrainingInterrupted(
-                                f"stopped by signal {self.stop_requested}; the latest checkpoint is in "
-                                f"{latest}: continue with --resume."
-                            )
-                    val_loss, dice = self._validate()
-                    finite = [d for d in dice if not math.isnan(d)]
-                    mean_dice = float(np.mean(finite)) if finite else 0.0
-                    state.ema = mean_dice if state.ema is None else (
-                        cfg.pseudo_dice_ema * state.ema + (1 - cfg.pseudo_dice_ema) * mean_dice)
-                    record = {
-                        "epoch": state.epoch, "train_loss": state.loss_sum / iterations, "val_loss": val_loss,
-                        "pseudo_dice_per_class": dice, "pseudo_dice": mean_dice, "pseudo_dice_ema": state.ema,
-                        "lr": lr, "epoch_seconds": time.perf_counter() - epoch_start,
-                    }
-                    append_log(log_path, record)
-                    plot_log(read_log(log_path), self.out / "progress.png")
-                    state.epoch += 1
-                    state.iteration = 0
-                    state.loss_sum = 0.0
-                    if state.ema > state.best_ema:
-                        state.best_ema = state.ema
-                        save_checkpoint(self.out / CHECKPOINT_BEST, self._checkpoint_payload(state))
-                    if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.epochs:
-                        save_checkpoint(latest, self._checkpoint_payload(state))
-                    log.info("epoch %d: loss %.4f, val loss %.4f, pseudo-Dice %s (EMA %.4f)", state.epoch - 1,
-                             record["train_loss"], val_loss, [round(d, 4) for d in dice], state.ema)
-        finally:
-            self._restore_signal_handlers(previous_handlers)
+        with stop_on_signals(), loader, progress:
+            total = progress.add_task(
+                f"{self.configuration.name} fold {self.fold}", total=cfg.epochs * iterations,
+                completed=state.epoch * iterations + state.iteration, status="",
+            )
+            while state.epoch < cfg.epochs:
+                lr = poly_lr(cfg.initial_lr, state.epoch, cfg.epochs, cfg.poly_exponent)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                epoch_start = time.perf_counter()
+                for it in range(state.iteration, iterations):
+                    image, label = next(loader)
+                    image, label = self._augment_on_device(image, label, state.epoch * iterations + it)
+                    state.loss_sum += self._train_step(image, label)
+                    state.iteration = it + 1
+                    progress.update(total, advance=1, status=(
+                        f"epoch {state.epoch + 1}/{cfg.epochs} loss {state.loss_sum / state.iteration:.4f} "
+                        f"lr {lr:.2e} pseudo-Dice {state.ema if state.ema is not None else float('nan'):.3f}"
+                    ))
+                    if stop_requested() is not None:
+                        self._stop(state, latest)
+                validated = self._validate()
+                if validated is None:
+                    self._stop(state, latest)
+                val_loss, dice = validated  # type: ignore[misc]
+                finite = [d for d in dice if not math.isnan(d)]
+                mean_dice = float(np.mean(finite)) if finite else 0.0
+                state.ema = mean_dice if state.ema is None else (
+                    cfg.pseudo_dice_ema * state.ema + (1 - cfg.pseudo_dice_ema) * mean_dice)
+                record = {
+                    "epoch": state.epoch, "train_loss": state.loss_sum / iterations, "val_loss": val_loss,
+                    "pseudo_dice_per_class": dice, "pseudo_dice": mean_dice, "pseudo_dice_ema": state.ema,
+                    "lr": lr, "epoch_seconds": time.perf_counter() - epoch_start,
+                }
+                append_log(log_path, record)
+                plot_log(read_log(log_path), self.out / "progress.png")
+                state.epoch += 1
+                state.iteration = 0
+                state.loss_sum = 0.0
+                if state.ema > state.best_ema:
+                    state.best_ema = state.ema
+                    save_checkpoint(self.out / CHECKPOINT_BEST, self._checkpoint_payload(state))
+                if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.epochs:
+                    save_checkpoint(latest, self._checkpoint_payload(state))
+                log.info("epoch %d: loss %.4f, val loss %.4f, pseudo-Dice %s (EMA %.4f)", state.epoch - 1,
+                         record["train_loss"], val_loss, [round(d, 4) for d in dice], state.ema)
         save_checkpoint(final, self._checkpoint_payload(state))
         atomic_write_json(self.out / "training_summary.json", {
             "configuration": self.configuration.name, "fold": self.fold, "epochs": cfg.epochs,
@@ -377,17 +381,11 @@ class Trainer:
         })
         return final
 
-    def _install_signal_handlers(self) -> dict:
-        def handler(signum, _frame):
-            self.stop_requested = signum
-
-        previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread (e.g. a test runner thread)
-                previous[sig] = signal.signal(sig, handler)
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def _stop(self, state: LoopState, latest: Path) -> None:
+        signum = stop_requested()
+        save_checkpoint(latest, self._checkpoint_payload(state))
+        name = signal.Signals(signum).name if signum is not None else "a signal"
+        raise TrainingInterrupted(
+            f"stopped by signal {signum} ({name}) at epoch {state.epoch}, iteration {state.iteration}; the latest "
+            f"checkpoint is in {latest}: continue with --resume."
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selfunet.artifacts import atomic_write_text
+from selfunet.artifacts import atomic_path, atomic_write_text
 
 
 def read_log(path: Path) -> list[dict]:
@@ -66,7 +66,8 @@ def plot_log(records: list[dict], path: Path) -> None:
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path, ending=path.suffix) as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)

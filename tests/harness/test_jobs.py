@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+import torch
 
 from harness.executors import LocalExecutor, SlotPool, make_slots
 from harness.jobs import TaskGraph
@@ -75,7 +76,7 @@ class FakeSandbox(Sandbox):
         elif stage == "train":
             out = work / "train" / argv[argv.index("-c") + 1] / f"fold_{argv[argv.index('-f') + 1]}"
             out.mkdir(parents=True, exist_ok=True)
-            (out / "checkpoint_final.pt").write_text("weights")
+            torch.save({"format": "fake", "network": {}}, out / "checkpoint_final.pt")
         elif stage == "select":
             (work / "selection.json").write_text("{}")
         elif stage == "predict":
@@ -209,6 +210,51 @@ def test_interrupted_job_resumes_instead_of_restarting(setup) -> None:
     _, sandbox = run(task())
     assert sandbox.calls[0][:6] == ("train", str(work.resolve()), "-c", "3d_fullres", "-f", "0")
     assert sandbox.calls[0][-1] == "--resume"
+
+
+def test_running_marker_of_a_dead_owner_is_recovered_as_interrupted(setup) -> None:
+    import socket
+    import subprocess
+
+    task, run, work = setup
+    run(task())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    marker_path = work / ".harness" / "jobs" / "train-3d_fullres-fold1.json"
+    marker = json.loads(marker_path.read_text())
+    owner = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": "yesterday"}
+    marker_path.write_text(json.dumps({"job": marker["job"], "hash": marker["hash"], "status": "running",
+                                       "owner": owner}))
+    records, sandbox = run(task())
+    assert [c[:6] for c in sandbox.calls if c[0] == "train"] == [
+        ("train", str(work.resolve()), "-c", "3d_fullres", "-f", "1")]
+    assert sandbox.calls[0][-1] == "--resume"
+    after = json.loads(marker_path.read_text())
+    assert after["status"] == "succeeded" and after["owner"]["pid"] != owner["pid"]  # the new owner
+    assert records["train-3d_fullres-fold1"].status == "succeeded"
+
+
+@pytest.mark.parametrize("damage", ["empty", "torn", "foreign"])
+def test_invalid_checkpoint_is_set_aside_and_the_job_redone(setup, damage: str) -> None:
+    task, run, work = setup
+    run(task())
+    checkpoint = work / "train" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes({"empty": b"", "torn": good[: len(good) // 2], "foreign": b"not a checkpoint"}[damage])
+    records, sandbox = run(task())
+    assert [c[4:6] for c in sandbox.calls if c[0] == "train"] == [("-f", "0")]
+    assert records["train-3d_fullres-fold0"].status == "succeeded"
+    aside = list(checkpoint.parent.glob("checkpoint_final.pt.invalid-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size < len(good)  # kept for inspection, never trusted
+    torch.load(checkpoint, weights_only=True)
+
+
+def test_unparseable_selection_is_redone(setup) -> None:
+    task, run, work = setup
+    run(task())
+    (work / "selection.json").write_bytes(b'{"members": [')  # torn by a full disk
+    _, sandbox = run(task())
+    assert "select" in {c[0] for c in sandbox.calls}
+    assert json.loads((work / "selection.json").read_text()) == {}
 
 
 def test_failed_job_blocks_only_its_dependents(setup) -> None:

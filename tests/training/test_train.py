@@ -253,14 +253,24 @@ def test_missing_preprocessed_data_is_a_clear_error(tiny_work: Path) -> None:
     assert "selfunet preprocess" in result.output
 
 
-def test_stale_temporary_files_of_a_killed_run_are_removed(tiny_work: Path) -> None:
+def test_trainer_removes_a_dead_writers_temp_files_and_never_a_live_ones(tiny_work: Path) -> None:
     out = fold_dir(tiny_work)
     out.mkdir(parents=True)
-    stale = [out / ".checkpoint_best.pt.tmp", out / ".progress.tmp.png"]
-    for path in stale:
-        path.write_bytes(b"half written")
-    assert cli_train(tiny_work, "-f", "0", "--epochs", "1", *SHORT).exit_code == 0
-    assert not any(p.exists() for p in stale)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # this process has exited: its temp files are leftovers
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = [out / f".checkpoint_best.pt.{dead_pid}.0123abcd.tmp",
+                 out / f".progress.png.{dead_pid}.89abcdef.tmp.png"]
+        kept = out / f".checkpoint_latest.pt.{live.pid}.0123abcd.tmp"  # another live writer's (e.g. an export)
+        for path in (*stale, kept):
+            path.write_bytes(b"half written")
+        assert cli_train(tiny_work, "-f", "0", "--epochs", "1", *SHORT).exit_code == 0
+        assert not any(p.exists() for p in stale)
+        assert kept.read_bytes() == b"half written"
+    finally:
+        live.kill()
+        live.wait()
 
 
 def dice(prediction, reference, label: int) -> float:
