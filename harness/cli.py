@@ -10,13 +10,14 @@ import functools
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from selfunet.cli import errors_to, print_version
+from selfunet.cli import BudgetChoice, errors_to, print_version
 from selfunet.errors import SelfUNetError
 
 app = typer.Typer(name="harness", help="Benchmark selfunet over many tasks.", no_args_is_help=True,
@@ -50,6 +51,10 @@ def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Option
     if data_root is not None:
         tasks = [t.with_data_root(data_root) for t in tasks]
     if budget is not None:
+        for t in tasks:  # the rule (docs/harness.md) is printed, never applied silently
+            note = t.budget_override_note(budget)
+            if note:
+                console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
         tasks = [t.with_budget(budget) for t in tasks]
     return tasks
 
@@ -74,7 +79,8 @@ def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
         cfg = t.train_config()
         data = "[red]missing[/]" if dataset_problem(t) else (
             "[green]ok[/]" if (t.dataset / "dataset.json").is_file() else "generated on first run")
-        table.add_row(t.name, str(t.source), _short(t.dataset), ", ".join(t.configurations or ["(all planned)"]),
+        table.add_row(t.name, escape(str(t.source)), escape(_short(t.dataset)),
+                      ", ".join(t.configurations or ["(all planned)"]),
                       str(cfg.num_folds), f"{t.budget.preset}: {cfg.epochs} x {cfg.iterations_per_epoch}", data)
     Console().print(table)
 
@@ -92,9 +98,9 @@ def validate(paths: TasksArg = None, data_root: DataRootOpt = None,
         found = check_task(t, processes=processes)
         problems += found
         mark = "[green]ok[/]" if not found else f"[red]{len(found)} problem(s)[/]"
-        console.print(f"{t.name} ({t.source}): {mark}", highlight=False, soft_wrap=True)
+        console.print(f"{t.name} ({escape(str(t.source))}): {mark}", highlight=False, soft_wrap=True)
     for p in problems:
-        console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(p)}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
     console.print(f"{len(tasks)} task(s) valid.")
@@ -104,19 +110,19 @@ def validate(paths: TasksArg = None, data_root: DataRootOpt = None,
 @user_errors
 def run(
     tasks: Annotated[list[Path], typer.Argument(help="descriptor files or folders, e.g. tasks/demo.yaml")],
-    budget: Annotated[Optional[str], typer.Option(help="preset replacing each descriptor's budget: full | ci | demo")]
-    = None,
+    budget: Annotated[Optional[BudgetChoice], typer.Option(
+        help="preset replacing each descriptor's budget and folds: full | ci | demo (docs/harness.md)")] = None,
     force: Annotated[bool, typer.Option("--force", help="redo every job, ignoring finished markers")] = False,
     jobs: Annotated[Optional[int], typer.Option(
         min=1, help="jobs at once (default: one per GPU; on CPU, cores // resources.cpus)")] = None,
-    executor: Annotated[str, typer.Option(help="where jobs run: local | ray")] = "local",
+    executor: Annotated[Literal["local", "ray"], typer.Option(help="where jobs run: local | ray")] = "local",
     address: Annotated[Optional[str], typer.Option(
         help="--executor ray: cluster address (HOST:6379, auto, ray://HOST:10001); default $RAY_ADDRESS, else a "
         "local Ray instance")] = None,
     max_retries: Annotated[int, typer.Option(min=0, help="--executor ray: reruns of a job whose worker/node died")]
     = 2,
     cpus_per_job: Annotated[float, typer.Option(min=0, help="--executor ray: CPUs each job reserves")] = 1.0,
-    sandbox: Annotated[str, typer.Option(help="how jobs run: process | docker")] = "process",
+    sandbox: Annotated[Literal["process", "docker"], typer.Option(help="how jobs run: process | docker")] = "process",
     image: Annotated[Optional[str], typer.Option(help="--sandbox docker: image tag or id (default selfunet:latest)")]
     = None,
     cpus: Annotated[Optional[float], typer.Option(help="--sandbox docker: CPUs per job (overrides resources.cpus)")]
@@ -132,7 +138,7 @@ def run(
     from harness.executors.ray import RayExecutor  # imports Ray only when used
     from harness.runner import RunInterrupted, run_tasks, summary_table
     from harness.sandboxes import SANDBOXES
-    from harness.tasks import dataset_problem
+    from harness.tasks import dataset_problem, folds_problem
 
     EXECUTORS = {**EXECUTORS, "ray": functools.partial(
         RayExecutor, address=address, max_retries=max_retries, num_cpus_per_job=cpus_per_job)}
@@ -143,7 +149,7 @@ def run(
     if sandbox not in SANDBOXES:
         raise SelfUNetError(f"--sandbox {sandbox}: unknown; choose one of {', '.join(SANDBOXES)}.")
     loaded = _load(tasks, data_root, budget)
-    problems = [p for p in (dataset_problem(t) for t in loaded) if p]
+    problems = [p for p in (dataset_problem(t) or folds_problem(t) for t in loaded) if p]
     if problems:
         raise SelfUNetError("\n".join(problems))
     options = {"image": image, "cpus": cpus, "memory_gb": memory_gb, "timeout_s": job_timeout}
@@ -165,8 +171,8 @@ def run(
     Console().print(summary_table(records))
     failed = [r for r in records if r.status == "failed"]
     for r in failed:
-        console.print(f"[bold red]{r.task}/{r.job} failed[/] ({r.reason.splitlines()[0] if r.reason else ''}); "
-                      f"last lines of {r.log}:", highlight=False)
+        console.print(f"[bold red]{r.task}/{r.job} failed[/] ({escape(r.reason.splitlines()[0] if r.reason else '')}); "
+                      f"last lines of {escape(r.log)}:", highlight=False)
         console.print("\n".join(r.log_tail[-15:]), highlight=False, markup=False)
     if failed or any(r.status == "blocked" for r in records):
         raise typer.Exit(1)
@@ -192,8 +198,8 @@ def leaderboard(
 
     boards = rerender(tasks, results, work_root, console=Console())
     index = write_report(boards, results, work_root)
-    console.print(f"{len(boards)} leaderboard(s) written; overview: {results / 'leaderboard.md'}; report: {index}",
-                  highlight=False)
+    written = f"{len(boards)} leaderboard(s) written; overview: {results / 'leaderboard.md'}; report: {index}"
+    console.print(escape(written), highlight=False)
 
 
 class _ExportGroup(typer.core.TyperGroup):
@@ -243,7 +249,8 @@ def export_task_command(
     if folder is None:
         console.print(f"{t.name}: nothing to export (no test cases, or export format 'none').", highlight=False)
         return
-    console.print(f"{t.name}: predictions in {folder}" + (f", zip {archive}" if archive else ""), highlight=False)
+    console.print(escape(f"{t.name}: predictions in {folder}" + (f", zip {archive}" if archive else "")),
+                  highlight=False)
 
 
 @app.command()
@@ -262,7 +269,8 @@ def compare(
     if not comparison.ok:
         for c in comparison.failures:
             change = "" if c.delta is None else f" {c.baseline:.4f} -> {c.current:.4f} ({c.delta:+.4f})"
-            console.print(f"[bold red]{c.task} {c.metric}: {c.status}[/]{change} {c.note}".rstrip(), highlight=False)
+            head = escape(f"{c.task} {c.metric}: {c.status}")
+            console.print(f"[bold red]{head}[/]{change} {escape(c.note)}".rstrip(), highlight=False)
         raise typer.Exit(1)
 
 
@@ -292,10 +300,11 @@ def export_gc_command(
         path = found[0].source
     context = export_gc(path, out, image=image, input_slugs=input_slug, output_slug=output_slug,
                         work_root=work_root, tag=tag)
-    console.print(f"grand-challenge build context: {context} (build.sh, test.sh, save.sh)", highlight=False)
+    console.print(f"grand-challenge build context: {escape(str(context))} (build.sh, test.sh, save.sh)",
+                  highlight=False)
     if test:
         result = test_container(context)
-        console.print(f"[green]container test passed[/]: {result}", highlight=False)
+        console.print(f"[green]container test passed[/]: {escape(str(result))}", highlight=False)
 
 
 def _find_task(task: str, tasks_dir: Path, data_root: Optional[Path]):

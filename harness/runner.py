@@ -28,7 +28,7 @@ from harness.jobs import Job, TaskGraph, code_version, invalid_outputs, is_done,
 from harness.progress import RunProgress, live_view
 from harness.sandboxes.base import SandboxRequest
 from selfunet.artifacts import atomic_write_json
-from selfunet.errors import SelfUNetError
+from selfunet.errors import SelfUNetError, os_error_message
 from selfunet.locks import WORK_LOCK, describe_owner, exclusive, owner_alive, owner_record
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Runner:
             try:
                 self._add(rec.task, graph.expand(job.id))
             except Exception as exc:  # the graph cannot grow: this job counts as failed
-                detail = str(exc) if isinstance(exc, SelfUNetError) else traceback.format_exc()
+                detail = _detail(exc)
                 rec.status, rec.reason, rec.log_tail = "failed", f"after {job.id}: {detail}", detail.splitlines()
                 graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "failed",
                                              "reason": rec.reason, "log_tail": rec.log_tail})
@@ -149,7 +149,7 @@ class Runner:
                   "blocked": "[yellow]blocked[/]"}[rec.status]
         took = f" ({rec.seconds:.1f} s)" if rec.status in ("succeeded", "failed") and rec.started else ""
         self.console.print(f"{symbol} {rec.task}/{job.id}{took}" + (
-            f"  log: {rec.log}" if rec.status == "failed" else ""), highlight=False)
+            f"  log: {escape(rec.log)}" if rec.status == "failed" else ""), highlight=False)
 
     def _dep_status(self, key: str) -> str:
         """ready | waiting | blocked"""
@@ -186,7 +186,7 @@ class Runner:
             try:
                 job.action()
             except Exception as exc:
-                detail = str(exc) if isinstance(exc, SelfUNetError) else traceback.format_exc()
+                detail = _detail(exc)
                 rec.finished = time.time()
                 self._finish(key, "failed", 1, detail)
                 return "inline"
@@ -194,7 +194,8 @@ class Runner:
             return "inline"
         graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "running", "started": rec.started,
                                      "owner": owner_record()})
-        self.console.print(f"[bold]start[/] {rec.task}/{job.id}: selfunet {' '.join(argv)}  (log: {rec.log})",
+        self.console.print(f"[bold]start[/] {rec.task}/{job.id}: {escape('selfunet ' + ' '.join(argv))}  "
+                           f"(log: {escape(rec.log)})",
                            highlight=False, soft_wrap=True)
         task = graph.task
         request = SandboxRequest(
@@ -302,6 +303,15 @@ class Runner:
                     on_task_done(graph, mine)
 
 
+def _detail(exc: Exception) -> str:
+    """What a failed in-process step reports: the message of a user error, else the traceback (a bug)."""
+    if isinstance(exc, SelfUNetError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return os_error_message(exc)
+    return traceback.format_exc()
+
+
 # -- reporting ------------------------------------------------------------------------------------
 def summary_table(records: list[JobRecord]) -> Table:
     table = Table(title="harness run", show_lines=False)
@@ -313,7 +323,7 @@ def summary_table(records: list[JobRecord]) -> Table:
         if r.status == "failed":
             note = f"{note}  log: {r.log}".strip()
         style = STATUS_STYLE.get(r.status, "")
-        table.add_row(r.task, r.job, f"[{style}]{r.status}[/]" if style else r.status, seconds, note)
+        table.add_row(r.task, r.job, f"[{style}]{r.status}[/]" if style else r.status, seconds, escape(note))
     counts = {s: sum(r.status == s for r in records) for s in STATUS_STYLE}
     table.caption = ", ".join(f"{n} {s}" for s, n in counts.items())
     return table
@@ -406,7 +416,7 @@ def _run_locked(tasks: list, executor: Executor, work_root: Path, results_root: 
                             executor.sandbox.name, executor.sandbox.image, version)
         try:
             out = write_results(graph, record)
-            console.print(f"[bold]{graph.task.name}[/]: results in {out}", highlight=False)
+            console.print(f"[bold]{graph.task.name}[/]: results in {escape(str(out))}", highlight=False)
         except Exception as exc:  # results of one task must not lose the others'
             log.error("task %s: writing results failed: %s", graph.task.name, exc)
             runner.records[f"{graph.task.name}/results"] = JobRecord(

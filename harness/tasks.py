@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from selfunet.errors import SelfUNetError
+from selfunet.errors import SelfUNetError, clip, quote
 from selfunet.training.budgets import BUDGETS, budget_config
 from selfunet.training.train_config import TrainConfig
 
@@ -157,8 +157,9 @@ class TaskDescriptor(_Strict):
     demo: Optional[Demo] = None
     configurations: Optional[list[str]] = None
     """configurations to train and consider; default: every one the planner makes."""
-    folds: Optional[int] = Field(default=None, ge=1)
-    """cross-validation folds; default: the budget preset's (5 for ``full``)."""
+    folds: Optional[int] = Field(default=None, ge=2)
+    """cross-validation folds (2 up to the number of training cases); default: the budget preset's
+    (5 for ``full``)."""
     budget: Budget = Field(default_factory=Budget)
     gpu_memory_gb: float = Field(default=8.0, gt=0)
     metrics: Metrics = Field(default_factory=Metrics)
@@ -211,10 +212,27 @@ class TaskDescriptor(_Strict):
         return self.export.folder or self.dataset.name
 
     def with_budget(self, preset: str) -> TaskDescriptor:
-        """``harness run --budget``: the preset replaces this file's budget and folds."""
+        """``harness run --budget``: the preset replaces this file's budget and folds (the rule in
+        docs/harness.md; :meth:`budget_override_note` says what changed)."""
         if preset not in BUDGETS:
-            raise SelfUNetError(f"--budget {preset}: unknown preset; choose one of {', '.join(BUDGETS)}.")
+            raise SelfUNetError(f"--budget {quote(preset)}: unknown preset; choose one of {', '.join(BUDGETS)}.")
         return self.model_copy(update={"budget": Budget(preset=preset), "folds": None})
+
+    def budget_override_note(self, preset: str) -> str | None:
+        """What ``--budget PRESET`` overrides of this descriptor, in words (None when nothing differs)."""
+        replaced = self.with_budget(preset)
+        mine, theirs = self.train_config(), replaced.train_config()
+        changes = []
+        if self.budget != replaced.budget:
+            changes.append(f"budget '{self.budget.preset}' ({mine.epochs} x {mine.iterations_per_epoch}) -> "
+                           f"'{preset}' ({theirs.epochs} x {theirs.iterations_per_epoch})")
+        if mine.num_folds != theirs.num_folds:
+            origin = "its `folds`" if self.folds is not None else f"budget '{self.budget.preset}'"
+            changes.append(f"folds {mine.num_folds} (from {origin}) -> {theirs.num_folds}")
+        if not changes:
+            return None
+        return (f"task {self.name} ({self.source}): --budget {preset} replaces the descriptor's "
+                + " and ".join(changes) + " (--budget replaces budget and folds; docs/harness.md)")
 
     def with_data_root(self, data_root: Path) -> TaskDescriptor:
         """``harness run --data-root DIR``: the dataset folder of the same name under DIR (a test
@@ -234,17 +252,52 @@ class TaskDescriptor(_Strict):
 
 
 # -- loading --------------------------------------------------------------------------------------
+#: a descriptor is a few hundred bytes; anything this big is not one (and would be slow to parse).
+MAX_DESCRIPTOR_BYTES = 256 * 1024
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe loading without aliases (``*name``): a handful of nested aliases expands to billions of
+    nodes (the "billion laughs"), and a descriptor shares values through ``include:`` instead."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found the alias *{clip(str(event.anchor), 50)}; YAML aliases are not allowed in "
+                "descriptors (write the value out, or share it through `include:`)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(path: Path, included_from: Path | None) -> dict:
     if not path.is_file():
         where = f" (included from {included_from})" if included_from else ""
         raise SelfUNetError(f"{path}: descriptor not found{where}; fix the path (includes are relative to the "
                             "including file) or create the file.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SelfUNetError(f"{path}: cannot read the descriptor ({exc.strerror or exc}); check its permissions.") \
+            from None
+    if len(data) > MAX_DESCRIPTOR_BYTES:
+        raise SelfUNetError(f"{path}: {len(data)} bytes is too big for a task descriptor (at most "
+                            f"{MAX_DESCRIPTOR_BYTES}); is it the right file?")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SelfUNetError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); save the file "
+                            "as UTF-8.") from None
+    try:
+        raw = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise SelfUNetError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', exc)}); fix the syntax.") from exc
+        problem = clip(str(getattr(exc, "problem", None) or exc))
+        raise SelfUNetError(f"{path}: not valid YAML{at} ({problem}); fix the syntax.") from None
+    except RecursionError:
+        raise SelfUNetError(f"{path}: not valid YAML (nested too deeply); a descriptor is a flat mapping of a few "
+                            "keys.") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -271,13 +324,20 @@ def _load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise SelfUNetError(f"{path}: key 'include': expected a file path or a list of file paths, got {includes!r}.")
+        raise SelfUNetError(f"{path}: key 'include': expected a file path or a list of file paths, got "
+                            f"{quote(includes)}.")
     merged: dict = {}
     for include in includes:
         merged = _merge(merged, _load_raw(path.parent / include, (*chain, path)))
+    if raw.get("dataset") == "":
+        raise SelfUNetError(f"{path}: key 'dataset': empty; set it to the dataset folder (relative to {path.parent}).")
     for key in ("dataset", "test_labels"):
-        if isinstance(raw.get(key), str) and raw[key]:
-            raw[key] = str((path.parent / Path(raw[key]).expanduser()).resolve())
+        if isinstance(raw.get(key), str):
+            try:
+                raw[key] = str((path.parent / Path(raw[key]).expanduser()).resolve())
+            except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
+                raise SelfUNetError(f"{path}: key '{key}': {quote(raw[key])} is not a usable path ({exc}); "
+                                    "set it to a folder.") from None
     return _merge(merged, raw)
 
 
@@ -302,19 +362,19 @@ def _yaml_keys(model: type[BaseModel]) -> list[str]:
 
 def _describe(err: dict, path: Path) -> str:
     loc = tuple(p for p in err["loc"] if not isinstance(p, int))
-    key = ".".join(str(p) for p in err["loc"])
+    key = clip(".".join(str(p) for p in err["loc"]), 100)
     if err["type"] == "extra_forbidden":
         parent = _model_at(TaskDescriptor, loc[:-1])
         known = _yaml_keys(parent) if parent else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(clip(str(loc[-1]), 100), known, n=1, cutoff=0.6)
         fix = f"did you mean '{'.'.join(map(str, (*loc[:-1], close[0])))}'?" if close else (
             f"remove it; known keys here: {', '.join(known)}")
         return f"{path}: key '{key}': unknown key; {fix}"
     if err["type"] == "missing":
         return f"{path}: key '{key}': required but missing; add `{loc[-1]}: ...` (or include a base that sets it)."
     value = err.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
-    msg = err["msg"].removeprefix("Value error, ")
+    shown = f" (got {quote(value)})" if not isinstance(value, dict) else ""
+    msg = clip(err["msg"].removeprefix("Value error, "))
     return f"{path}: key '{key}': {msg}{shown}; fix the value."
 
 
@@ -382,15 +442,43 @@ def load_tasks(paths: list[Path] | None = None) -> list[TaskDescriptor]:
     return tasks
 
 
+def training_case_count(task: TaskDescriptor) -> int | None:
+    """How many training cases the task's dataset has (None when its dataset.json cannot be read)."""
+    if task.demo is not None and not (task.dataset / "dataset.json").is_file():
+        return task.demo.cases  # generated on first run
+    from selfunet.data.dataset import load_dataset
+
+    try:
+        return len(load_dataset(task.dataset).training)
+    except SelfUNetError:
+        return None  # `selfunet check` reports why
+
+
+def folds_problem(task: TaskDescriptor) -> str | None:
+    """Cross-validation needs 2 <= folds <= training cases (checked by ``validate`` and at run start)."""
+    folds, cases = task.num_folds, training_case_count(task)
+    if cases is None or folds <= cases:
+        return None
+    origin = "key 'folds'" if task.folds is not None else f"key 'budget' (preset '{task.budget.preset}' gives)"
+    if cases < 2:
+        return (f"{task.source}: {origin} {folds} folds, but dataset {task.dataset} has {cases} training case(s); "
+                "cross-validation needs at least 2: add training cases.")
+    return (f"{task.source}: {origin} {folds} folds, but dataset {task.dataset} has only {cases} training cases; "
+            f"set `folds:` between 2 and {cases}.")
+
+
 def check_task(task: TaskDescriptor, processes: int = 1) -> list[str]:
-    """``harness validate``: the descriptor's paths and, when present, the dataset (``selfunet check``)."""
+    """``harness validate``: the descriptor's paths, the folds against the cases and, when present, the
+    dataset (``selfunet check``)."""
     problem = dataset_problem(task)
     if problem:
         return [problem]
+    folds = folds_problem(task)
     if task.demo is not None and not (task.dataset / "dataset.json").is_file():
-        return []  # generated on first run
+        return [folds] if folds else []  # generated on first run
     from selfunet.data.check import check_dataset
 
     report = check_dataset(task.dataset, processes=processes)
-    return [f"{task.source}: dataset {task.dataset}: {p.message} ({p.fix})" for p in report.errors]
+    return ([folds] if folds else []) + [f"{task.source}: dataset {task.dataset}: {p.message} ({p.fix})"
+                                         for p in report.errors]
 

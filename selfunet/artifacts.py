@@ -10,10 +10,12 @@ Reading validates the schema and turns any problem into a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -21,7 +23,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from selfunet.errors import SelfUNetError
+from selfunet.errors import SelfUNetError, clip
 
 
 class Artifact(BaseModel):
@@ -122,10 +124,28 @@ def atomic_path(path: Path, ending: str = "") -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None or Path(exc.filename) == tmp:  # name what the user knows: the target
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_failure(path: Path, what: str, exc: Exception) -> OSError:
+    """An OSError for a library that hides the file-system error behind its own exception (torch,
+    SimpleITK): ENOSPC when the folder's disk is (nearly) full, so the message says so."""
+    folder = Path(path).parent
+    try:
+        full = shutil.disk_usage(folder).free < 64 * 1024 * 1024
+    except OSError:
+        full = False
+    detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    code = errno.ENOSPC if full else errno.EIO
+    return OSError(code, f"{os.strerror(code)}: {what} failed ({clip(detail)})", str(path))
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

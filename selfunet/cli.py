@@ -10,12 +10,13 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Literal, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from selfunet.errors import SelfUNetError
+from selfunet.errors import SelfUNetError, os_error_message
 
 app = typer.Typer(
     name="selfunet",
@@ -29,8 +30,10 @@ F = TypeVar("F", bound=Callable)
 
 
 def errors_to(target: Console) -> Callable[[F], F]:
-    """A decorator that turns :class:`SelfUNetError` into a message on ``target`` and exit code 1
-    (shared by the ``selfunet`` and ``harness`` command lines)."""
+    """A decorator that turns :class:`SelfUNetError` and file-system errors (a full disk, a folder
+    without write permission) into a message on ``target`` and exit code 1 (shared by the
+    ``selfunet`` and ``harness`` command lines). Messages are printed escaped: a user's key or path
+    like ``[/x]`` is text, not rich markup."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
@@ -38,7 +41,10 @@ def errors_to(target: Console) -> Callable[[F], F]:
             try:
                 return func(*args, **kwargs)
             except SelfUNetError as exc:
-                target.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                target.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            except OSError as exc:
+                target.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
 
         return wrapper  # type: ignore[return-value]
@@ -70,6 +76,24 @@ def _root(
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+
+def _device_name(value: Optional[str]) -> Optional[str]:
+    """``--device`` checked when the command line is parsed (exit 2), not after hours of preprocessing."""
+    if value is None:
+        return value
+    from selfunet.runtime import check_device_name
+
+    try:
+        return check_device_name(value)
+    except SelfUNetError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+#: the closed sets of the command line, validated as choices when it is parsed.
+AmpChoice = Literal["auto", "off", "bf16", "fp16"]
+BudgetChoice = Literal["full", "ci", "demo"]  # the keys of selfunet.training.budgets.BUDGETS (a test checks)
+DeviceOpt = Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N", callback=_device_name)]
+AmpOpt = Annotated[Optional[AmpChoice], typer.Option(help="mixed precision: auto | off | bf16 | fp16")]
 
 DatasetArg = Annotated[Path, typer.Argument(help="dataset folder (MSD or nnU-Net v2 layout)")]
 WorkArg = Annotated[Path, typer.Argument(help="work directory")]
@@ -170,8 +194,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="initial learning rate")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     num_folds: Annotated[Optional[int], typer.Option(min=1)] = None,
-    amp: Annotated[Optional[str], typer.Option(help="auto | off | bf16 | fp16")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    amp: AmpOpt = None,
+    device: DeviceOpt = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="epochs between checkpoints")] = None,
@@ -217,8 +241,8 @@ def predict(
     folds: Annotated[Optional[list[int]], typer.Option("--fold", "-f", help="folds to average (default: all)")] = None,
     checkpoint: Annotated[str, typer.Option(help="checkpoint file name in each fold folder")] = "checkpoint_final.pt",
     mirroring: Annotated[bool, typer.Option("--mirroring/--no-mirroring", help="mirror TTA")] = True,
-    amp: Annotated[str, typer.Option(help="auto | off | bf16 | fp16")] = "auto",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    amp: Annotated[AmpChoice, typer.Option(help="mixed precision: auto | off | bf16 | fp16")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N", callback=_device_name)] = "auto",
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="also write <case>.npz")] = False,
 ) -> None:
     """Predict images with trained folds (sliding window, mirror TTA, fold and ensemble averaging)."""
@@ -244,7 +268,7 @@ def run(
     configurations: Annotated[
         Optional[list[str]], typer.Option("--configuration", "-c", help="repeat; default: all the plan makes")
     ] = None,
-    budget: Annotated[str, typer.Option(help="full (SPEC: 1000 x 250) | ci | demo")] = "full",
+    budget: Annotated[BudgetChoice, typer.Option(help="full (SPEC: 1000 x 250) | ci | demo")] = "full",
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     iterations_per_epoch: Annotated[Optional[int], typer.Option(min=1)] = None,
     num_folds: Annotated[Optional[int], typer.Option(min=1)] = None,
@@ -252,8 +276,8 @@ def run(
     processes: ProcessesOpt = 2,
     nsd_tolerance_mm: Annotated[Optional[float], typer.Option(help="also compute NSD at this tolerance")] = None,
     hd95: Annotated[bool, typer.Option("--hd95", help="also compute HD95")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    amp: Annotated[Optional[str], typer.Option(help="auto | off | bf16 | fp16")] = None,
+    device: DeviceOpt = None,
+    amp: AmpOpt = None,
 ) -> None:
     """The whole pipeline for one dataset; a rerun resumes where the last one stopped."""
     from selfunet.pipeline import RunOptions, run_pipeline
@@ -274,7 +298,7 @@ def run(
 @user_errors
 def demo(
     work: Annotated[Path, typer.Argument(help="work directory; the demo data go to WORK/data")] = Path("work/demo"),
-    budget: Annotated[str, typer.Option(help="demo | ci | full")] = "demo",
+    budget: Annotated[BudgetChoice, typer.Option(help="demo | ci | full")] = "demo",
     processes: ProcessesOpt = 2,
 ) -> None:
     """The embedded demo: generate the synthetic task and run the whole pipeline on it (CPU, minutes)."""
@@ -330,7 +354,7 @@ def postprocess(
     from selfunet.inference.postprocess import postprocess_folder
 
     written = postprocess_folder(input_dir, output_dir, Selection.load(selection).postprocessing, console=console)
-    console.print(f"wrote {len(written)} label map(s) to {output_dir}")
+    console.print(escape(f"wrote {len(written)} label map(s) to {output_dir}"), highlight=False)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from selfunet.artifacts import atomic_path
+from selfunet.artifacts import atomic_path, write_failure
 from selfunet.errors import SelfUNetError, quote
 
 #: what ``--device`` accepts (checked when the command line is parsed, not after hours of work).
@@ -136,7 +136,10 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         raise SelfUNetError(f"{path}: refusing to write a checkpoint that would not load with weights_only: "
                             f"{problem}; convert it to plain values (float(), .tolist(), model_dump(mode='json')).")
     with atomic_path(Path(path)) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as exc:  # torch's stream writer hides the OSError (e.g. a full disk)
+            raise write_failure(path, "writing the checkpoint", exc) from exc
 
 
 # -- stop requests (SIGTERM, SIGINT, SIGHUP) ------------------------------------------------------

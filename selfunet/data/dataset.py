@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from selfunet.data.io import ImageGeometry, file_ending, read_image, strip_ending
-from selfunet.errors import SelfUNetError
+from selfunet.errors import SelfUNetError, clip, quote
 
 Layout = Literal["msd", "nnunetv2"]
 
@@ -77,6 +77,10 @@ class DatasetSpec:
         }
 
 
+#: the largest dataset.json read (the biggest Decathlon one is ~100 kB; a million cases fit).
+MAX_DATASET_JSON_BYTES = 64 * 1024 * 1024
+
+
 def load_dataset(root: str | Path) -> DatasetSpec:
     """Parse ``root/dataset.json`` and list the cases of whichever layout it uses."""
     root = Path(root).resolve()
@@ -88,11 +92,27 @@ def load_dataset(root: str | Path) -> DatasetSpec:
             f"{descriptor} not found: a dataset folder needs a dataset.json (MSD or nnU-Net v2 layout)."
         )
     try:
-        raw = json.loads(descriptor.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfUNetError(f"{descriptor}: not valid JSON ({exc}); fix the file.") from exc
+        data = descriptor.read_bytes()
+    except OSError as exc:
+        raise SelfUNetError(f"{descriptor}: cannot read it ({exc.strerror or exc}); check its permissions.") from None
+    if len(data) > MAX_DATASET_JSON_BYTES:
+        raise SelfUNetError(f"{descriptor}: {len(data)} bytes is too big for a dataset.json (at most "
+                            f"{MAX_DATASET_JSON_BYTES}); is it the right file?")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SelfUNetError(f"{descriptor}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); save it as "
+                            "UTF-8 (JSON files are UTF-8).") from None
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else (
+            "nested too deeply")
+        raise SelfUNetError(f"{descriptor}: not valid JSON ({detail}); fix the file.") from None
     if not isinstance(raw, dict):
-        raise SelfUNetError(f"{descriptor}: expected a JSON object at the top level.")
+        raise SelfUNetError(f"{descriptor}: expected a JSON object at the top level, got a {type(raw).__name__}; "
+                            'write it as {"modality": ..., "labels": ..., "training": [...]} (docs/formats.md).')
     if "modality" in raw:
         return _load_msd(root, descriptor, raw)
     if "channel_names" in raw:
@@ -105,9 +125,11 @@ def load_dataset(root: str | Path) -> DatasetSpec:
 
 def _require(descriptor: Path, raw: dict, key: str, kind: type) -> object:
     if key not in raw:
-        raise SelfUNetError(f"{descriptor}: missing key '{key}'.")
+        raise SelfUNetError(f"{descriptor}: missing key '{key}'; add it (the dataset.json format: docs/formats.md).")
     if not isinstance(raw[key], kind):
-        raise SelfUNetError(f"{descriptor}: '{key}' must be a {kind.__name__}, got {type(raw[key]).__name__}.")
+        example = {"dict": "an object such as {\"0\": ...}", "list": "a list [...]", "str": "a string"}[kind.__name__]
+        raise SelfUNetError(f"{descriptor}: '{key}' must be {example}, got a {type(raw[key]).__name__} "
+                            f"({quote(raw[key], 80)}); fix the value.")
     return raw[key]
 
 
@@ -115,18 +137,22 @@ def _indexed_names(descriptor: Path, key: str, mapping: dict) -> tuple[str, ...]
     try:
         items = sorted((int(k), str(v)) for k, v in mapping.items())
     except ValueError as exc:
-        raise SelfUNetError(f"{descriptor}: the keys of '{key}' must be integers as strings.") from exc
+        raise SelfUNetError(f"{descriptor}: the keys of '{key}' must be integers as strings, e.g. "
+                            f'{{"0": "CT"}}; got {quote(list(mapping), 80)}.') from exc
     if [i for i, _ in items] != list(range(len(items))):
-        raise SelfUNetError(f"{descriptor}: the keys of '{key}' must be 0, 1, 2, ... without gaps.")
+        raise SelfUNetError(f"{descriptor}: the keys of '{key}' must be 0, 1, 2, ... without gaps, got "
+                            f"{clip(str([i for i, _ in items]), 80)}; renumber them.")
     return tuple(name for _, name in items)
 
 
 def _check_labels(descriptor: Path, labels: dict[int, str]) -> dict[int, str]:
     if 0 not in labels:
-        raise SelfUNetError(f"{descriptor}: 'labels' must declare the background as 0.")
+        raise SelfUNetError(f"{descriptor}: 'labels' must declare the background as 0; add it "
+                            '(MSD: "0": "background"; nnU-Net v2: "background": 0).')
     if sorted(labels) != list(range(len(labels))):
         raise SelfUNetError(
-            f"{descriptor}: label values must be consecutive 0..N-1, got {sorted(labels)}; renumber them."
+            f"{descriptor}: label values must be consecutive 0..N-1, got {clip(str(sorted(labels)), 80)}; "
+            "renumber them."
         )
     return labels
 
@@ -173,9 +199,11 @@ def _load_msd(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
     labels = _check_labels(descriptor, labels)
     training, escapes = [], []
     for i, entry in enumerate(_require(descriptor, raw, "training", list)):  # type: ignore[arg-type]
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(
+                entry.get("label"), str) or not entry["image"] or not entry["label"]:
             raise SelfUNetError(
-                f"{descriptor}: training entry {i} must be an object with 'image' and 'label' paths."
+                f"{descriptor}: training entry {i} ({quote(entry)}) must be an object with 'image' and 'label' "
+                'paths, e.g. {"image": "./imagesTr/case_001.nii.gz", "label": "./labelsTr/case_001.nii.gz"}.'
             )
         case = f"training entry {i} (case '{_case_name(entry['image'])}')"
         image = _resolve(root, entry["image"], f"{case} 'image'", escapes)
@@ -184,8 +212,9 @@ def _load_msd(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
             training.append(CaseSpec(strip_ending(image), (image,), label))
     test = []
     for i, entry in enumerate(raw.get("test", [])):
-        if not isinstance(entry, str):
-            raise SelfUNetError(f"{descriptor}: test entry {i} must be a path string.")
+        if not isinstance(entry, str) or not entry:
+            raise SelfUNetError(f"{descriptor}: test entry {i} ({quote(entry)}) must be a path string, e.g. "
+                                '"./imagesTs/case_101.nii.gz".')
         image = _resolve(root, entry, f"test entry {i} (case '{_case_name(entry)}')", escapes)
         if image is not None:
             test.append(CaseSpec(strip_ending(image), (image,)))
@@ -219,7 +248,7 @@ def _load_nnunetv2(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
     for name, value in raw_labels.items():  # type: ignore[union-attr]
         if not isinstance(value, int) or isinstance(value, bool):
             raise SelfUNetError(
-                f"{descriptor}: label '{name}' maps to {value!r}; selfunet supports one integer per "
+                f"{descriptor}: label {quote(name)} maps to {quote(value)}; selfunet supports one integer per "
                 "label (region-based training with lists of labels is not supported)."
             )
         labels[value] = str(name)

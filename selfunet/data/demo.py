@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from selfunet.artifacts import atomic_path, atomic_write_json
+from selfunet.artifacts import atomic_path, atomic_write_json, write_failure
 from selfunet.data.dataset import DatasetSpec, load_dataset
 from selfunet.errors import SelfUNetError
 
@@ -225,4 +225,7 @@ def _write(path: Path, array: np.ndarray, geometry: dict) -> None:
         direction[:3, :3] = geometry["direction"]
         image.SetDirection(direction.ravel().tolist())
     with atomic_path(path, ending=".nii.gz") as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as exc:  # SimpleITK hides the OSError (a full disk)
+            raise write_failure(path, "writing the image", exc) from exc

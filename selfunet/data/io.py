@@ -13,14 +13,13 @@ Conventions used everywhere in selfunet:
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from selfunet.artifacts import atomic_path
+from selfunet.artifacts import atomic_path, write_failure
 from selfunet.errors import SelfUNetError
 
 #: file endings SimpleITK reads and writes for us, longest first so ``.nii.gz`` wins over ``.gz``.
@@ -163,8 +162,7 @@ def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry) ->
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as exc:  # SimpleITK hides the OSError (a full disk, a read-only folder)
-            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-            raise OSError(errno.EIO, f"SimpleITK could not write the image ({detail})", str(path)) from exc
+            raise write_failure(path, "writing the image", exc) from exc
 
 
 def write_label(path: str | Path, labels: np.ndarray, geometry: ImageGeometry) -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from selfunet.artifacts import Artifact, atomic_path
@@ -316,5 +317,5 @@ def render_crossval(work: Path | WorkDir, configuration: str, console: Console) 
     table.add_row("[bold]all[/]", str(result.num_cases), f"[bold]{fmt(result.mean_foreground_dice)}[/]")
     console.print(table)
     console.print(f"fold spread: std {fmt(spread.std)}, min {fmt(spread.min)}, max {fmt(spread.max)}; "
-                  f"results in {crossval_dir(work, configuration)}", highlight=False)
+                  f"results in {escape(str(crossval_dir(work, configuration)))}", highlight=False)
     console.print("Dice undefined (reference and prediction both empty) is left out of the means.", highlight=False)

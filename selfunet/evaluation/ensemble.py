@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -351,5 +352,5 @@ def render_selection(selection: Selection, console: Console) -> None:
             _fmt(rule.mean_foreground_dice_after) if rule is not None else "-",
         )
     console.print(table)
-    console.print(f"selected: [bold]{selection.selected}[/] (members {', '.join(selection.members)}); "
-                  f"postprocessing: {_describe(selection.postprocessing, selection.labels)}", highlight=False)
+    console.print(f"selected: [bold]{escape(selection.selected)}[/] (members {escape(', '.join(selection.members))}); "
+                  f"postprocessing: {escape(_describe(selection.postprocessing, selection.labels))}", highlight=False)

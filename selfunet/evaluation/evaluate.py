@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from selfunet.data.io import SUPPORTED_ENDINGS, read_image, strip_ending
@@ -214,5 +215,6 @@ def run_evaluate(
     out_dir = Path(out_dir) if out_dir is not None else Path(prediction_dir)
     write_evaluation(summary, out_dir)
     render_summary(summary, table_console or Console())
-    (console or Console(stderr=True)).print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'per_case.csv'}")
+    (console or Console(stderr=True)).print(escape(f"wrote {out_dir / 'summary.json'} and {out_dir / 'per_case.csv'}"),
+                                            highlight=False)
     return summary

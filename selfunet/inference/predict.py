@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from selfunet.data.io import SUPPORTED_ENDINGS, file_ending, read_image, strip_ending
@@ -286,5 +287,5 @@ def predict_cases(inputs: list[Path], output: Path, work: Path, configurations: 
             write_prediction(target, labels, properties)
             written.append(target)
             progress.advance(task)
-    console.print(f"wrote {len(written)} prediction(s) to {output}")
+    console.print(escape(f"wrote {len(written)} prediction(s) to {output}"), highlight=False)
     return written

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from selfunet.artifacts import atomic_write_json, remove_stale_temps
@@ -295,7 +296,7 @@ class Trainer:
             for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST, CHECKPOINT_FINAL, "log.jsonl", "progress.png"):
                 (self.out / name).unlink(missing_ok=True)
         elif final.is_file() and resume:
-            self.console.print(f"{final} exists: training of this fold is complete.")
+            self.console.print(escape(f"{final} exists: training of this fold is complete."), highlight=False)
             return final
         elif latest.is_file() and not resume:
             raise SelfUNetError(
