@@ -268,6 +268,21 @@ class _NoAliasLoader(yaml.SafeLoader):
                 "descriptors (write the value out, or share it through `include:`)", event.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        """PyYAML keeps the last of two equal keys without a word; a descriptor must not lose one silently."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {quote(key, 60)} appears twice (line {first} and line "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
 
 def _read_yaml(path: Path, included_from: Path | None) -> dict:
     if not path.is_file():
@@ -364,12 +379,16 @@ def _describe(err: dict, path: Path) -> str:
     loc = tuple(p for p in err["loc"] if not isinstance(p, int))
     key = clip(".".join(str(p) for p in err["loc"]), 100)
     if err["type"] == "extra_forbidden":
-        parent = _model_at(TaskDescriptor, loc[:-1])
+        # the unknown key itself may be a number (``1: x``); list indices above it are dropped
+        parents = tuple(p for p in err["loc"][:-1] if not isinstance(p, int))
+        parent = _model_at(TaskDescriptor, parents)
         known = _yaml_keys(parent) if parent else []
-        close = difflib.get_close_matches(clip(str(loc[-1]), 100), known, n=1, cutoff=0.6)
-        fix = f"did you mean '{'.'.join(map(str, (*loc[:-1], close[0])))}'?" if close else (
+        close = difflib.get_close_matches(clip(str(err["loc"][-1]), 100), known, n=1, cutoff=0.6)
+        fix = f"did you mean '{'.'.join(map(str, (*parents, close[0])))}'?" if close else (
             f"remove it; known keys here: {', '.join(known)}")
         return f"{path}: key '{key}': unknown key; {fix}"
+    if err["type"] == "invalid_key":
+        return f"{path}: key {quote(err['loc'][-1], 100)}: keys are names (text), not numbers; rename or remove it."
     if err["type"] == "missing":
         return f"{path}: key '{key}': required but missing; add `{loc[-1]}: ...` (or include a base that sets it)."
     value = err.get("input")
@@ -459,11 +478,12 @@ def folds_problem(task: TaskDescriptor) -> str | None:
     folds, cases = task.num_folds, training_case_count(task)
     if cases is None or folds <= cases:
         return None
-    origin = "key 'folds'" if task.folds is not None else f"key 'budget' (preset '{task.budget.preset}' gives)"
+    origin = f"{folds} folds" if task.folds is not None else (
+        f"not set, so the budget preset '{task.budget.preset}' gives {folds} folds")
     if cases < 2:
-        return (f"{task.source}: {origin} {folds} folds, but dataset {task.dataset} has {cases} training case(s); "
+        return (f"{task.source}: key 'folds': {origin}, but dataset {task.dataset} has {cases} training case(s); "
                 "cross-validation needs at least 2: add training cases.")
-    return (f"{task.source}: {origin} {folds} folds, but dataset {task.dataset} has only {cases} training cases; "
+    return (f"{task.source}: key 'folds': {origin}, but dataset {task.dataset} has only {cases} training cases; "
             f"set `folds:` between 2 and {cases}.")
 
 

@@ -56,7 +56,7 @@ def test_minimal_descriptor_defaults_and_relative_dataset(tmp_path: Path, datase
         (good("metrics:\n  hd59: true\n"), "key 'metrics.hd59': unknown key; did you mean 'metrics.hd95'?"),
         (good("budget:\n  epoch: 3\n"), "key 'budget.epoch': unknown key; did you mean 'budget.epochs'?"),
         (good("zzzzz: 1\n"), "key 'zzzzz': unknown key; remove it; known keys here:"),
-        (good("folds: 0\n"), "key 'folds': Input should be greater than or equal to 1"),
+        (good("folds: 0\n"), "key 'folds': Input should be greater than or equal to 2"),
         (good("folds: three\n"), "key 'folds': Input should be a valid integer"),
         (good("gpu_memory_gb: -1\n"), "key 'gpu_memory_gb': Input should be greater than 0"),
         (good("budget: huge\n"), "unknown budget preset 'huge'; choose one of full, ci"),
