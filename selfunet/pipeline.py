@@ -252,10 +252,44 @@ def run_training(work: Path, configuration: str, fold: int, config: TrainConfig,
     folder = trainer.out.parent
     with exclusive(folder, f".{trainer.out.name}.lock", f"training of {configuration} fold {fold}"), \
             stop_on_signals():
+        started = time.perf_counter()
         final = trainer.run(resume=resume, restart=restart)
+        trained = time.perf_counter()
         if config.predict_validation and trainer.val_ids:
             from selfunet.inference.predict import predict_validation_cases
 
             predict_validation_cases(trainer.work, trainer.configuration.name, fold, trainer.val_ids,
                                      final, mirroring=config.validation_mirroring, console=trainer.console)
+        write_cost(trainer.out, trainer.device, trained - started, time.perf_counter() - trained,
+                   len(trainer.val_ids) if config.predict_validation else 0, resumed=resume)
     return final
+
+
+COST_FILE = "cost.json"
+
+
+def write_cost(fold_dir: Path, device, train_seconds: float, prediction_seconds: float, predicted_cases: int,
+               resumed: bool = False) -> None:
+    """``train/<config>/fold_<k>/cost.json``: what the fold cost, for the benchmark tables.
+
+    ``train_seconds`` is the wall time of training in this process (a resumed run adds the time
+    recorded by the run it continues); ``prediction_seconds`` that of predicting the validation
+    cases; ``peak_memory_mb`` the process's peak (GPU tensor memory on a GPU, resident memory on a
+    CPU: :func:`selfunet.runtime.peak_memory_mb`).
+    """
+    import json
+
+    from selfunet.artifacts import atomic_write_json
+    from selfunet.runtime import peak_memory_mb
+
+    path = Path(fold_dir) / COST_FILE
+    earlier = 0.0
+    if resumed and path.is_file():
+        try:
+            earlier = float(json.loads(path.read_text()).get("train_seconds", 0.0))
+        except (OSError, ValueError, AttributeError):
+            earlier = 0.0
+    peak, kind = peak_memory_mb(device)
+    atomic_write_json(path, {"train_seconds": earlier + train_seconds, "prediction_seconds": prediction_seconds,
+                             "predicted_cases": predicted_cases, "peak_memory_mb": peak, "memory": kind,
+                             "device": str(device)})

@@ -222,3 +222,18 @@ def load_checkpoint(path: Path) -> dict:
         raise SelfUNetError(f"{path}: not a selfunet checkpoint (a {type(payload).__name__}, not a mapping); "
                             "retrain the fold (`selfunet train WORK -c CONFIG -f K --restart`).")
     return payload
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """This process's peak memory so far, in MiB, and what was measured: ``"cuda"`` (the most
+    tensor memory allocated on the GPU, ``torch.cuda.max_memory_allocated``) or ``"rss"`` (the
+    largest resident set of this process or of any child it waited for, ``getrusage``)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda"
+    import resource
+    import sys
+
+    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak * scale / 2**20, "rss"

@@ -208,6 +208,9 @@ def test_cli_overrides_reach_config_schedule_log_and_artifacts(tiny_work: Path) 
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["fold"] == 1 and summary["validation_cases"]
     assert not set(summary["validation_cases"]) & set(summary["train_cases"])
+    cost = json.loads((out / "cost.json").read_text())  # what the harness's leaderboards report per candidate
+    assert cost["train_seconds"] > 0 and cost["predicted_cases"] == 0 and cost["memory"] == "rss"
+    assert 50 < cost["peak_memory_mb"] < 64_000  # a process with torch loaded holds more than 50 MiB resident
 
 
 def test_fold_out_of_range_is_a_clear_error(tiny_work: Path) -> None:
