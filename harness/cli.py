@@ -113,6 +113,9 @@ def run(
     budget: Annotated[Optional[BudgetChoice], typer.Option(
         help="preset replacing each descriptor's budget and folds: full | ci | demo (docs/harness.md)")] = None,
     force: Annotated[bool, typer.Option("--force", help="redo every job, ignoring finished markers")] = False,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="train every configuration with each of these seeds, e.g. 0,1,2: leaderboards show mean ± std over "
+        "seeds and selection uses the mean (default: the descriptor's seed)")] = None,
     jobs: Annotated[Optional[int], typer.Option(
         min=1, help="jobs at once (default: one per GPU; on CPU, cores // resources.cpus)")] = None,
     executor: Annotated[Literal["local", "ray"], typer.Option(help="where jobs run: local | ray")] = "local",
@@ -148,6 +151,9 @@ def run(
         raise SelfUNetError(f"--executor {executor}: unknown; choose one of {', '.join(EXECUTORS)}.")
     if sandbox not in SANDBOXES:
         raise SelfUNetError(f"--sandbox {sandbox}: unknown; choose one of {', '.join(SANDBOXES)}.")
+    from harness.seeds import parse_seeds
+
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     loaded = _load(tasks, data_root, budget)
     problems = [p for p in (dataset_problem(t) or folds_problem(t) for t in loaded) if p]
     if problems:
@@ -162,7 +168,7 @@ def run(
     try:
         with EXECUTORS[executor](SANDBOXES[sandbox](**(options if sandbox == "docker" else {})), jobs=jobs) as ex:
             records = run_tasks(loaded, ex, work_root, results, force=force, console=console,
-                                executor_name=executor)
+                                executor_name=executor, seeds=seed_list)
     except RunInterrupted as stop:
         name = signal.Signals(stop.signum).name
         console.print(f"[bold magenta]stopped by {name}[/]: {len(stop.stopped)} running job(s) stopped and marked "

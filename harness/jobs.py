@@ -3,7 +3,12 @@
 Per task::
 
     [demo-data] -> check -> fingerprint -> plan -> preprocess -> train-<config>-fold<k> (each)
-        -> crossval-<config> -> select -> predict-test -> export
+        -> crossval-<config> -> select -> [seeds] -> predict-test -> export
+
+With several training seeds (``harness run --seeds 0,1,2``) the first seed's jobs are the ones
+above, in WORK; every further seed has its own ``train-...-seed<s>``, ``crossval-...-seed<s>`` and
+``select-seed<s>`` in ``WORK/seeds/<s>/``, and the ``seeds`` job selects by the mean over seeds
+(:mod:`harness.seeds`).
 
 The configurations exist only once ``plan.json`` does, and the folds once ``splits.json`` does, so
 the graph grows as jobs finish (:meth:`TaskGraph.expand`). A job's hash is computed when it becomes
@@ -218,12 +223,16 @@ def set_aside(path: Path) -> Path:
 class TaskGraph:
     """Builds the jobs of one task; ``expand`` adds the jobs a finished job makes possible."""
 
-    def __init__(self, task: TaskDescriptor, work: Path, results: Path) -> None:
+    def __init__(self, task: TaskDescriptor, work: Path, results: Path, seeds: list[int] | None = None) -> None:
         self.task = task
         self.work = Path(work).resolve()
         self.results = Path(results).resolve()
         self.markers = Markers(self.work)
         self.train_config = task.train_config()
+        self.seeds = list(seeds) if seeds else [self.train_config.seed]
+        """training seeds; the first trains in WORK, the others in WORK/seeds/<seed> (harness.seeds)."""
+        if self.train_config.seed != self.seeds[0]:
+            self.train_config = self.train_config.model_copy(update={"seed": self.seeds[0]})
         self.configurations: list[str] = []
         self.num_folds = 0
         self._expanders: dict[str, Callable[[], list[Job]]] = {
@@ -333,43 +342,63 @@ class TaskGraph:
         self._overrides = passed
         return passed
 
-    def _train_argv(self, name: str, fold: int) -> tuple[str, ...]:
-        argv = ["train", str(self.work), "-c", name, "-f", str(fold)]
+    def _train_argv(self, name: str, fold: int, work: Path | None = None, seed: int | None = None) -> tuple[str, ...]:
+        argv = ["train", str(work or self.work), "-c", name, "-f", str(fold)]
         flags = train_options()
-        for key, value in self._train_overrides().items():
+        overrides = self._train_overrides() | ({"seed": seed} if seed is not None else {})
+        for key, value in overrides.items():
             on, off = flags[key]
             argv += [on if value else off] if isinstance(value, bool) else [on, str(value)]
         return tuple(argv)
 
     def _after_preprocess(self) -> list[Job]:
-        from selfunet.planning.plan_types import Plan
+        from harness.seeds import link_seed_work, seed_work, select_by_seed_mean
 
         self.num_folds = self._make_splits()
+        jobs = []
+        for seed in self.seeds:
+            work = seed_work(self.work, self.seeds, seed)
+            if work != self.work:
+                link_seed_work(self.work, work)
+            jobs += self._seed_jobs(work, "" if work == self.work else f"-seed{seed}",
+                                    None if work == self.work else seed)
+        if len(self.seeds) > 1:
+            jobs.append(Job("seeds", "select", (), ("select", *(f"select-seed{s}" for s in self.seeds[1:])),
+                            {"seeds": self.seeds}, outputs=(self._w("seeds.json"),),
+                            action=functools.partial(select_by_seed_mean, self.work, self.seeds)))
+        return jobs + self._prediction_jobs()
+
+    def _seed_jobs(self, work: Path, suffix: str, seed: int | None) -> list[Job]:
+        """Training, cross-validation and selection of one seed in ``work`` (job ids end in ``suffix``)."""
+        from selfunet.planning.plan_types import Plan
+
         plan = Plan.load(self._w("plan.json"))
-        overrides = self._train_overrides()
+        overrides = self._train_overrides() | ({"seed": seed} if seed is not None else {})
         jobs = []
         for name in self.configurations:
             previous = plan.configurations[name].previous_stage
             fold_ids = []
             for fold in range(self.num_folds):
-                job_id = f"train-{name}-fold{fold}"
-                deps = ("preprocess", *(f"train-{previous}-fold{k}" for k in range(self.num_folds) if previous))
-                argv = self._train_argv(name, fold)
+                job_id = f"train-{name}-fold{fold}{suffix}"
+                deps = ("preprocess", *(f"train-{previous}-fold{k}{suffix}" for k in range(self.num_folds)
+                                        if previous))
+                argv = self._train_argv(name, fold, work, seed)
                 jobs.append(Job(job_id, "train", (*argv, "--resume"), deps,
                                 {"configuration": name, "fold": fold, "train_config": overrides},
                                 artifacts=(self._w("plan.json"), self._w("splits.json")),
-                                outputs=(self.work / "train" / name / f"fold_{fold}" / "checkpoint_final.pt",),
+                                outputs=(work / "train" / name / f"fold_{fold}" / "checkpoint_final.pt",),
                                 restart_argv=(*argv, "--restart"), uses_gpu=True))
                 fold_ids.append(job_id)
-            argv = ["crossval", str(self.work), "-c", name, *self._metric_flags(), *self._p]
-            jobs.append(Job(f"crossval-{name}", "crossval", tuple(argv), tuple(fold_ids),
+            argv = ["crossval", str(work), "-c", name, *self._metric_flags(), *self._p]
+            jobs.append(Job(f"crossval-{name}{suffix}", "crossval", tuple(argv), tuple(fold_ids),
                             {"metrics": self.task.metrics.model_dump()}, read_only=(self.task.dataset,)))
-        argv = ["select", str(self.work)]
+        argv = ["select", str(work)]
         for name in self.configurations:
             argv += ["-c", name]
-        jobs.append(Job("select", "select", (*argv, *self._p), tuple(f"crossval-{n}" for n in self.configurations),
-                        {"configurations": self.configurations}, outputs=(self._w("selection.json"),)))
-        return jobs + self._prediction_jobs()
+        jobs.append(Job(f"select{suffix}", "select", (*argv, *self._p),
+                        tuple(f"crossval-{n}{suffix}" for n in self.configurations),
+                        {"configurations": self.configurations}, outputs=(work / "selection.json",)))
+        return jobs
 
     def _metric_flags(self) -> list[str]:
         m = self.task.metrics
@@ -380,7 +409,7 @@ class TaskGraph:
         from selfunet.data.dataset import load_dataset
 
         spec = load_dataset(self.task.dataset)
-        deps: tuple[str, ...] = ("select",)
+        deps: tuple[str, ...] = ("seeds",) if len(self.seeds) > 1 else ("select",)
         jobs = []
         if spec.test:
             files = [str(f) for case in spec.test for f in case.images]
@@ -388,7 +417,7 @@ class TaskGraph:
                             ("predict", *files, "-o", str(self._w("test_predictions")), "-w", str(self.work),
                              "--selection", str(self._w("selection.json")),
                              # small budgets (ci, demo) skip mirror TTA for test images as for validation
-                             *(() if self.train_config.validation_mirroring else ("--no-mirroring",))), ("select",),
+                             *(() if self.train_config.validation_mirroring else ("--no-mirroring",))), deps,
                             {"test_cases": sorted(c.case_id for c in spec.test)},
                             artifacts=(self._w("selection.json"),), outputs=(self._w("test_predictions"),),
                             uses_gpu=True, read_only=(self.task.dataset,)))

@@ -35,7 +35,9 @@ from typing import Any
 
 from rich.console import Console
 
+from harness.costs import apply_costs
 from harness.ranking import CandidateScores, RankRow, TaskRanking, rank_task
+from harness.seeds import SEEDS_FILE, apply_seed_means, load_seed_scores
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
 
@@ -66,6 +68,15 @@ class Row:
     fold_min: float | None = None
     fold_max: float | None = None
     num_cases: int = 0
+    seeds: int = 1
+    """training seeds the Dice values are the mean of (harness.seeds)."""
+    seed_std: dict[str, float | None] = field(default_factory=dict)
+    """population std over seeds: "fg" and label value -> std (several seeds only)."""
+    train_seconds: float | None = None
+    inference_seconds: float | None = None
+    peak_memory_mb: float | None = None
+    memory: str = ""
+    """what peak_memory_mb measured: "cuda" (GPU tensor memory) or "rss" (resident memory); see harness.costs."""
     postprocessed: bool = False
     """the row's predictions differ from the raw row's (a rule that changes something)."""
     per_case: dict[str, dict[str, float]] | None = None
@@ -100,14 +111,20 @@ class Leaderboard:
     def selected_row(self) -> Row | None:
         return next((r for r in self.rows if r.selected), None)
 
+    @property
+    def seeds(self) -> int:
+        return max((r.seeds for r in self.rows), default=1)
+
     def columns(self) -> list[str]:
         names = [class_column("dice", self.labels, v) for v in self.labels]
         cols = ["task", "selected", "candidate", "members", "postprocessing", "mean_fg_dice", *names]
+        if self.seeds > 1:
+            cols += ["seeds", "std_mean_fg_dice", *(f"std_{n}" for n in names)]
         if self.nsd_tolerance_mm is not None:
             cols += ["nsd", *(class_column("nsd", self.labels, v) for v in self.labels)]
         if self.hd95:
             cols += ["hd95", *(class_column("hd95", self.labels, v) for v in self.labels)]
-        return [*cols, "fold_mean", "fold_std", "fold_min", "fold_max", "num_cases", *RANK_COLUMNS]
+        return [*cols, "fold_mean", "fold_std", "fold_min", "fold_max", "num_cases", *COST_COLUMNS, *RANK_COLUMNS]
 
     def rank_of(self, row: Row) -> RankRow | None:
         if self.ranking is None:
@@ -122,18 +139,26 @@ class Leaderboard:
                    "mean_fg_dice": fmt(r.mean_fg_dice)}
             for v in self.labels:
                 rec[class_column("dice", self.labels, v)] = fmt(r.dice.get(v))
+            if self.seeds > 1:
+                rec |= {"seeds": str(r.seeds), "std_mean_fg_dice": fmt(r.seed_std.get("fg"))}
+                for v in self.labels:
+                    rec[f"std_{class_column('dice', self.labels, v)}"] = fmt(r.seed_std.get(v))
             for metric, values, on in (("nsd", r.nsd, self.nsd_tolerance_mm is not None), ("hd95", r.hd95, self.hd95)):
                 if on:
                     rec[metric] = fmt(values.get("fg"))
                     for v in self.labels:
                         rec[class_column(metric, self.labels, v)] = fmt(values.get(v))
             rec |= {"fold_mean": fmt(r.fold_mean), "fold_std": fmt(r.fold_std), "fold_min": fmt(r.fold_min),
-                    "fold_max": fmt(r.fold_max), "num_cases": str(r.num_cases)}
+                    "fold_max": fmt(r.fold_max), "num_cases": str(r.num_cases),
+                    "train_seconds": fmt(r.train_seconds, 1), "inference_seconds": fmt(r.inference_seconds, 1),
+                    "peak_memory_mb": fmt(r.peak_memory_mb, 0), "memory": r.memory or NA}
             rec |= rank_record(self.rank_of(r))
             out.append(rec)
         return out
 
 
+#: cost of a candidate (harness.costs): training and inference wall time, peak memory and its kind.
+COST_COLUMNS = ("train_seconds", "inference_seconds", "peak_memory_mb", "memory")
 #: ranking columns of leaderboard.csv (harness.ranking): aggregate-then-rank with its 95 % bootstrap
 #: interval and the share of resamples won, rank-then-aggregate, and who it beats significantly.
 RANK_COLUMNS = ("rank", "rank_low", "rank_high", "p_first", "case_rank", "mean_case_rank", "better_than")
@@ -360,6 +385,11 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
                         selected=selection.selected, empty_mask_rule=selection.empty_mask_rule or EMPTY_MASK_RULE,
                         notes=notes, meta=dict(meta or {}))
     board.ranking = rank_rows(board)
+    scores = load_seed_scores((work if have_work else selection_path.parent) / SEEDS_FILE)
+    if scores is not None:
+        apply_seed_means(board, scores)
+    if have_work:
+        apply_costs(board, work)
     return board
 
 

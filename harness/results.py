@@ -15,6 +15,7 @@ from rich.console import Console
 
 from harness.leaderboard import NA, NOT_TASKS, SELECTED, Leaderboard, build_leaderboard
 from harness.ranking import consensus, rank_scores
+from harness.seeds import SEEDS_FILE
 from harness.tables import consensus_markdown, md_table, ranking_csv, rich_table, short, to_csv, to_markdown
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
@@ -78,6 +79,8 @@ def render_task(task: str, results_root: Path, work: Path | None = None, nsd_tol
     out.mkdir(parents=True, exist_ok=True)
     if source is not None:
         atomic_write_text(out / "selection.json", source.read_text())
+        if (work / SEEDS_FILE).is_file():  # several seeds: their scores travel with the selection
+            atomic_write_text(out / SEEDS_FILE, (work / SEEDS_FILE).read_text())
     elif not (out / "selection.json").is_file():
         log.warning("task %s: no selection.json in %s or %s; no leaderboard (did `selfunet select` run?).",
                     task, work, out)

@@ -362,6 +362,7 @@ def run_record(graph: TaskGraph, records: list[JobRecord], started: float, execu
         "code_version": version, "packages": _package_versions(), "device": _device(), "executor": executor,
         "sandbox": sandbox, "image": image, "command": sys.argv,
         "seeds": {"train": graph.train_config.seed, "split": graph.train_config.split_seed},
+        "train_seeds": graph.seeds,
         "train_config": graph.train_config.model_dump(mode="json"),
         "configurations": graph.configurations, "folds": graph.num_folds,
         "started": started, "finished": time.time(), "seconds": time.time() - started,
@@ -389,7 +390,8 @@ def write_results(graph: TaskGraph, record: dict) -> Path:
 
 
 def run_tasks(tasks: list, executor: Executor, work_root: Path, results_root: Path, force: bool = False,
-              console: Console | None = None, executor_name: str = "local") -> list[JobRecord]:
+              console: Console | None = None, executor_name: str = "local",
+              seeds: list[int] | None = None) -> list[JobRecord]:
     """``harness run``: every task's graph on one executor; results written as each task settles.
 
     Holds the locks of the results root, the work root and each task's work directory for the whole
@@ -403,12 +405,13 @@ def run_tasks(tasks: list, executor: Executor, work_root: Path, results_root: Pa
         for t in tasks:
             held.enter_context(exclusive(Path(work_root) / t.name, WORK_LOCK, f"task {t.name}'s work directory"))
         held.enter_context(interrupt_on_signals())
-        return _run_locked(tasks, executor, work_root, results_root, force, console, executor_name, version)
+        return _run_locked(tasks, executor, work_root, results_root, force, console, executor_name, version, seeds)
 
 
 def _run_locked(tasks: list, executor: Executor, work_root: Path, results_root: Path, force: bool,
-                console: Console, executor_name: str, version: str) -> list[JobRecord]:
-    graphs = [TaskGraph(t, Path(work_root) / t.name, results_root) for t in tasks]
+                console: Console, executor_name: str, version: str,
+                seeds: list[int] | None = None) -> list[JobRecord]:
+    graphs = [TaskGraph(t, Path(work_root) / t.name, results_root, seeds) for t in tasks]
     runner = Runner(graphs, executor, force=force, console=console, version=version)
 
     def task_done(graph: TaskGraph, records: list[JobRecord]) -> None:

@@ -12,7 +12,7 @@ import io
 from rich.console import Console
 from rich.table import Table
 
-from harness.leaderboard import NA, RANK_COLUMNS, SELECTED, Leaderboard, class_column, fmt
+from harness.leaderboard import COST_COLUMNS, NA, RANK_COLUMNS, SELECTED, Leaderboard, class_column, fmt
 from harness.ranking import CASE_RULE, ConsensusRow, RankRow, TaskRanking
 
 #: the p-value matrix is written for at most this many candidates.
@@ -64,10 +64,13 @@ def rank_cell(rank: RankRow | None) -> str:
 
 
 def display_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    """Human columns: four decimals, fold spread as "std (min-max)", rank with its interval."""
-    cols = [c for c in board.columns() if c not in ("task", "members", "fold_mean", "fold_std", "fold_min",
-                                                    "fold_max", *RANK_COLUMNS)]
-    header = [("" if c == "selected" else c) for c in cols] + ["fold std (min-max)", "rank (95% CI)"]
+    """Human columns: four decimals, "mean ± std" over seeds, fold spread as "std (min-max)", the cost,
+    rank with its interval."""
+    hidden = ("task", "members", "fold_mean", "fold_std", "fold_min", "fold_max", "seeds", *COST_COLUMNS,
+              *RANK_COLUMNS)
+    cols = [c for c in board.columns() if c not in hidden and not c.startswith("std_")]
+    header = [("" if c == "selected" else c) for c in cols] + [
+        "fold std (min-max)", "train (s)", "inference (s)", "peak memory (MiB)", "rank (95% CI)"]
     rows = []
     for row, rec in zip(board.rows, board.records(), strict=True):
         cells = []
@@ -77,10 +80,14 @@ def display_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
                 value = "**→**" if value == SELECTED else ""
             elif c not in ("candidate", "postprocessing", "num_cases"):
                 value = short(value)
+                if rec.get(f"std_{c}", NA) != NA:
+                    value = f"{value} ± {short(rec[f'std_{c}'])}"
             cells.append(value)
         spread = NA if rec["fold_std"] == NA else (
             f"{short(rec['fold_std'])} ({short(rec['fold_min'])}-{short(rec['fold_max'])})")
-        rows.append([*cells, spread, rank_cell(board.rank_of(row))])
+        memory = NA if rec["peak_memory_mb"] == NA else f"{rec['peak_memory_mb']} ({rec['memory']})"
+        rows.append([*cells, spread, rec["train_seconds"], rec["inference_seconds"], memory,
+                     rank_cell(board.rank_of(row))])
     return header, rows
 
 
@@ -174,7 +181,8 @@ def rich_table(board: Leaderboard, width: int | None = None) -> Table:
         ("", ["→" if r["selected"] == SELECTED else "" for r in records], 0),
         ("candidate", [r["candidate"] for r in records], 0),
         ("pp", [_short_rule(r["postprocessing"]) for r in records], 2),
-        ("fg Dice", [short(r["mean_fg_dice"]) for r in records], 0),
+        ("fg Dice", [short(r["mean_fg_dice"]) + (f" ± {short(r['std_mean_fg_dice'])}"
+                                                  if r.get("std_mean_fg_dice", NA) != NA else "") for r in records], 0),
         ("rank", [rank_cell(board.rank_of(row)) for row in board.rows], 3),
     ]
     for v in board.labels:
@@ -190,6 +198,8 @@ def rich_table(board: Leaderboard, width: int | None = None) -> Table:
                      9) for v in board.labels]
     columns.append(("fold std", [short(r["fold_std"]) for r in records], 7))
     columns.append(("n", [r["num_cases"] for r in records], 10))
+    columns.append(("train s", [r["train_seconds"] for r in records], 11))
+    columns.append(("peak MiB", [r["peak_memory_mb"] for r in records], 12))
     keep, dropped = fit_columns(columns, width if width is not None else Console().width)
     caption = f"Empty masks: {board.empty_mask_rule}"
     if dropped:
