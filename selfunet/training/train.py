@@ -120,19 +120,21 @@ class Trainer:
         self.amp_dtype = resolve_amp(config.amp, self.device)
 
     def _fit_to_voxel_budget(self, max_voxels: int) -> None:
-        """Shrink batch and patch for a small budget; the checkpoints carry the shrunk plan, so the
-        validation and test predictions use the patch the network was trained on."""
+        """Shrink batch and patch for a small budget, for training only.
+
+        The checkpoints keep the planned configuration, so validation and test predictions slide
+        the planned window (the network is fully convolutional): a smaller window would need more
+        overlapping windows per image and cost more than the planned one, not less.
+        """
         from selfunet.training.budgets import fit_to_voxel_budget
 
         fitted = fit_to_voxel_budget(self.configuration, max_voxels)
         if fitted is self.configuration:
             return
-        log.info("budget: %s batch %d x patch %s -> batch %d x patch %s (at most %d voxels per batch)",
-                 fitted.name, self.configuration.batch_size, self.configuration.patch_size, fitted.batch_size,
-                 fitted.patch_size, max_voxels)
+        log.info("budget: %s trains with batch %d x patch %s instead of %d x %s (at most %d voxels per batch)",
+                 fitted.name, fitted.batch_size, fitted.patch_size, self.configuration.batch_size,
+                 self.configuration.patch_size, max_voxels)
         self.configuration = fitted
-        self.plan = self.plan.model_copy(
-            update={"configurations": {**self.plan.configurations, fitted.name: fitted}})
 
     # -- construction -------------------------------------------------------------------------
     def _build(self) -> None:

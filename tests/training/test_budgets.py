@@ -59,17 +59,20 @@ def test_at_the_floor_the_smallest_patch_is_kept(plan) -> None:
     assert tiny_cap.patch_size == [4, 4, 4] and tiny_cap.batch_size == 2
 
 
-def test_the_trainer_trains_and_records_the_fitted_plan(tiny_work) -> None:
-    """The checkpoint carries the shrunk configuration, so predictions use the trained patch."""
+def test_the_trainer_trains_fitted_and_the_checkpoint_keeps_the_plan(tiny_work) -> None:
+    """Training uses the shrunk batch/patch; the checkpoint keeps the planned configuration, so
+    predictions slide the planned window (fewer windows than the shrunk one would need)."""
+    from selfunet.planning.plan_types import Plan
     from selfunet.runtime import load_checkpoint
     from selfunet.training.train import CHECKPOINT_FINAL, Trainer
     from selfunet.training.train_config import TrainConfig
 
-    work = tiny_work
+    planned = Plan.load(tiny_work / "plan.json").configurations["3d_fullres"]
     config = TrainConfig(epochs=1, iterations_per_epoch=1, validation_iterations=1, num_folds=2,
                          max_voxels_per_batch=16 * 16 * 16, device="cpu", amp="off")
-    trainer = Trainer(work, "3d_fullres", 0, config)
+    trainer = Trainer(tiny_work, "3d_fullres", 0, config)
     assert trainer.configuration.batch_size * math.prod(trainer.configuration.patch_size) <= 16**3
     trainer.run()
-    saved = load_checkpoint(work / "train" / "3d_fullres" / "fold_0" / CHECKPOINT_FINAL)
-    assert saved["plan"]["configurations"]["3d_fullres"]["patch_size"] == trainer.configuration.patch_size
+    assert trainer.patch == trainer.configuration.patch_size  # the sampler and augmenter got the fitted patch
+    saved = load_checkpoint(tiny_work / "train" / "3d_fullres" / "fold_0" / CHECKPOINT_FINAL)
+    assert saved["plan"]["configurations"]["3d_fullres"]["patch_size"] == planned.patch_size
