@@ -5,8 +5,15 @@ Why this shape: every transform has a *draw* step (all random numbers of a batch
 *apply* step. A seed therefore reproduces a batch exactly, the draw step alone is cheap enough to
 test probabilities statistically, and the apply step can be tested with hand-made parameters.
 
+Because the draw comes first, the sampler can read per sample only the box its transform needs
+(:meth:`Augmenter.read_boxes`), and the parameters travel with the raw batch to wherever the
+batch is augmented: the loader's workers on a CPU, the GPU itself on CUDA (the host then only reads
+and copies). The same seed gives the same parameters on either device.
+
 The transforms themselves live by kind: :mod:`selfunet.training.augment_spatial` (rotation,
-scaling, the read patch, mirroring) and :mod:`selfunet.training.augment_intensity`; what they do is
+scaling, the read patch, mirroring), :mod:`selfunet.training.augment_intensity` (and the mask
+of channels normalized inside the non-zero mask) and :mod:`selfunet.training.augment_cascade`
+(perturbing a cascade's previous-stage segmentation); what they do is
 :class:`selfunet.training.augment_config.AugmentationConfig`. This module draws and applies them.
 """
 
@@ -18,18 +25,21 @@ import numpy as np
 import torch
 
 from selfunet.errors import SelfUNetError
+from selfunet.training.augment_cascade import perturb_segmentation
 from selfunet.training.augment_config import AugmentationConfig, AugmentationParams, Range
-from selfunet.training.augment_intensity import apply_intensity
+from selfunet.training.augment_intensity import apply_intensity, zero_outside_mask
 from selfunet.training.augment_spatial import (
     crop_slices,
-    enlarged_patch_size,
     mirror,
+    needed_boxes,
+    read_patch_size,
+    read_region,
     rotation_matrices,
-    warp,
+    warp_sample,
 )
 
 __all__ = [
-    "AugmentationConfig", "AugmentationParams", "Augmenter", "enlarged_patch_size", "generator_for",
+    "AugmentationConfig", "AugmentationParams", "Augmenter", "generator_for", "read_patch_size",
 ]
 
 
@@ -61,9 +71,10 @@ def _gamma_values(g: torch.Generator, shape: tuple[int, ...], bounds: Range) -> 
 class Augmenter:
     """Draws and applies the SPEC augmentation to a batch, on ``device``.
 
-    Input: image [B, C, *read] and label [B, 1, *read] (the sampler's enlarged patch, any read
-    size >= the patch). Output: image [B, C, *patch] float32 and label [B, 1, *patch] int64, on
-    ``device``; label -1 (outside the image, ignore) is kept as is.
+    Input: image [B, C, *read] and label [B, 1, *read] (any read size >= the patch, the patch at
+    its centre), or per-sample boxes (:meth:`apply_boxes`). Output: image [B, C, *patch] float32
+    and label [B, 1, *patch] int64, on ``device``; label -1 (outside the non-zero mask or the
+    image) is kept as is, and the ``mask_channels`` are 0 there.
     """
 
     def __init__(
@@ -73,19 +84,32 @@ class Augmenter:
         dimension: int,
         device: torch.device | str = "cpu",
         intensity_channels: int | None = None,
+        mask_channels: Sequence[int] = (),
     ) -> None:
-        """``intensity_channels``: only the first N channels get intensity transforms (a cascade's
-        extra one-hot channels must stay one-hot); None = all channels."""
+        """``intensity_channels``: only the first N channels are images (intensity transforms,
+        linear interpolation); the others are a cascade's one-hot previous-stage segmentation,
+        moved like labels and perturbed. None = all channels are images. ``mask_channels``: the
+        channels normalized inside the non-zero mask (the plan's ``use_nonzero_mask``); after all
+        transforms they are set back to 0 where the label is negative, as at inference."""
         if dimension not in (2, 3) or len(patch_size) != dimension:
             raise SelfUNetError(
                 f"augmentation: patch size {list(patch_size)} does not match dimension {dimension}."
             )
         self.config = config
         self.intensity_channels = intensity_channels
+        self.mask_channels = tuple(int(c) for c in mask_channels)
+        if any(c < 0 or (intensity_channels is not None and c >= intensity_channels) for c in self.mask_channels):
+            raise SelfUNetError(
+                f"augmentation: mask channels {list(self.mask_channels)} must be image channels "
+                f"(0..{intensity_channels - 1 if intensity_channels is not None else 'C-1'})."
+            )
         self.patch_size = tuple(int(p) for p in patch_size)
         self.dimension = dimension
         self.device = torch.device(device)
         self.per_slice = config.uses_per_slice(self.patch_size)
+        self.rotation_degrees = config.rotation_degrees(self.patch_size)
+        self.read_patch_size = read_patch_size(self.patch_size, config)
+        self.read_region = read_region(self.patch_size, config)
         axes = range(dimension) if config.mirror_axes is None else config.mirror_axes
         for a in axes:
             if not 0 <= a < dimension:
@@ -93,27 +117,29 @@ class Augmenter:
         self.mirror_axes = tuple(sorted(set(axes)))
 
     # ------------------------------------------------------------------ draw
-    def draw(self, batch_size: int, num_channels: int, generator: torch.Generator) -> AugmentationParams:
+    def draw(
+        self, batch_size: int, num_channels: int, generator: torch.Generator, seg_channels: int = 0
+    ) -> AugmentationParams:
         """All random parameters of one batch; always the same sequence of draws.
 
+        ``num_channels`` image channels, ``seg_channels`` one-hot previous-stage channels (cascade).
         ``generator`` may live on the CPU or on the training device; the parameters are small CPU
         tensors either way.
         """
-        cfg, g, b, c, d = self.config, generator, batch_size, num_channels, self.dimension
+        cfg, g, b, c, d, k = self.config, generator, batch_size, num_channels, self.dimension, seg_channels
 
         def chance(p: float, shape: tuple[int, ...] = (b,)) -> torch.Tensor:
             return _rand(g, shape) < p
 
         in_plane = self.per_slice or d == 2
         rotate = chance(cfg.p_rotation)
-        degrees = cfg.rotation_degrees_2d if in_plane else cfg.rotation_degrees_3d
-        angles = torch.deg2rad(_uniform(g, (b, 1 if in_plane else 3), degrees)) * rotate[:, None]
+        angles = torch.deg2rad(_uniform(g, (b, 1 if in_plane else 3), self.rotation_degrees)) * rotate[:, None]
         scaled = chance(cfg.p_scaling)
         scale = torch.where(scaled, _uniform(g, (b,), cfg.scale_range), torch.ones(b, dtype=torch.float64))
-        matrix = torch.from_numpy(rotation_matrices(angles.numpy())) / scale[:, None, None]
+        matrix = torch.from_numpy(rotation_matrices(angles.numpy())) * scale[:, None, None]
 
         noise = chance(cfg.p_noise)
-        noise_std = torch.sqrt(_uniform(g, (b,), cfg.noise_variance))
+        noise_std = _uniform(g, (b,), cfg.noise_std)
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
 
         blur = chance(cfg.p_blur)[:, None] & chance(cfg.p_blur_per_channel, (b, c))
@@ -128,25 +154,48 @@ class Augmenter:
         inverted_gamma_value = _gamma_values(g, (b, c), cfg.gamma_range)
         gamma = chance(cfg.p_gamma)
         gamma_value = _gamma_values(g, (b, c), cfg.gamma_range)
-        mirror = chance(cfg.p_mirror, (b, d))
+        mirror_flags = chance(cfg.p_mirror, (b, d))
         allowed = torch.zeros(d, dtype=torch.bool)
         allowed[list(self.mirror_axes)] = True
+
+        morphology = chance(cfg.p_seg_morphology)[:, None] & chance(cfg.p_seg_morphology_per_class, (b, k))
+        morphology_op = torch.floor(_rand(g, (b, k)) * 4).long().clamp_(max=3)
+        morphology_radius = _uniform(g, (b, k), cfg.seg_morphology_radius)
+        morphology_order = torch.argsort(_rand(g, (b, k)), dim=1)
+        removal = chance(cfg.p_seg_component_removal)[:, None] & chance(cfg.p_seg_component_removal_per_class, (b, k))
+        removal_pick = _rand(g, (b, k))
         return AugmentationParams(
             spatial=rotate | scaled, matrix=matrix, rotate=rotate, scale=scale,
             noise=noise, noise_std=noise_std, noise_seed=noise_seed,
             blur=blur, blur_sigma=blur_sigma, brightness=brightness, brightness_factor=brightness_factor,
             contrast=contrast, contrast_factor=contrast_factor, lowres=lowres, lowres_zoom=lowres_zoom,
             inverted_gamma=inverted_gamma, inverted_gamma_value=inverted_gamma_value,
-            gamma=gamma, gamma_value=gamma_value, mirror=mirror & allowed,
+            gamma=gamma, gamma_value=gamma_value, mirror=mirror_flags & allowed,
+            seg_morphology=morphology, seg_morphology_op=morphology_op, seg_morphology_radius=morphology_radius,
+            seg_morphology_order=morphology_order, seg_component_removal=removal, seg_component_pick=removal_pick,
         )
+
+    def draw_for(self, total_channels: int, batch_size: int, generator: torch.Generator) -> AugmentationParams:
+        """:meth:`draw` for a batch of ``total_channels`` (image + one-hot) channels."""
+        images = self.image_channels(total_channels)
+        return self.draw(batch_size, images, generator, seg_channels=total_channels - images)
+
+    def image_channels(self, total_channels: int) -> int:
+        n = self.intensity_channels
+        return total_channels if n is None else min(n, total_channels)
+
+    def read_boxes(self, params: AugmentationParams) -> np.ndarray:
+        """[B, d, 2] the box each sample must read (relative to its patch's lower corner, upper
+        exclusive): its patch without rotation/scaling, else the voxels its transform samples,
+        clipped to the reference's read region."""
+        return needed_boxes(params.spatial, params.matrix, self.patch_size, self.read_region, self.per_slice)
 
     # ------------------------------------------------------------------ apply
     def __call__(
         self, image: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self._to_device(image, label)
-        channels = image.shape[1] if self.intensity_channels is None else min(self.intensity_channels, image.shape[1])
-        params = self.draw(image.shape[0], channels, generator)
+        params = self.draw_for(image.shape[1], image.shape[0], generator)
         return self.apply(image, label, params)
 
     def apply(
@@ -154,12 +203,41 @@ class Augmenter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic: the same inputs and parameters always give the same outputs."""
         image, label = self._to_device(image, label)
-        image, label = warp(image, label, params.spatial, params.matrix, self.patch_size, self.per_slice)
-        image, label = mirror(image, label, params.mirror)
-        n = self.intensity_channels
-        if n is None or n >= image.shape[1]:
-            return apply_intensity(image, params, self.per_slice), label
-        return torch.cat([apply_intensity(image[:, :n], params, self.per_slice), image[:, n:]], dim=1), label
+        lower = [-((r - p) // 2) for r, p in zip(image.shape[2:], self.patch_size)]
+        return self.apply_boxes(list(image), list(label), [lower] * image.shape[0], params)
+
+    def apply_boxes(
+        self,
+        images: Sequence[torch.Tensor | np.ndarray],
+        labels: Sequence[torch.Tensor | np.ndarray],
+        lowers: Sequence[Sequence[int]] | np.ndarray,
+        params: AugmentationParams,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample inputs: image [C, *box_b], label [1, *box_b], the box's lower corner relative
+        to the patch's lower corner (:meth:`read_boxes`); they may differ in size per sample."""
+        n_images = None
+        out_images, out_labels = [], []
+        for b, (image, label) in enumerate(zip(images, labels)):
+            image = torch.as_tensor(image).to(self.device, torch.float32, non_blocking=True)
+            label = torch.as_tensor(label).to(self.device, non_blocking=True)
+            if image.dim() != self.dimension + 1 or label.shape != (1, *image.shape[1:]):
+                raise SelfUNetError(
+                    f"augmentation: sample {b}: image {tuple(image.shape)} and label {tuple(label.shape)} are not "
+                    f"[C, *box] and [1, *box] with {self.dimension} spatial axes."
+                )
+            n_images = self.image_channels(image.shape[0])
+            matrix = params.matrix[b] if bool(params.spatial[b]) else None
+            out_image, out_label = warp_sample(image, label, [int(v) for v in lowers[b]], matrix, self.patch_size,
+                                               self.per_slice, n_images)
+            out_images.append(out_image)
+            out_labels.append(out_label)
+        image, label = mirror(torch.stack(out_images), torch.stack(out_labels), params.mirror)
+        n = n_images if n_images is not None else image.shape[1]
+        parts = [apply_intensity(image[:, :n], params, self.per_slice)]
+        if n < image.shape[1]:
+            parts.append(perturb_segmentation(image[:, n:], params, self.config.seg_component_max_fraction))
+        image = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return zero_outside_mask(image, label, self.mask_channels), label
 
     def center_crop(
         self, image: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray
@@ -186,6 +264,6 @@ class Augmenter:
         if any(r < p for r, p in zip(image.shape[2:], self.patch_size)):
             raise SelfUNetError(
                 f"augmentation: input patch {tuple(image.shape[2:])} is smaller than the patch size "
-                f"{self.patch_size}; read at least enlarged_patch_size(patch_size)."
+                f"{self.patch_size}; read at least read_patch_size(patch_size)."
             )
         return image, label

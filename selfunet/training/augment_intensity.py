@@ -159,3 +159,15 @@ def _gamma(x: torch.Tensor, gamma: torch.Tensor, invert: bool) -> torch.Tensor:
     if invert:
         out = -out
     return out.reshape(x.shape)
+
+
+def zero_outside_mask(image: torch.Tensor, label: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
+    """Channels normalized inside the non-zero mask are 0 outside it at inference; after the
+    transforms (noise, blur, ... spread values there) they are set back to exactly 0 wherever the
+    label is negative (outside the mask, or outside the image), as the reference does."""
+    if not channels:
+        return image
+    outside = label < 0  # [B, 1, *spatial]
+    index = torch.tensor(channels, device=image.device)
+    masked = image.index_select(1, index).masked_fill(outside, 0.0)
+    return image.index_copy(1, index, masked)

@@ -1,18 +1,23 @@
 """Spatial augmentation: rotation, scaling, the read patch they need, and mirroring.
 
-All spatial transforms of a batch (rotation, scaling, crop from the enlarged read patch to the
-patch size) are one coordinate grid and one ``grid_sample`` per tensor (image linear, label
-nearest, so the ignore value -1 survives). Samples without rotation/scaling are cropped by
-slicing, which is exact and free. Mirroring is an exact flip.
+How a sample is moved (the reference method's rules, SPEC section 3):
 
-Strongly anisotropic 3D patches (max edge > ``anisotropy_ratio`` x the first axis) are rotated
-and scaled in-plane only, as one batched 2D ``grid_sample`` over all slices, so slices are never
-mixed (the reference method's "dummy 2D" augmentation; the in-plane rotation then uses the 2D
-angle range).
+* rotation and scaling are one affine map from the output patch (offsets from its centre) to
+  input voxels, applied with one ``grid_sample`` per sample: image channels linear, the label and
+  the cascade's one-hot channels nearest (they stay labels / one-hot). Samples without rotation or
+  scaling are cropped by slicing, which is exact and free. Mirroring is an exact flip.
+* what lies outside the region the reference would have read (:func:`read_patch_size`) is
+  zero-filled: image 0, label -1 (outside the non-zero mask: background for the loss, and the
+  mask for channels normalized inside it).
+* strongly anisotropic 3D patches (max edge > ``anisotropy_ratio`` x the first axis) are rotated
+  and scaled in-plane only, one 2D warp over all slices, so slices are never mixed (the reference's
+  "dummy 2D" augmentation).
 
-Scale convention: a scale factor ``s`` magnifies the content by ``s``; ``s = 0.7`` shows a region
-1/0.7 times larger than the patch, which is why the sampler reads an enlarged patch
-(:func:`enlarged_patch_size`).
+Reading only what a sample needs: the parameters of a batch are drawn before it is read, so the
+sampler reads, per sample, the bounding box of the voxels its transform samples
+(:func:`needed_boxes`), clipped to the reference's read region. The result equals reading the
+whole read region (everything outside the box would be zero-filled or never sampled), but a sample
+without rotation or scaling (64 % of them at the default probabilities) reads just its patch.
 """
 
 from __future__ import annotations
@@ -26,81 +31,115 @@ import torch
 import torch.nn.functional as F
 
 from selfunet.errors import SelfUNetError
-from selfunet.training.augment_config import AugmentationConfig, Range
+from selfunet.training.augment_config import AugmentationConfig
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+
+
+def _plane_rotation(n: int, i: int, j: int, c: np.ndarray, s: np.ndarray) -> np.ndarray:
+    rot = np.broadcast_to(np.eye(n), (c.shape[0], n, n)).copy()
+    rot[:, i, i], rot[:, i, j], rot[:, j, i], rot[:, j, j] = c, -s, s, c
+    return rot
 
 
 def rotation_matrices(angles: np.ndarray) -> np.ndarray:
     """Rotation matrices for angles [N, k] (radians): k=1 -> 2D, k=3 -> 3D.
 
-    3D: R = R_0(a_0) @ R_1(a_1) @ R_2(a_2), where R_k rotates in the plane of the two axes other
-    than k. The augmenter and :func:`enlarged_patch_size` both use this one definition.
+    3D: R = R_2(a_2) @ R_1(a_1) @ R_0(a_0), where R_k rotates in the plane of the two axes other
+    than k: the reference's composition order (about the last axis last), so the distribution of
+    the combined rotation is the reference's.
     """
     angles = np.asarray(angles, dtype=np.float64)
-    n = angles.shape[0]
     if angles.shape[1] == 1:
-        c, s = np.cos(angles[:, 0]), np.sin(angles[:, 0])
-        return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], 1)
-    result = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+        return _plane_rotation(2, 0, 1, np.cos(angles[:, 0]), np.sin(angles[:, 0]))
+    result = np.broadcast_to(np.eye(3), (angles.shape[0], 3, 3)).copy()
     for axis in range(3):
         i, j = [a for a in range(3) if a != axis]
-        c, s = np.cos(angles[:, axis]), np.sin(angles[:, axis])
-        rot = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
-        rot[:, i, i], rot[:, i, j], rot[:, j, i], rot[:, j, j] = c, -s, s, c
-        result = result @ rot
+        result = _plane_rotation(3, i, j, np.cos(angles[:, axis]), np.sin(angles[:, axis])) @ result
     return result
 
 
-def _max_half_extent(patch: Sequence[int], degrees: Range, min_scale: float) -> np.ndarray:
-    """Upper bound of the half extent (voxels, per axis) of the rotated, scaled patch.
+def _turned(extent: np.ndarray, grow: int, partner: int, angle: float) -> np.ndarray:
+    """The patch's extent vector turned by ``angle`` in the plane (grow, partner), with the sign
+    convention of the reference's read-patch rule (the ``grow`` component gains)."""
+    out = extent.copy()
+    c, s = math.cos(angle), math.sin(angle)
+    out[grow] = extent[grow] * c + extent[partner] * s
+    out[partner] = extent[partner] * c - extent[grow] * s
+    return np.abs(out)
 
-    The exact maximum over the angle box is hard to write in closed form for 3 angles, so it is
-    the maximum over a grid of angles plus a rigorous bound of the grid error (an entry of R
-    changes by at most the sum of the angle changes), capped by the patch's half diagonal (no
-    rotation can exceed it). Over-estimating costs a few voxels of reading; under-estimating would
-    show empty corners.
-    """
-    half = (np.asarray(patch, dtype=np.float64) - 1.0) / 2.0 / min_scale
-    k = 1 if len(patch) == 2 else 3
-    lo, hi = (math.radians(d) for d in degrees)
-    if hi - lo <= 0:
-        return half
-    step = math.radians(0.05 if k == 1 else 1.0)
-    count = math.ceil((hi - lo) / step) + 1
-    values = np.linspace(lo, hi, count)
-    actual_step = (hi - lo) / (count - 1)
-    grids = np.stack(np.meshgrid(*([values] * k), indexing="ij"), -1).reshape(-1, k)
-    extent = np.abs(rotation_matrices(grids)) @ half  # [N, d]
-    bound = extent.max(0) + k * actual_step / 2 * np.linalg.norm(half)
-    return np.minimum(np.maximum(bound, half), np.linalg.norm(half))
+
+#: (grow, partner) planes of the rule: 3D about axis 0, 1, 2 in turn; 2D the one plane.
+_RULE_PLANES = {3: ((1, 2), (2, 0), (0, 1)), 2: ((0, 1),)}
 
 
 @functools.lru_cache(maxsize=64)
-def _enlarged(patch: tuple[int, ...], config: AugmentationConfig) -> tuple[int, ...]:
-    min_scale = min(config.scale_range[0], 1.0) if config.p_scaling > 0 else 1.0
-    if len(patch) == 3 and config.uses_per_slice(patch):
-        degrees = config.rotation_degrees_2d if config.p_rotation > 0 else (0.0, 0.0)
-        half = np.concatenate([[(patch[0] - 1) / 2], _max_half_extent(patch[1:], degrees, min_scale)])
-    else:
-        degrees = config.rotation_degrees_3d if len(patch) == 3 else config.rotation_degrees_2d
-        degrees = degrees if config.p_rotation > 0 else (0.0, 0.0)
-        half = _max_half_extent(patch, degrees, min_scale)
-    out = []
-    for p, h in zip(patch, half):
-        r = max(p, math.ceil(1 + 2 * h - 1e-6))
-        r += (r - p) % 2  # even margin: the unaugmented centre crop is an exact integer shift
-        out.append(int(r))
-    return tuple(out)
+def _read_patch(patch: tuple[int, ...], config: AugmentationConfig) -> tuple[int, ...]:
+    extent = np.asarray(patch, dtype=np.float64)
+    if config.p_rotation > 0:
+        lo, hi = config.rotation_degrees(patch)
+        angle = math.radians(min(max(abs(lo), abs(hi)), config.read_rotation_cap_degrees))
+        bound = extent.copy()
+        for grow, partner in _RULE_PLANES[len(patch)]:
+            bound = np.maximum(bound, _turned(extent, grow, partner, angle))
+        extent = bound
+    if config.p_scaling > 0:
+        extent = extent / min(config.read_scale_range)
+    read = [max(int(e), p) for e, p in zip(extent, patch)]  # truncation, as the reference does
+    if config.uses_per_slice(patch):
+        read[0] = patch[0]
+    return tuple(read)
 
 
-def enlarged_patch_size(patch_size: Sequence[int], config: AugmentationConfig | None = None) -> tuple[int, ...]:
-    """The patch the sampler must read so rotation and scaling never show empty corners.
+def read_patch_size(patch_size: Sequence[int], config: AugmentationConfig | None = None) -> tuple[int, ...]:
+    """The region the reference reads around a patch (its "initial patch size"; SPEC section 3).
 
-    Each axis grows by an even number of voxels, so the unaugmented centre crop is exact.
+    The patch's extent vector is turned by the largest rotation angle (at most
+    ``read_rotation_cap_degrees``) about each axis in turn, the per-axis maximum is kept and
+    divided by the smallest of ``read_scale_range`` (0.85, not the 0.7 the transform uses); per-slice
+    patches keep their first axis. Rotations and zooms reaching beyond it see zero-filled corners.
     """
     patch = tuple(int(p) for p in patch_size)
     if len(patch) not in (2, 3) or min(patch) < 1:
         raise SelfUNetError(f"augmentation: patch size {list(patch_size)} must have 2 or 3 positive entries.")
-    return _enlarged(patch, config or AugmentationConfig())
+    return _read_patch(patch, config or AugmentationConfig())
+
+
+def read_region(patch_size: Sequence[int], config: AugmentationConfig | None = None) -> np.ndarray:
+    """[d, 2] lower (inclusive) and upper (exclusive) bounds of the read region, in voxels relative
+    to the patch's lower corner (the patch sits at its centre, the lower margin the smaller)."""
+    patch = np.asarray(patch_size, dtype=np.int64)
+    read = np.asarray(read_patch_size(patch_size, config), dtype=np.int64)
+    low = -((read - patch) // 2)
+    return np.stack([low, low + read], axis=1)
+
+
+def needed_boxes(
+    spatial: torch.Tensor, matrix: torch.Tensor, patch_size: Sequence[int], region: np.ndarray, per_slice: bool
+) -> np.ndarray:
+    """[B, d, 2] per-sample boxes (relative to the patch's lower corner, upper exclusive) holding
+    every voxel the sample's transform reads, clipped to ``region`` (:func:`read_region`).
+
+    A sample without rotation/scaling needs exactly its patch. Otherwise the transformed corners of
+    the patch bound the sampled points (an affine map of a box), widened to whole voxels so every
+    linear-interpolation neighbour is inside.
+    """
+    patch = np.asarray(patch_size, dtype=np.float64)
+    b, d = spatial.shape[0], len(patch_size)
+    boxes = np.zeros((b, d, 2), dtype=np.int64)
+    boxes[:, :, 1] = np.asarray(patch_size, dtype=np.int64)
+    first = 1 if per_slice else 0
+    plane = patch[first:]
+    half = (plane - 1) / 2
+    corners = np.array(np.meshgrid(*[[-1.0, 1.0]] * len(plane), indexing="ij")).reshape(len(plane), -1).T * half
+    for i in np.flatnonzero(spatial.numpy()):
+        points = corners @ matrix[i].numpy().T + half  # [2^k, k] relative to the patch's lower corner
+        low = np.floor(points.min(0) - 1e-3).astype(np.int64)
+        high = np.ceil(points.max(0) + 1e-3).astype(np.int64) + 1
+        boxes[i, first:, 0] = np.clip(low, region[first:, 0], region[first:, 1] - 1)
+        boxes[i, first:, 1] = np.clip(high, boxes[i, first:, 0] + 1, region[first:, 1])
+    return boxes
 
 
 @functools.lru_cache(maxsize=16)
@@ -111,77 +150,73 @@ def _centred_offsets(patch: tuple[int, ...]) -> torch.Tensor:
 
 
 def sampling_grid(
-    matrix: torch.Tensor, read: Sequence[int], patch: Sequence[int], device: torch.device
+    matrix: torch.Tensor, lower: Sequence[int], size: Sequence[int], patch: Sequence[int], device: torch.device
 ) -> torch.Tensor:
-    """Normalised sampling grid [N, *patch, k] (align_corners=True, last dim in x, y, z order)."""
+    """Normalised sampling grid [N, *patch, k] (align_corners=True, last dim in x, y, z order) of an
+    input box of ``size`` voxels whose first voxel lies at ``lower`` relative to the patch's lower
+    corner: input voxel = patch centre + matrix @ offset - lower."""
     k = len(patch)
     offsets = _centred_offsets(tuple(patch)).to(device)  # [V, k]
-    centre = torch.tensor([(r - 1) / 2 for r in read], dtype=torch.float32, device=device)
-    norm = torch.tensor([2.0 / (r - 1) if r > 1 else 0.0 for r in read], dtype=torch.float32, device=device)
-    # input = centre + A @ offset, normalised: (centre + A @ offset) * norm - 1 (or 0 for size 1)
+    centre = torch.tensor([(p - 1) / 2 - lo for p, lo in zip(patch, lower)], dtype=torch.float32, device=device)
+    norm = torch.tensor([2.0 / (s - 1) if s > 1 else 0.0 for s in size], dtype=torch.float32, device=device)
+    # normalised: (centre + A @ offset) * norm - 1 (or 0 for size 1)
     scaled = (matrix.to(torch.float32).to(device) * norm[None, :, None]).transpose(1, 2)
     grid = torch.matmul(offsets, scaled) + (centre * norm - (norm > 0).to(torch.float32))
     return grid.flip(-1).reshape(matrix.shape[0], *patch, k)
 
 
 def crop_slices(read: Sequence[int], patch: Sequence[int]) -> tuple[slice, ...]:
-    """Slices of the central ``patch`` of a [B, C, *read] tensor."""
+    """Slices of the central ``patch`` of a [B, C, *read] tensor (the read region's placement)."""
     starts = [(r - p) // 2 for r, p in zip(read, patch)]
     return (slice(None), slice(None), *(slice(s, s + p) for s, p in zip(starts, patch)))
 
 
-def warp(
+def warp_sample(
     image: torch.Tensor,
     label: torch.Tensor,
-    spatial: torch.Tensor,
-    matrix: torch.Tensor,
+    lower: Sequence[int],
+    matrix: torch.Tensor | None,
     patch: Sequence[int],
     per_slice: bool,
+    intensity_channels: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate/scale the samples flagged in ``spatial`` [B] by ``matrix`` [B, k, k] and crop the
-    central ``patch``; the others are cropped exactly. Image linear, label nearest."""
-    patch = tuple(patch)
+    """One sample: image [C, *box] float, label [1, *box] integer, the box's lower corner relative
+    to the patch's lower corner, and the affine ``matrix`` [k, k] (None: no rotation/scaling).
+
+    Returns image [C, *patch] and label [1, *patch] int64. Channels from ``intensity_channels`` on
+    (the cascade's one-hot segmentation) are moved like the label: nearest, zero outside.
+    """
+    patch = tuple(int(p) for p in patch)
+    if matrix is None:
+        sl = tuple(slice(-int(lo), -int(lo) + p) for lo, p in zip(lower, patch))
+        if any(s.start < 0 or s.stop > n for s, n in zip(sl, image.shape[1:])):
+            raise SelfUNetError(
+                f"augmentation: input box {tuple(image.shape[1:])} at {list(lower)} does not hold the patch {patch}."
+            )
+        out_label = label[(slice(None), *sl)].to(torch.int64, copy=True)
+        return image[(slice(None), *sl)].clone(memory_format=torch.contiguous_format), out_label
     device = image.device
-    read = image.shape[2:]
-    sl = crop_slices(read, patch)
-    # copies: the inputs may share memory with the sampler's numpy batch and must not change
-    out_image = image[sl].clone(memory_format=torch.contiguous_format)
-    out_label = label[sl].to(torch.int64, copy=True)
-    chosen = torch.nonzero(spatial).flatten()
-    if chosen.numel() == 0:
-        return out_image, out_label
-    idx = chosen.to(device)
-    if chosen.numel() == image.shape[0]:  # the whole batch: no gather copy of the read patch
-        sub_image, sub_label = image, label.to(torch.float32)
-    else:
-        sub_image, sub_label = image.index_select(0, idx), label.index_select(0, idx).to(torch.float32)
-    matrix = matrix.index_select(0, chosen)
+    n = intensity_channels
+    # nearest-sampled part: label + 1 (so the zero padding reads as -1) and the one-hot channels
+    discrete = torch.cat([label.to(torch.float32) + 1, image[n:]], 0)
+    continuous = image[:n]
     if per_slice:
-        # in-plane only: crop axis 0 first, then one 2D warp over all (sample, slice) pairs
-        z0 = (read[0] - patch[0]) // 2
-        pz = patch[0]
-        n = chosen.numel()
+        z0, pz = -int(lower[0]), patch[0]
+        grid = sampling_grid(matrix[None], lower[1:], image.shape[2:], patch[1:], device).expand(pz, *patch[1:], 2)
 
-        def flat(x: torch.Tensor) -> torch.Tensor:
-            x = x[:, :, z0 : z0 + pz].transpose(1, 2)
-            return x.reshape(n * pz, x.shape[2], *x.shape[3:])
-
-        grid = sampling_grid(matrix, read[1:], patch[1:], device)
-        grid = grid.repeat_interleave(pz, dim=0)
-        warped_image = F.grid_sample(flat(sub_image), grid, "bilinear", "border", align_corners=True)
-        warped_label = F.grid_sample(flat(sub_label), grid, "nearest", "border", align_corners=True)
-
-        def unflat(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(n, pz, x.shape[1], *x.shape[2:]).transpose(1, 2)
-
-        warped_image, warped_label = unflat(warped_image), unflat(warped_label)
+        def run(x: torch.Tensor, mode: str) -> torch.Tensor:
+            slices = x[:, z0 : z0 + pz].transpose(0, 1)  # [pz, C, H, W]
+            return F.grid_sample(slices, grid, mode, "zeros", align_corners=True).transpose(0, 1)
     else:
-        grid = sampling_grid(matrix, read, patch, device)
-        warped_image = F.grid_sample(sub_image, grid, "bilinear", "border", align_corners=True)
-        warped_label = F.grid_sample(sub_label, grid, "nearest", "border", align_corners=True)
-    out_image[idx] = warped_image
-    out_label[idx] = torch.round(warped_label).to(torch.int64)
-    return out_image, out_label
+        grid = sampling_grid(matrix[None], lower, image.shape[1:], patch, device)
+
+        def run(x: torch.Tensor, mode: str) -> torch.Tensor:
+            return F.grid_sample(x[None], grid, mode, "zeros", align_corners=True)[0]
+
+    warped = run(continuous, "bilinear") if n > 0 else continuous.new_zeros((0, *patch))
+    moved = run(discrete, "nearest")
+    out_label = torch.round(moved[:1]).to(torch.int64) - 1
+    return torch.cat([warped, moved[1:]], 0), out_label
 
 
 def mirror(image: torch.Tensor, label: torch.Tensor, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

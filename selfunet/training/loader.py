@@ -1,9 +1,13 @@
-"""Compute training batches ahead of time in background threads.
+"""Compute training batches ahead of time in background workers: threads or processes.
 
-Threads, not processes: reading memory-mapped arrays, numpy copies and torch kernels release
-the GIL, so a thread overlaps with the training step without pickling batches between processes
-(measured in ``bench/bench_augment.py``). Because a batch is a pure function of its index (see
-:mod:`selfunet.training.sampling`), workers may finish out of order; the loader still yields in order.
+Threads (the default): reading memory-mapped arrays, numpy copies and torch kernels release the
+GIL, so a thread overlaps with the training step without pickling batches between processes
+(measured in ``bench/bench_augment.py``). Processes (:class:`ProcessLoader`, torch's own
+``DataLoader`` machinery) where the Python part of producing a batch becomes the bottleneck, e.g.
+many workers feeding a fast GPU; there torch's pin-memory thread page-locks each batch in the
+main process, so host-to-GPU copies can run asynchronously. Because a batch is a pure function of
+its index (see :mod:`selfunet.training.sampling`), workers may finish out of order; both loaders
+still yield in order.
 
 Guarantees: at most ``max(prefetch, num_workers)`` items are computed (or being computed) ahead
 of the consumer, so memory stays bounded; a worker's exception is re-raised in the consumer at
@@ -14,12 +18,16 @@ for them.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
 import traceback
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
+
+import torch.utils.data
 
 from selfunet.errors import SelfUNetError
 
@@ -140,3 +148,89 @@ class BackgroundLoader(Generic[T]):
             with cond:
                 self._closed = True
                 cond.notify_all()
+
+
+class _IndicesFrom(torch.utils.data.Sampler[int]):
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start)
+
+
+class _Produced(torch.utils.data.Dataset):
+    def __init__(self, produce: Callable[[int], object]) -> None:
+        self.produce = produce
+
+    def __getitem__(self, index: int) -> object:
+        return self.produce(index)
+
+
+class ProcessLoader(Generic[T]):
+    """Like :class:`BackgroundLoader`, in ``num_workers`` worker processes (torch's ``DataLoader``).
+
+    ``produce`` must be picklable where the start method is not ``fork``. ``pin_memory``: every
+    item is page-locked in the main process (items with a ``pin_memory()`` method, tensors, and
+    containers of them), so ``.to("cuda", non_blocking=True)`` does not block the host.
+    """
+
+    def __init__(
+        self,
+        produce: Callable[[int], T],
+        start_index: int,
+        prefetch: int = 2,
+        num_workers: int = 1,
+        pin_memory: bool = False,
+    ) -> None:
+        if prefetch < 1 or num_workers < 1:
+            raise SelfUNetError(
+                f"process loader: prefetch ({prefetch}) and num_workers ({num_workers}) must be >= 1."
+            )
+        self._loader = torch.utils.data.DataLoader(
+            _Produced(produce), batch_size=None, sampler=_IndicesFrom(start_index), num_workers=num_workers,
+            prefetch_factor=max(1, math.ceil(prefetch / num_workers)), pin_memory=pin_memory,
+        )
+        self._iterator: Iterator[T] | None = iter(self._loader)
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._iterator is None:
+            raise StopIteration
+        return next(self._iterator)
+
+    def close(self) -> None:
+        """Stop the worker processes (torch's iterator shuts them down when released)."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+    def __enter__(self) -> ProcessLoader[T]:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+LoaderMode = Literal["thread", "process"]
+
+
+def open_loader(
+    produce: Callable[[int], T],
+    start_index: int,
+    prefetch: int,
+    num_workers: int,
+    mode: LoaderMode = "thread",
+    pin_memory: bool = False,
+) -> BackgroundLoader[T] | ProcessLoader[T]:
+    """The loader ``mode`` names. Threads pin nothing themselves: their ``produce`` allocates
+    page-locked memory directly where wanted (no extra copy)."""
+    if mode == "thread":
+        return BackgroundLoader(produce, start_index, prefetch=prefetch, num_workers=num_workers)
+    if mode == "process":
+        return ProcessLoader(produce, start_index, prefetch=prefetch, num_workers=num_workers, pin_memory=pin_memory)
+    raise SelfUNetError(f"loader mode must be 'thread' or 'process', got {mode!r}.")

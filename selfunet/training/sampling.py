@@ -10,8 +10,12 @@ image is padded with 0 (the value of the normalised background outside the non-z
 the label with -1, the *ignore* value that preprocessing also gives voxels outside the crop mask:
 the loss must not count those voxels.
 
-Patches are read at ``read_patch_size`` (by default :func:`selfunet.training.augment.enlarged_patch_size`),
-centred where the final patch should be; the augmenter rotates/scales and crops the centre.
+Two ways to read a batch: :meth:`PatchSampler.sample_batch` reads a fixed ``read_patch_size``
+(by default the reference's rule, :func:`selfunet.training.augment_spatial.read_patch_size`) around
+each patch, centred where the final patch should be; :meth:`PatchSampler.sample_boxes` reads, per
+sample, the box the sample's drawn augmentation needs (relative to the same patch location), so a
+sample that is not rotated or scaled reads only its patch. Both choose cases and locations from the
+same random numbers, so a batch's patches lie at the same places either way.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from selfunet.errors import SelfUNetError
-from selfunet.training.augment import AugmentationConfig, enlarged_patch_size
+from selfunet.training.augment_config import AugmentationConfig
+from selfunet.training.augment_spatial import read_patch_size as reference_read_patch_size
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,36 @@ class Batch:
     configurations entry 0 is the slice index."""
     foreground_forced: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     """[B] whether the sample was centred on a foreground voxel."""
+
+
+@dataclass
+class BoxBatch:
+    """One mini-batch read as per-sample boxes (:meth:`PatchSampler.sample_boxes`)."""
+
+    images: list[torch.Tensor]
+    """float32 [C, *box_b] per sample."""
+    labels: list[torch.Tensor]
+    """int8 (or wider) [1, *box_b] per sample; -1 outside the image."""
+    lowers: np.ndarray
+    """[B, d] lower corner of each box relative to its patch's lower corner."""
+    case_ids: list[str]
+    patch_corners: np.ndarray
+    """[B, 3] lower corner of each final patch in the case's voxel grid (2D: entry 0 = slice)."""
+    foreground_forced: np.ndarray
+
+    @property
+    def voxels(self) -> int:
+        """Voxels read (all channels and the label), for benchmarks."""
+        return sum(int(i.numel()) + int(lab.numel()) for i, lab in zip(self.images, self.labels))
+
+    def pin_memory(self) -> BoxBatch:
+        """Page-locked copies, so host-to-GPU copies can be asynchronous (torch's loader calls this)."""
+        return BoxBatch([i.pin_memory() for i in self.images], [lab.pin_memory() for lab in self.labels],
+                        self.lowers, self.case_ids, self.patch_corners, self.foreground_forced)
+
+
+def _allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -90,7 +126,7 @@ class PatchSampler:
         self.batch_size = int(batch_size)
         self.oversample_foreground = float(oversample_foreground)
         if read_patch_size is None:
-            read_patch_size = enlarged_patch_size(self.patch_size, AugmentationConfig())
+            read_patch_size = reference_read_patch_size(self.patch_size, AugmentationConfig())
         self.read_patch_size = tuple(int(p) for p in read_patch_size)
         if len(self.read_patch_size) != dimension or any(
             r < p for r, p in zip(self.read_patch_size, self.patch_size)
@@ -161,18 +197,12 @@ class PatchSampler:
         return min(self.batch_size, max(1, round(self.batch_size * self.oversample_foreground)))
 
     # ------------------------------------------------------------------ sampling
-    def sample_batch(self, seed: int, batch_index: int) -> Batch:
-        """Batch ``batch_index`` of the run seeded ``seed``; the same arguments give the same batch."""
-        rng = np.random.default_rng([int(seed), int(batch_index)])
-        b, read = self.batch_size, self.read_patch_size
+    def _locate(self, rng: np.random.Generator) -> list[tuple[_Case, np.ndarray, bool]]:
+        """Case, patch lower corner (3 entries) and foreground flag of every sample of a batch."""
         channels = self.num_channels
-        image = np.zeros((b, channels, *read), dtype=np.float32)
-        label = np.full((b, 1, *read), IGNORE_LABEL, dtype=self.label_dtype)
-        corners = np.zeros((b, 3), dtype=np.int64)
-        forced = np.zeros(b, dtype=bool)
-        case_ids = []
-        first_fg = b - self.num_foreground_samples
-        for i in range(b):
+        first_fg = self.batch_size - self.num_foreground_samples
+        located = []
+        for i in range(self.batch_size):
             case = self.cases[int(rng.integers(len(self.cases)))]
             if case.channels != channels:
                 raise SelfUNetError(
@@ -180,11 +210,60 @@ class PatchSampler:
                     f"{channels}; all cases of a preprocessed folder must have the same channels."
                 )
             voxel = self._foreground_voxel(case, rng) if i >= first_fg else None
-            forced[i] = voxel is not None
-            corners[i] = self._lower_corner(case.shape, voxel, rng)
-            self._read(case, corners[i], image[i], label[i])
-            case_ids.append(case.case_id)
-        return Batch(image, label, case_ids, corners, forced)
+            located.append((case, self._patch_corner(case.shape, voxel, rng), voxel is not None))
+        return located
+
+    def _box_corner(self, patch_corner: np.ndarray, lower: np.ndarray) -> np.ndarray:
+        corner = patch_corner.copy()
+        corner[3 - self.dimension :] += lower
+        return corner
+
+    def sample_batch(self, seed: int, batch_index: int) -> Batch:
+        """Batch ``batch_index`` of the run seeded ``seed`` at the fixed read patch size; the same
+        arguments give the same batch."""
+        rng = np.random.default_rng([int(seed), int(batch_index)])
+        b, read = self.batch_size, self.read_patch_size
+        image = np.zeros((b, self.num_channels, *read), dtype=np.float32)
+        label = np.full((b, 1, *read), IGNORE_LABEL, dtype=self.label_dtype)
+        corners = np.zeros((b, 3), dtype=np.int64)
+        lower = -((np.asarray(read) - np.asarray(self.patch_size)) // 2)
+        located = self._locate(rng)
+        for i, (case, patch_corner, _) in enumerate(located):
+            corners[i] = self._box_corner(patch_corner, lower)
+            self._read(case, corners[i], read, image[i], label[i])
+        forced = np.array([f for _, _, f in located], dtype=bool)
+        return Batch(image, label, [c.case_id for c, _, _ in located], corners, forced)
+
+    def sample_boxes(
+        self, seed: int, batch_index: int, boxes: np.ndarray, allocate: Callable[..., torch.Tensor] = _allocate
+    ) -> BoxBatch:
+        """Batch ``batch_index`` read as per-sample ``boxes`` [B, d, 2] (lower inclusive, upper
+        exclusive, relative to each patch's lower corner; e.g. ``Augmenter.read_boxes``). Cases and
+        patch locations are those of :meth:`sample_batch` with the same arguments. ``allocate(shape,
+        dtype)`` makes the output tensors (e.g. in page-locked memory on CUDA machines)."""
+        boxes = np.asarray(boxes, dtype=np.int64)
+        if boxes.shape != (self.batch_size, self.dimension, 2) or (boxes[..., 1] <= boxes[..., 0]).any():
+            raise SelfUNetError(
+                f"sampler: boxes of shape {boxes.shape} must be [{self.batch_size}, {self.dimension}, 2] "
+                f"with lower < upper."
+            )
+        rng = np.random.default_rng([int(seed), int(batch_index)])
+        label_dtype = torch.from_numpy(np.zeros(0, dtype=self.label_dtype)).dtype
+        images, labels, corners = [], [], np.zeros((self.batch_size, 3), dtype=np.int64)
+        located = self._locate(rng)
+        for i, (case, patch_corner, _) in enumerate(located):
+            size = tuple(int(s) for s in boxes[i, :, 1] - boxes[i, :, 0])
+            image = allocate((self.num_channels, *size), torch.float32)
+            label = allocate((1, *size), label_dtype)
+            image_np, label_np = image.numpy(), label.numpy()
+            image_np.fill(0)
+            label_np.fill(IGNORE_LABEL)
+            self._read(case, self._box_corner(patch_corner, boxes[i, :, 0]), size, image_np, label_np)
+            images.append(image)
+            labels.append(label)
+            corners[i] = patch_corner
+        forced = np.array([f for _, _, f in located], dtype=bool)
+        return BoxBatch(images, labels, boxes[:, :, 0].copy(), [c.case_id for c, _, _ in located], corners, forced)
 
     def _foreground_voxel(self, case: _Case, rng: np.random.Generator) -> np.ndarray | None:
         """A random stored voxel of a random present class, or None when the case has none."""
@@ -197,14 +276,14 @@ class PatchSampler:
             return None
         return np.asarray(coords[int(rng.integers(coords.shape[0]))], dtype=np.int64)
 
-    def _lower_corner(self, shape: tuple[int, ...], voxel: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        """Lower corner of the read patch (3 entries; for 2D entry 0 is the slice).
+    def _patch_corner(self, shape: tuple[int, ...], voxel: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        """Lower corner of the final patch (3 entries; for 2D entry 0 is the slice).
 
-        The *final* patch (the centre of the read patch) is kept inside the image where the image
-        is large enough, and placed at a random offset that still covers the whole image where it is
-        smaller, as the reference implementation does; the enlarged margin around it may leave the
-        image (padded). A foreground voxel becomes the patch centre, then the same bounds apply, which
-        keeps the voxel inside the final patch.
+        The patch is kept inside the image where the image is large enough, and placed at a random
+        offset that still covers the whole image where it is smaller, as the reference
+        implementation does; the read margin around it may leave the image (padded). A foreground
+        voxel becomes the patch centre, then the same bounds apply, which keeps the voxel inside the
+        patch.
         """
         corner = np.zeros(3, dtype=np.int64)
         if self.dimension == 2:
@@ -212,17 +291,19 @@ class PatchSampler:
             spatial, offset = shape[1:], 1
         else:
             spatial, offset = shape, 0
-        for axis, (size, patch, read) in enumerate(zip(spatial, self.patch_size, self.read_patch_size)):
+        for axis, (size, patch) in enumerate(zip(spatial, self.patch_size)):
             low, high = min(0, size - patch), max(0, size - patch)
             if voxel is None:
                 start = int(rng.integers(low, high + 1))
             else:
                 start = int(np.clip(voxel[axis + offset] - patch // 2, low, high))
-            corner[axis + offset] = start - (read - patch) // 2
+            corner[axis + offset] = start
         return corner
 
-    def _read(self, case: _Case, corner: np.ndarray, image_out: np.ndarray, label_out: np.ndarray) -> None:
-        """Copy the part of the patch that lies inside the case into the (pre-padded) outputs."""
+    def _read(
+        self, case: _Case, corner: np.ndarray, size: Sequence[int], image_out: np.ndarray, label_out: np.ndarray
+    ) -> None:
+        """Copy the part of the box (``size`` at ``corner``) inside the case into the pre-padded outputs."""
         image = np.load(self.folder / f"{case.case_id}.npy", mmap_mode="r")
         seg = np.load(self.folder / f"{case.case_id}_seg.npy", mmap_mode="r")
         if self.dimension == 2:
@@ -232,8 +313,8 @@ class PatchSampler:
             source_prefix = (slice(None),)
             lows, shape = corner, case.shape
         src, dst = [], []
-        for low, size, read in zip(lows, shape, self.read_patch_size):
-            a, b = max(int(low), 0), min(int(low) + read, size)
+        for low, extent, read in zip(lows, shape, size):
+            a, b = max(int(low), 0), min(int(low) + int(read), extent)
             if a >= b:
                 return  # the patch misses the image on this axis: all padding
             src.append(slice(a, b))

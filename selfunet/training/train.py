@@ -67,11 +67,6 @@ def poly_lr(initial_lr: float, epoch: int, epochs: int, exponent: float) -> floa
     return initial_lr * (1 - epoch / epochs) ** exponent
 
 
-def batch_seed(seed: int, index: int) -> int:
-    """One integer seed per batch, distinct for every (seed, index) pair in practice."""
-    return (seed * 1_000_003 + index) % (2**63 - 1)
-
-
 def _center_crop(tensor: torch.Tensor, patch: list[int]) -> torch.Tensor:
     slices = [slice(None), slice(None)]
     for size, target in zip(tensor.shape[2:], patch):
@@ -139,6 +134,7 @@ class Trainer:
     # -- construction -------------------------------------------------------------------------
     def _build(self) -> None:
         from selfunet.training.augment import AugmentationConfig, Augmenter
+        from selfunet.training.batches import TrainBatchSource, pinned
         from selfunet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
         from selfunet.training.network import build_network
         from selfunet.training.sampling import PatchSampler
@@ -171,34 +167,35 @@ class Trainer:
         )
         patch = list(self.configuration.patch_size)
         self.patch = patch
-        self.augmenter = Augmenter(AugmentationConfig(), patch, self.configuration.dimension, self.device,
-                                   intensity_channels=self.plan.num_input_channels)
+        # channels normalized inside the non-zero mask go back to 0 outside it after augmentation
+        mask_channels = [i for i, n in enumerate(self.configuration.normalization) if n.use_nonzero_mask]
+        augmentation = dict(config=AugmentationConfig(), patch_size=patch, dimension=self.configuration.dimension,
+                            intensity_channels=self.plan.num_input_channels, mask_channels=mask_channels)
+        self.augmenter = Augmenter(device=self.device, **augmentation)
         common = dict(
             patch_size=patch, batch_size=self.configuration.batch_size,
             dimension=self.configuration.dimension, oversample_foreground=cfg.oversample_foreground,
         )
-        self.train_sampler = PatchSampler(self.data_folder, self.train_ids, **common)
+        self.train_sampler = PatchSampler(self.data_folder, self.train_ids,
+                                          read_patch_size=self.augmenter.read_patch_size, **common)
+        # the loader's workers draw, read only what the draw needs, and augment too when training on
+        # the CPU; on CUDA they read into page-locked memory and the GPU augments (batches.py)
+        on_host = self.device.type == "cpu"
+        pin = self.device.type == "cuda"
+        self.batch_source = TrainBatchSource(
+            self.train_sampler, Augmenter(device="cpu", **augmentation), cfg.seed, augment_here=on_host,
+            allocate=pinned if pin and cfg.loader_mode == "thread" else None,
+        )
+        self.pin_memory = pin
         # validation batches are read at the patch size itself: no augmentation, no enlargement.
         self.val_sampler = PatchSampler(self.data_folder, self.val_ids or self.train_ids,
                                         read_patch_size=patch, **common)
 
     # -- batches --------------------------------------------------------------------------------
-    def _produce_train_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        seed = batch_seed(self.config.seed, index)
-        batch = self.train_sampler.sample_batch(self.config.seed, index)
-        image = torch.from_numpy(np.ascontiguousarray(batch.image))
-        label = torch.from_numpy(np.ascontiguousarray(batch.label))
-        if self.device.type == "cpu":
-            generator = torch.Generator().manual_seed(seed)
-            image, label = self.augmenter(image, label, generator)
-        return image, label
+    def _device_batch(self, item) -> tuple[torch.Tensor, torch.Tensor]:
+        from selfunet.training.batches import finish
 
-    def _augment_on_device(self, image: torch.Tensor, label: torch.Tensor, index: int):
-        image = image.to(self.device, non_blocking=True)
-        label = label.to(self.device, non_blocking=True)
-        if self.device.type != "cpu":
-            generator = torch.Generator(device=self.device).manual_seed(batch_seed(self.config.seed, index))
-            image, label = self.augmenter(image, label, generator)
+        image, label = finish(item, self.augmenter)
         # like the reference: voxels outside the non-zero mask (and padding) train as background
         return image.contiguous(memory_format=self.memory_format), label.long().clamp_min_(0)
 
@@ -317,11 +314,12 @@ class Trainer:
             log_path.unlink()
         cfg.save(self.out / "train_config.json")
         iterations = cfg.iterations_per_epoch
-        from selfunet.training.loader import BackgroundLoader
+        from selfunet.training.loader import open_loader
 
-        loader = BackgroundLoader(
-            self._produce_train_batch, start_index=state.epoch * iterations + state.iteration,
-            prefetch=cfg.prefetch_batches, num_workers=cfg.loader_threads,
+        loader = open_loader(
+            self.batch_source, start_index=state.epoch * iterations + state.iteration,
+            prefetch=cfg.prefetch_batches, num_workers=cfg.loader_workers, mode=cfg.loader_mode,
+            pin_memory=self.pin_memory,
         )
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -340,8 +338,7 @@ class Trainer:
                     group["lr"] = lr
                 epoch_start = time.perf_counter()
                 for it in range(state.iteration, iterations):
-                    image, label = next(loader)
-                    image, label = self._augment_on_device(image, label, state.epoch * iterations + it)
+                    image, label = self._device_batch(next(loader))
                     state.loss_sum += self._train_step(image, label)
                     state.iteration = it + 1
                     progress.update(total, advance=1, status=(

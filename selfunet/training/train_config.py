@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from pydantic import AliasChoices, Field
+
 from selfunet.artifacts import Artifact
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]
@@ -41,7 +43,10 @@ class TrainConfig(Artifact):
     """epochs between 'latest' checkpoints (also written on SIGTERM/SIGINT and at the end)."""
     pseudo_dice_ema: float = 0.9
     prefetch_batches: int = 3
-    loader_threads: int = 1
+    loader_workers: int = Field(default=1, validation_alias=AliasChoices("loader_workers", "loader_threads"))
+    """background workers computing training batches (``loader_threads`` in older files)."""
+    loader_mode: Literal["thread", "process"] = "thread"
+    """threads (cheap, share memory) or processes (torch's DataLoader; pin memory on CUDA)."""
     device: str = "auto"
     predict_validation: bool = True
     """after training, predict the fold's validation cases with the full sliding-window scheme."""

@@ -15,11 +15,9 @@ from selfunet.training.augment import (
     AugmentationConfig,
     AugmentationParams,
     Augmenter,
-    enlarged_patch_size,
     generator_for,
-    rotation_matrices,
+    read_patch_size,
 )
-from selfunet.training.augment_spatial import sampling_grid
 
 #: every transform off; tests switch on the one they look at.
 OFF = AugmentationConfig(
@@ -38,33 +36,9 @@ def blocky(shape: tuple[int, ...], block: int, seed: int = 0, classes: int = 3) 
     return torch.from_numpy(coarse[tuple(slice(0, s) for s in shape)].copy())[None, None]
 
 
-def test_enlarged_patch_covers_every_rotation_and_scale() -> None:
-    """The sampling grid of the worst rotations/scales never leaves the read patch."""
-    for patch, per_slice in (((14, 32, 40), False), ((6, 48, 48), True), ((40, 24), False)):
-        cfg = SPATIAL
-        aug = Augmenter(cfg, patch, len(patch))
-        assert aug.per_slice is per_slice
-        read = enlarged_patch_size(patch, cfg)
-        assert all(r >= p and (r - p) % 2 == 0 for r, p in zip(read, patch))
-        params = aug.draw(200, 1, torch.Generator().manual_seed(0))
-        in_plane = per_slice or len(patch) == 2
-        grid_read, grid_patch = (read[-2:], patch[-2:]) if per_slice else (read, patch)
-        grid = sampling_grid(params.matrix, grid_read, grid_patch, aug.device)
-        assert grid.abs().max() <= 1 + 1e-5
-        # the corners of the angle box with the smallest scale, explicitly
-        lo, hi = cfg.rotation_degrees_2d if in_plane else cfg.rotation_degrees_3d
-        k = 1 if in_plane else 3
-        corners = np.array(np.meshgrid(*[[lo, 0.0, hi]] * k, indexing="ij")).reshape(k, -1).T
-        matrix = torch.from_numpy(rotation_matrices(np.deg2rad(corners))) / cfg.scale_range[0]
-        grid = sampling_grid(matrix, grid_read, grid_patch, aug.device)
-        assert grid.abs().max() <= 1 + 1e-5
-    assert enlarged_patch_size((6, 48, 48), SPATIAL)[0] == 6  # per-slice: no growth across slices
-    assert enlarged_patch_size((10, 20, 30), OFF) == (10, 20, 30)
-
-
 def test_image_and_label_stay_aligned_under_spatial_transforms() -> None:
     patch = (10, 24, 24)
-    read = enlarged_patch_size(patch, SPATIAL)
+    read = read_patch_size(patch, SPATIAL)
     label = blocky(read, 6, seed=1)
     # channel 1 is a non-linear function of channel 0, so a blend of two blocks (0 and 2 -> 1)
     # is told apart from a single block
@@ -75,6 +49,7 @@ def test_image_and_label_stay_aligned_under_spatial_transforms() -> None:
     assert out_label.dtype == torch.int64
     value = out_image[:, :1].round()
     exact = ((out_image[:, :1] - value).abs() < 1e-4) & ((out_image[:, 1:] - 10.0**value).abs() < 1e-3)
+    exact &= out_label >= 0  # zero-filled corners (label -1) are checked elsewhere
     # where linear interpolation saw one block only, nearest must pick the same block
     assert exact.float().mean() > 0.5
     assert torch.equal(value[exact].long(), out_label[exact])
@@ -136,7 +111,6 @@ def test_drawn_ranges_hold() -> None:
     angles = params.matrix[params.rotate & (params.scale == 1)]
     # rotation matrices: orthonormal, and the smallest cos of the angle box is cos(30 deg)^k
     assert torch.allclose(angles @ angles.transpose(1, 2), torch.eye(3, dtype=angles.dtype).expand_as(angles))
-    assert params.noise_std.max() <= math.sqrt(0.1) + 1e-9
     assert params.blur_sigma.min() >= 0.5 and params.blur_sigma.max() <= 1.0
     for value in (params.gamma_value, params.inverted_gamma_value):
         assert value.min() >= 0.7 and value.max() <= 1.5
@@ -148,7 +122,7 @@ def test_seed_reproduces_batch_exactly() -> None:
         dataclasses.replace(AugmentationConfig(), p_rotation=0.5, p_noise=0.5, p_blur=0.5, p_lowres=0.5),
         (8, 16, 16), 3,
     )
-    read = enlarged_patch_size((8, 16, 16))
+    read = read_patch_size((8, 16, 16))
     image = torch.randn(4, 2, *read)
     label = blocky(read, 4).repeat(4, 1, 1, 1, 1).to(torch.int8)
     a = aug(image, label, generator_for(7, 3))
@@ -162,24 +136,30 @@ def test_per_slice_mode_never_mixes_slices() -> None:
     patch = (5, 40, 40)
     aug = Augmenter(SPATIAL, patch, 3)
     assert aug.per_slice
-    read = enlarged_patch_size(patch, SPATIAL)
+    read = read_patch_size(patch, SPATIAL)
     z = torch.arange(read[0], dtype=torch.float32).view(1, 1, -1, 1, 1) * 10
-    image = (z + torch.rand(4, 1, *read) * 0.01).repeat(1, 2, 1, 1, 1)
+    # channel 1 is 1 everywhere: channel 0 / channel 1 undoes any blend with the zero-filled corners
+    image = torch.cat([z + 1 + torch.rand(4, 1, *read) * 0.01, torch.ones(4, 1, *read)], 1)
     label = blocky(read, 5).repeat(4, 1, 1, 1, 1)
     out_image, out_label = aug(image, label, torch.Generator().manual_seed(0))
     offset = (read[0] - patch[0]) // 2
+    assert offset == 0  # per-slice: the read patch keeps the first axis
+    weight = out_image[:, 1]
+    assert (weight < 1e-6).any() and (weight > 1 - 1e-6).any()  # corners were zero-filled, the middle not
     for k in range(patch[0]):
-        values = out_image[:, :, k]
-        assert values.min() >= 10 * (k + offset) - 1e-4 and values.max() <= 10 * (k + offset) + 0.01 + 1e-4
+        seen = weight[:, k] > 1e-3
+        ratio = out_image[:, 0, k][seen] / weight[:, k][seen]
+        assert ratio.min() >= 10 * k + 1 - 1e-3 and ratio.max() <= 10 * k + 1.01 + 1e-3
     # labels: each output slice only holds values of its own input slice
     for k in range(patch[0]):
         for b in range(4):
-            assert set(out_label[b, 0, k].unique().tolist()) <= set(label[0, 0, k + offset].unique().tolist())
+            allowed = set(label[0, 0, k + offset].unique().tolist()) | {-1}  # -1: zero-filled corners
+            assert set(out_label[b, 0, k].unique().tolist()) <= allowed
 
 
 def test_ignore_label_survives_spatial_transforms() -> None:
     patch = (8, 20, 20)
-    read = enlarged_patch_size(patch, SPATIAL)
+    read = read_patch_size(patch, SPATIAL)
     label = blocky(read, 5, classes=4) - 1  # values -1..2
     aug = Augmenter(SPATIAL, patch, 3)
     _, out_label = aug(torch.randn(2, 1, *read), label.repeat(2, 1, 1, 1, 1).to(torch.int8), generator_for(0, 0))
@@ -189,8 +169,8 @@ def test_ignore_label_survives_spatial_transforms() -> None:
 
 def test_2d_shapes_and_rotation_keeps_alignment() -> None:
     patch = (24, 20)
-    read = enlarged_patch_size(patch)
-    assert read[0] > 24 * 1.3  # +-180 deg and zoom out need the diagonal / 0.7
+    read = read_patch_size(patch)
+    assert read == (28, 28)  # the reference's rule: +-180 deg capped at 90, zoom 0.85
     label = blocky(read, 4)
     image = torch.cat([label.float(), 10.0 ** label.float()], 1)
     aug = Augmenter(SPATIAL, patch, 2)
@@ -198,6 +178,7 @@ def test_2d_shapes_and_rotation_keeps_alignment() -> None:
     assert out_image.shape == (3, 2, *patch) and out_label.shape == (3, 1, *patch)
     value = out_image[:, :1].round()
     exact = ((out_image[:, :1] - value).abs() < 1e-4) & ((out_image[:, 1:] - 10.0**value).abs() < 1e-3)
+    exact &= out_label >= 0
     assert exact.float().mean() > 0.5
     assert torch.equal(value[exact].long(), out_label[exact])
 
@@ -230,7 +211,8 @@ def test_intensity_transforms_keep_their_invariants() -> None:
     # blur and low resolution keep a constant image constant and change a noisy one
     constant = torch.full((4, 2, *patch), 3.0)
     for key in ("p_blur", "p_lowres"):
-        aug = Augmenter(dataclasses.replace(OFF, **{key: 1.0}), patch, 3)
+        # zoom <= 0.8: every axis really loses resolution (12 x 0.97 would round back to 12)
+        aug = Augmenter(dataclasses.replace(OFF, **{key: 1.0}, lowres_zoom=(0.5, 0.8)), patch, 3)
         params = aug.draw(4, 2, g)
         assert torch.allclose(aug.apply(constant, label, params)[0], constant, atol=1e-5)
         out = aug.apply(image, label, params)[0]

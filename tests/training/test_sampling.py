@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from selfunet.errors import SelfUNetError
+from selfunet.training.augment_spatial import read_patch_size
 from selfunet.training.sampling import IGNORE_LABEL, PatchSampler
 
 
@@ -71,7 +73,7 @@ def test_batch_shapes_and_types(folder: Path) -> None:
     sampler = PatchSampler(folder, ["case_0", "case_1", "case_2"], (8, 24, 24), batch_size=3, dimension=3)
     batch = sampler.sample_batch(seed=1, batch_index=0)
     read = sampler.read_patch_size
-    assert all(r >= p and (r - p) % 2 == 0 for r, p in zip(read, (8, 24, 24)))
+    assert read == read_patch_size((8, 24, 24))  # the reference's read-patch rule by default
     assert batch.image.shape == (3, 2, *read) and batch.image.dtype == np.float32
     assert batch.label.shape == (3, 1, *read) and batch.label.dtype == np.int8
     assert len(batch.case_ids) == 3
@@ -207,3 +209,54 @@ def test_wide_label_dtype_kept(tmp_path: Path) -> None:
     batch = sampler.sample_batch(0, 0)
     assert batch.label.dtype == np.int16
     assert (batch.label == 300).any()
+
+
+@pytest.mark.parametrize("dimension", [3, 2])
+def test_boxes_read_the_same_places_as_the_fixed_read(folder: Path, dimension: int) -> None:
+    """Per-sample boxes are cut at the same patch locations as ``sample_batch``: each box equals
+    the matching region of the fixed read (where it lies inside it), padding included."""
+    patch = (8, 24, 24) if dimension == 3 else (24, 24)
+    sampler = PatchSampler(folder, ["case_0", "case_1", "case_2"], patch, batch_size=4, dimension=dimension,
+                           oversample_foreground=0.5)
+    fixed = sampler.sample_batch(seed=3, batch_index=7)
+    read = np.asarray(sampler.read_patch_size)
+    region_low = -((read - np.asarray(patch)) // 2)
+    rng = np.random.default_rng(0)
+    boxes = np.zeros((4, dimension, 2), dtype=np.int64)
+    for i in range(4):
+        low = rng.integers(region_low, 1)
+        high = rng.integers(np.asarray(patch), region_low + read + 1)
+        boxes[i, :, 0], boxes[i, :, 1] = low, high
+    boxes[0, :, 0], boxes[0, :, 1] = 0, patch  # exactly the patch
+    got = sampler.sample_boxes(seed=3, batch_index=7, boxes=boxes)
+    assert got.case_ids == fixed.case_ids
+    assert np.array_equal(got.foreground_forced, fixed.foreground_forced)
+    assert got.voxels == sum(3 * int(np.prod(b[:, 1] - b[:, 0])) for b in boxes)  # 2 channels + label
+    for i in range(4):
+        sl = tuple(slice(int(lo - r), int(hi - r)) for (lo, hi), r in zip(boxes[i], region_low))
+        assert got.images[i].dtype == torch.float32 and got.labels[i].dtype == torch.int8
+        np.testing.assert_array_equal(got.images[i].numpy(), fixed.image[i][(slice(None), *sl)])
+        np.testing.assert_array_equal(got.labels[i].numpy(), fixed.label[i][(slice(None), *sl)])
+
+
+def test_boxes_use_the_given_allocator(folder: Path) -> None:
+    """The seam through which CUDA training reads straight into page-locked memory."""
+    calls = []
+
+    def allocate(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        calls.append((shape, dtype))
+        return torch.full(shape, 99, dtype=dtype)  # garbage: the sampler must overwrite all of it
+
+    sampler = PatchSampler(folder, ["case_0"], (8, 24, 24), batch_size=2, dimension=3)
+    boxes = np.array([[[-30, 38], [0, 24], [0, 24]]] * 2)  # far outside the case along axis 0: padding
+    got = sampler.sample_boxes(0, 0, boxes, allocate=allocate)
+    assert [c[0] for c in calls] == [(2, 68, 24, 24), (1, 68, 24, 24)] * 2
+    for image, label in zip(got.images, got.labels):
+        assert not (image == 99).any() and not (label == 99).any()
+        assert (label[:, :10] == IGNORE_LABEL).all() and (image[:, :10] == 0).all()
+
+
+def test_bad_boxes_rejected(folder: Path) -> None:
+    sampler = PatchSampler(folder, ["case_0"], (8, 24, 24), batch_size=2, dimension=3)
+    with pytest.raises(SelfUNetError, match="boxes"):
+        sampler.sample_boxes(0, 0, np.zeros((2, 3, 2), dtype=np.int64))
