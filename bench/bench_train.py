@@ -163,14 +163,13 @@ def time_ours(root: Path, patch_tag: str, iters: int, amp: str, channels_last: b
         (work / "plan.json").write_bytes(original)
     trainer.network.train()
     times = []
-    with BackgroundLoader(trainer._produce_train_batch, 0, prefetch=config.prefetch_batches,
-                          num_workers=config.loader_threads) as loader:
+    with BackgroundLoader(trainer.batch_source, 0, prefetch=config.prefetch_batches,
+                          num_workers=config.loader_workers) as loader:
         for i in range(warmup + iters):
             if i == warmup:
                 cpu_start = tree_cpu_seconds()
             start = time.perf_counter()
-            image, label = next(loader)
-            image, label = trainer._augment_on_device(image, label, i)
+            image, label = trainer._device_batch(next(loader))
             trainer._train_step(image, label)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
