@@ -28,8 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from selfunet.artifacts import atomic_path, atomic_write_json, write_failure
+from selfunet.artifacts import atomic_write_json
 from selfunet.data.dataset import DatasetSpec, load_dataset
+from selfunet.data.io import save_image
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -224,8 +225,4 @@ def _write(path: Path, array: np.ndarray, geometry: dict) -> None:
         direction = np.eye(4)
         direction[:3, :3] = geometry["direction"]
         image.SetDirection(direction.ravel().tolist())
-    with atomic_path(path, ending=".nii.gz") as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as exc:  # SimpleITK hides the OSError (a full disk)
-            raise write_failure(path, "writing the image", exc) from exc
+    save_image(path, image)

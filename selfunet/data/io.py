@@ -13,6 +13,9 @@ Conventions used everywhere in selfunet:
 
 from __future__ import annotations
 
+import errno
+import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,13 +159,35 @@ def array_to_image(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
 
 def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry) -> None:
     """Write a ``(z, y, x)`` array with ``geometry``'s header, durably (unique temp file, fsync, rename)."""
+    save_image(path, array_to_image(array, geometry))
+
+
+def save_image(path: str | Path, image: sitk.Image) -> None:
+    """``sitk.WriteImage`` made durable and honest: unique temp file, checked, fsync, rename.
+
+    SimpleITK does not report a failed write of a compressed file: on a full disk it leaves an
+    empty or truncated ``.nii.gz`` and returns normally. So the temp file is checked before it
+    replaces ``path`` (a gzip stream is decompressed to its end, which verifies its CRC; other
+    formats are read back), and a bad one raises an OSError naming ``path``.
+    """
     path = Path(path)
-    image = array_to_image(array, geometry)
     with atomic_path(path, ending=file_ending(path)) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as exc:  # SimpleITK hides the OSError (a full disk, a read-only folder)
+            _check_written(tmp)
+        except (RuntimeError, OSError, EOFError, zlib.error) as exc:  # a full disk, a read-only folder
             raise write_failure(path, "writing the image", exc) from exc
+
+
+def _check_written(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise OSError(errno.EIO, "the written file is empty", str(path))
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    else:
+        sitk.ReadImage(str(path))
 
 
 def write_label(path: str | Path, labels: np.ndarray, geometry: ImageGeometry) -> None:

@@ -107,6 +107,7 @@ def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_
         task = progress.add_task(f"validation {configuration} fold {fold}", total=len(case_ids))
         for case_id in case_ids:
             check_stop(f"while predicting the validation cases of {configuration} fold {fold}")
+            log.debug("validation prediction: case %s", case_id)
             label_path, prob_path = out / f"{case_id}{ending}", out / f"{case_id}.npz"
             if not (label_path.is_file() and prob_path.is_file()):
                 properties = PreprocessedCase.load(folder / f"{case_id}.json")

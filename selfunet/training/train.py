@@ -223,6 +223,7 @@ class Trainer:
         stop signal came in between (answered within one validation batch)."""
         self.model.eval()
         num_fg = self.plan.num_classes - 1
+        log.debug("validating: %d batches", self.config.validation_iterations)
         tp = np.zeros(num_fg)
         fp = np.zeros(num_fg)
         fn = np.zeros(num_fg)
