@@ -50,7 +50,7 @@ def alive_in(groups: set[int]) -> list[int]:
 
 def sigterm_when(args: list[str], ready, work: Path, what: str) -> tuple[set[int], str]:
     """Start `harness run ARGS`, wait until ``ready()``, SIGTERM it; return the job groups and its output."""
-    log = work.parent / f"harness-{what}.log"
+    log = work.parents[1] / f"harness-{what}.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=out, stderr=subprocess.STDOUT)
         try:
