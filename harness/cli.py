@@ -172,7 +172,7 @@ def run(
     except RunInterrupted as stop:
         name = signal.Signals(stop.signum).name
         console.print(f"[bold magenta]stopped by {name}[/]: {len(stop.stopped)} running job(s) stopped and marked "
-                      "interrupted; rerun the same command to resume.", highlight=False)
+                      "interrupted; rerun the same command to resume.", highlight=False, soft_wrap=True)
         raise typer.Exit(stop.exit_code) from None
     Console().print(summary_table(records))
     failed = [r for r in records if r.status == "failed"]

@@ -191,12 +191,9 @@ def output_problem(path: Path) -> str | None:
         except (OSError, ValueError) as exc:
             return f"not readable JSON ({type(exc).__name__})"
     elif path.suffix == ".pt":
-        import torch
+        from selfunet.runtime import checkpoint_problem
 
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # torn zip, foreign pickle, ...
-            return f"not a loadable checkpoint ({type(exc).__name__})"
+        return checkpoint_problem(path)
     return None
 
 

@@ -142,6 +142,7 @@ def _run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Conso
     stages.run("preprocess", False,
                lambda: run_preprocess(workdir.root, configurations, processes=options.processes, console=console))
 
+    from selfunet.runtime import checkpoint_problem
     from selfunet.training.train import CHECKPOINT_FINAL
 
     for name in configurations:
@@ -149,7 +150,7 @@ def _run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Conso
         folds = options.folds if options.folds is not None else tuple(range(num_folds))
         for fold in folds:
             out = workdir.training(name, fold)
-            done = (out / CHECKPOINT_FINAL).is_file() and _validation_complete(workdir, name, fold)
+            done = checkpoint_problem(out / CHECKPOINT_FINAL) is None and _validation_complete(workdir, name, fold)
             stages.run(f"train {name} fold {fold}", done,
                        lambda n=name, f=fold: run_training(workdir.root, n, f, options.train, resume=True,
                                                            console=console))

@@ -194,6 +194,21 @@ def stop_on_signals() -> Iterator[None]:
             _stop.clear()
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is no usable checkpoint (None when it is): missing, empty, torn, or holding
+    pickled objects. Opened memory-mapped, so checking a big checkpoint reads almost nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a torn zip, a foreign pickle, ...
+        return f"not a loadable checkpoint ({type(exc).__name__})"
+    return None
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's payload, read with ``weights_only=True``: tensors, dicts, lists and plain values only.
 

@@ -235,7 +235,7 @@ def test_full_disk_in_a_harness_job_is_a_clean_failure(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "bad"), [
     (["train", "W", "-c", "3d_fullres", "-f", "0", "--device", "gpu"], "gpu"),
     (["train", "W", "-c", "3d_fullres", "-f", "0", "--amp", "fp8"], "fp8"),
-    (["train", "W", "-c", "3d_fullres", "-f", "0", "--num-folds", "1"], "1"),
+    (["train", "W", "-c", "3d_fullres", "-f", "0", "--num-folds", "1"], "--num-folds"),
     (["run", "D", "--work", "W", "--device", "cuda:x"], "cuda:x"),
     (["run", "D", "--work", "W", "--budget", "huge"], "huge"),
     (["run", "D", "--work", "W", "--amp", "on"], "on"),
@@ -249,3 +249,17 @@ def test_selfunet_closed_sets_fail_at_parse_time(tmp_path: Path, args: list[str]
     assert result.exit_code == 2, result.output
     assert bad in result.output
     assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_torn_final_checkpoint_is_set_aside_and_training_resumes(tiny_work: Path) -> None:
+    out = tiny_work / "train" / "3d_fullres" / "fold_0"
+    args = ["train", str(tiny_work), "-c", "3d_fullres", "-f", "0", "--epochs", "1", "--iterations-per-epoch", "2",
+            "--validation-iterations", "1", "--no-predict-validation", "--device", "cpu", "--checkpoint-every", "1"]
+    assert CliRunner().invoke(selfunet_app, args).exit_code == 0
+    final = out / "checkpoint_final.pt"
+    final.write_bytes(final.read_bytes()[:1000])  # what a full disk used to leave
+    result = CliRunner().invoke(selfunet_app, [*args, "--resume"])
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(final)["epoch"] == 1
+    assert len(list(out.glob("checkpoint_final.pt.invalid-*"))) == 1

@@ -30,6 +30,7 @@ from selfunet.artifacts import atomic_write_json, remove_stale_temps
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import Configuration, Plan
 from selfunet.runtime import (
+    checkpoint_problem,
     load_checkpoint,
     resolve_amp,
     resolve_device,
@@ -295,7 +296,11 @@ class Trainer:
         if restart:
             for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST, CHECKPOINT_FINAL, "log.jsonl", "progress.png"):
                 (self.out / name).unlink(missing_ok=True)
-        elif final.is_file() and resume:
+        elif final.is_file() and resume and (problem := checkpoint_problem(final)):
+            moved = final.with_name(f"{final.name}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
+            final.replace(moved)  # e.g. torn by a full disk: never trusted, kept for inspection
+            log.warning("%s is %s: moved to %s; resuming from %s", final, problem, moved.name, latest.name)
+        if final.is_file() and resume and not restart:
             self.console.print(escape(f"{final} exists: training of this fold is complete."), highlight=False)
             return final
         elif latest.is_file() and not resume:

@@ -71,7 +71,7 @@ def sigterm_when(args: list[str], ready, work: Path, what: str) -> tuple[set[int
         finally:
             if process.poll() is None:
                 process.kill()
-    output = log.read_text()
+    output = " ".join(log.read_text().split())
     assert code == 128 + signal.SIGTERM, output[-3000:]
     assert "stopped by SIGTERM" in output and "rerun the same command to resume" in output
     deadline = time.monotonic() + 5
