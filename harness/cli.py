@@ -288,9 +288,17 @@ def export_gc_command(
     test: Annotated[bool, typer.Option("--test", help="build it, run it on a test case, compare with "
                                        "`selfunet predict --selection`")] = False,
     image: Annotated[str, typer.Option(help="base: the project image (harness image build)")] = "selfunet:latest",
-    input_slug: Annotated[Optional[list[str]], typer.Option(help="input socket slug; repeat: one per channel file")]
-    = None,
+    input_slug: Annotated[Optional[list[str]], typer.Option(
+        help="the phase's input socket slug: once (all channels in one image, 4D for several channels) or once per "
+        "channel (default: the image sockets of --inputs-json, else 'image')")] = None,
     output_slug: Annotated[str, typer.Option(help="output socket slug")] = "segmentation",
+    inputs_json: Annotated[Optional[Path], typer.Option(
+        help="the phase's inputs.json: the test case is laid out as it says (slugs, relative paths)")] = None,
+    model_tarball: Annotated[bool, typer.Option(
+        "--model-tarball", help="ship the model as model.tar.gz (mounted at /opt/ml/model by the platform) instead "
+        "of inside the image")] = False,
+    mirroring: Annotated[bool, typer.Option("--mirroring/--no-mirroring", help="mirror test-time augmentation in "
+                                            "the container (off: several times faster on a CPU)")] = True,
     tag: Annotated[Optional[str], typer.Option(help="algorithm image tag (default selfunet-gc-<task>:latest)")] = None,
     tasks_dir: Annotated[Path, typer.Option("--tasks", help="where task names are looked up")] = Path("tasks"),
     work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
@@ -305,8 +313,9 @@ def export_gc_command(
             raise SelfUNetError(f"task '{task}': not a folder, a descriptor or a task name under {tasks_dir}.")
         path = found[0].source
     context = export_gc(path, out, image=image, input_slugs=input_slug, output_slug=output_slug,
-                        work_root=work_root, tag=tag)
-    console.print(f"grand-challenge build context: {escape(str(context))} (build.sh, test.sh, save.sh)",
+                        work_root=work_root, tag=tag, model_tarball=model_tarball, inputs_json=inputs_json,
+                        mirroring=mirroring)
+    console.print(f"grand-challenge build context: {escape(str(context))} (do_build.sh, do_test_run.sh, do_save.sh)",
                   highlight=False)
     if test:
         result = test_container(context)
@@ -348,6 +357,8 @@ def score(
     cpus: Annotated[Optional[float], typer.Option(help="CPUs per case (default: scoring.cpus, else resources.cpus)")]
     = None,
     gpu: Annotated[Optional[int], typer.Option(help="host GPU index given to the containers (default: none)")] = None,
+    mirroring: Annotated[bool, typer.Option("--mirroring/--no-mirroring", help="mirror test-time augmentation for "
+                                            "selfunet's own model (match the export's)")] = True,
     tasks_dir: Annotated[Path, typer.Option("--tasks", help="where task names are looked up")] = Path("tasks"),
     work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
     results: ResultsOpt = Path("results"),
@@ -361,7 +372,7 @@ def score(
     if not submissions and no_selfunet:
         raise SelfUNetError("nothing to score: give --submission NAME=IMAGE_OR_FOLDER, or drop --no-selfunet.")
     options = ScoreOptions(input_slugs=input_slug, output_slug=output_slug, gpu=gpu, case_timeout_s=case_timeout,
-                           memory_gb=memory_gb, cpus=cpus)
+                           memory_gb=memory_gb, cpus=cpus, selfunet_mirroring=mirroring)
     score_task(t, submissions, work_root / t.name, results, options, selfunet=not no_selfunet, console=console)
     board = results / t.name / "scores" / "leaderboard.md"
     console.print(board.read_text(), highlight=False, markup=False, soft_wrap=True)

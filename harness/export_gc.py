@@ -1,26 +1,38 @@
-"""``harness export-gc TASK --out DIR [--test]``: a grand-challenge algorithm container.
+"""``harness export gc TASK --out DIR [--test]``: a grand-challenge algorithm container.
 
-The build context holds everything the algorithm needs and nothing else:
+The build context holds everything the algorithm needs and nothing else, with the script names of
+the platform's algorithm template:
 
 ```
 DIR/
-  Dockerfile          FROM the project image; the model and the entry point on top
+  Dockerfile          FROM --platform=linux/amd64 the project image; the entry point on top (and
+                      the model, unless --model-tarball)
   inference.py        grand-challenge I/O: /input/inputs.json + /input/images/<slug>/*.mha
                       -> /output/images/<output slug>/<name>.mha (the label map)
   gc.json             slugs, the selected model (members, postprocessing), where it came from
   model/              a minimal work directory: plan.json, fingerprint.json, selection.json and
                       train/<member>/fold_<k>/checkpoint_final.pt of every member (and the lowres
                       stage of a cascade)
-  test/input/         one test case laid out as grand-challenge mounts it (inputs.json + .mha)
+  model.tar.gz        --model-tarball: model/ packed for upload as the algorithm's separate model
+                      (the platform extracts it to /opt/ml/model; the image then carries no weights)
+  test/input/         one test case laid out as the platform mounts it (inputs.json + .mha), from
+                      the phase's inputs.json when one is given (--inputs-json)
   test/expected/      `selfunet predict --selection` on that case, on the host (made by --test)
-  build.sh test.sh save.sh
+  do_build.sh do_test_run.sh do_save.sh
 ```
 
 Why a copy of the model instead of the work directory: the image must not carry preprocessed
 data or validation outputs (size, and they may hold patient data), and the selection (members,
-postprocessing rule) is frozen at export time. ``--test`` builds the image, runs it the way the
-platform does (no network, ``/input`` read-only, as the image's non-root user) and checks that
-its label map equals ``selfunet predict --selection``'s on the same image, voxel for voxel.
+postprocessing rule) is frozen at export time.
+
+Input sockets are the phase's: one slug (``--input-slug`` once) receives all channels as one
+image (4D for a multi-channel task), or one slug per channel receives a 3D image each. The image
+is labelled with its slugs (``org.selfunet.gc.inputs``/``.output``) so ``harness score`` lays cases
+out the same way. ``--test`` checks the base image runs as a non-root user (the platform's rule)
+before it builds for linux/amd64, runs the image the way the platform does (no network,
+``/input`` read-only, as the image's user, ``--gpus all`` where the host has a GPU, the model
+mounted at /opt/ml/model when it ships as a tarball) and checks that its label map equals
+``selfunet predict --selection``'s on the same case, voxel for voxel.
 """
 
 from __future__ import annotations
@@ -30,14 +42,15 @@ import logging
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from harness.gc_case import output_files, read_inputs_json, write_case
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -45,14 +58,19 @@ log = logging.getLogger(__name__)
 DEFAULT_INPUT_SLUG = "image"
 DEFAULT_OUTPUT_SLUG = "segmentation"
 ALGORITHM_DIR = "/opt/algorithm"
+#: where the platform extracts an algorithm's separate model tarball.
+MODEL_MOUNT = "/opt/ml/model"
+PLATFORM = "linux/amd64"
 CHECKPOINT = "checkpoint_final.pt"
+SCRIPTS = ("do_build.sh", "do_test_run.sh", "do_save.sh")
 
-INFERENCE_PY = '''"""grand-challenge algorithm entry point, written by `harness export-gc` (selfunet).
+INFERENCE_PY = '''"""grand-challenge algorithm entry point, written by `harness export gc` (selfunet).
 
 Reads the case grand-challenge mounts at /input (inputs.json names each socket's relative path;
-without it, images/<slug>/), predicts it with the selected model in /opt/algorithm/model
-(members' folds averaged, postprocessing applied) and writes the label map as .mha to
-/output/images/<output slug>/. GC_INPUT, GC_OUTPUT and GC_MODEL override the three folders.
+without it, images/<slug>/), predicts it with the selected model (members' folds averaged,
+postprocessing applied) and writes the label map as .mha to /output/images/<output slug>/.
+The model: /opt/ml/model when the platform mounted a model tarball there, else the copy in the
+image (/opt/algorithm/model). GC_INPUT, GC_OUTPUT and GC_MODEL override the three folders.
 """
 
 import json
@@ -67,7 +85,8 @@ HERE = Path(__file__).resolve().parent
 CONFIG = json.loads((HERE / "gc.json").read_text())
 INPUT = Path(os.environ.get("GC_INPUT", "/input"))
 OUTPUT = Path(os.environ.get("GC_OUTPUT", "/output"))
-MODEL = Path(os.environ.get("GC_MODEL", str(HERE / "model")))
+MOUNTED = Path("/opt/ml/model")
+MODEL = Path(os.environ.get("GC_MODEL") or (MOUNTED if (MOUNTED / "selection.json").is_file() else HERE / "model"))
 ENDINGS = (".mha", ".mhd", ".nii.gz", ".nii", ".nrrd", ".tif", ".tiff")
 
 
@@ -103,6 +122,8 @@ def main():
     from selfunet.evaluation.ensemble import Selection
     from selfunet.inference.predict import predict_cases
 
+    if not (MODEL / "selection.json").is_file():
+        fail(f"no model: {MODEL}/selection.json missing (upload the model tarball, or set GC_MODEL).")
     selection = Selection.load(MODEL / "selection.json")
     files = input_files()
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +138,8 @@ def main():
                 sitk.WriteImage(sitk.ReadImage(str(f)), str(linked))
                 inputs.append(linked)
         written = predict_cases(inputs, tmp / "out", MODEL, list(selection.members),
-                                postprocessing=selection.postprocessing, device=os.environ.get("GC_DEVICE", "auto"))
+                                postprocessing=selection.postprocessing, device=os.environ.get("GC_DEVICE", "auto"),
+                                mirroring=CONFIG.get("mirroring", True))
         if len(written) != 1:
             fail(f"expected one prediction, got {len(written)}.")
         target = OUTPUT / "images" / CONFIG["output_slug"]
@@ -127,7 +149,10 @@ def main():
             if name.lower().endswith(ending):
                 name = name[: -len(ending)]
         out = target / f"{name}.mha"
-        sitk.WriteImage(sitk.ReadImage(str(written[0])), str(out), True)
+        labels = sitk.ReadImage(str(written[0]))
+        for key in labels.GetMetaDataKeys():  # NIfTI header fields .mha cannot hold
+            labels.EraseMetaData(key)
+        sitk.WriteImage(labels, str(out), True)
         print(f"wrote {out}")
 
 
@@ -136,38 +161,52 @@ if __name__ == "__main__":
 '''
 
 DOCKERFILE = """# grand-challenge algorithm: selfunet model '{selected}' ({members}), exported {date}.
-# Build: ./build.sh   Test: ./test.sh   Save for upload: ./save.sh
-FROM {base}
-COPY model {algorithm}/model
-COPY inference.py gc.json {algorithm}/
+# Build: ./do_build.sh   Test: ./do_test_run.sh   Save for upload: ./do_save.sh
+FROM --platform={platform} {base}
+LABEL org.selfunet.gc.inputs="{inputs}" org.selfunet.gc.output="{output}"
+{copy_model}COPY inference.py gc.json {algorithm}/
 ENV GC_DEVICE=auto
 ENTRYPOINT ["python", "{algorithm}/inference.py"]
 CMD []
 """
 
 BUILD_SH = """#!/usr/bin/env bash
-# Build the algorithm image (no network needed: everything is in this folder and the base image).
-set -euo pipefail
-cd "$(dirname "$0")"
-docker build --network none -t "${{1:-{tag}}}" .
-"""
-
-TEST_SH = """#!/usr/bin/env bash
-# Run the algorithm on test/input the way grand-challenge does (no network, read-only /input) and,
-# when test/expected/ exists, compare its label map with it voxel for voxel.
+# Build the algorithm image for {platform} (the platform runs no other architecture; no network
+# needed: everything is in this folder and the base image).
 set -euo pipefail
 cd "$(dirname "$0")"
 TAG=${{1:-{tag}}}
+BASE="{base}"
+# the platform runs an algorithm as its image's user: refuse a base image that runs as root
+BASE_USER=$(docker image inspect --format '{{{{.Config.User}}}}' "$BASE")
+case "$BASE_USER" in
+  ""|root|0|root:*|0:*)
+    echo "error: $BASE runs as root (User='$BASE_USER'); build FROM an image with a non-root USER" >&2
+    exit 1 ;;
+esac
+docker build --platform {platform} --network none -t "$TAG" .
+"""
+
+TEST_SH = """#!/usr/bin/env bash
+# Run the algorithm on a case the way grand-challenge does (no network, read-only /input, the
+# GPUs when the host has one) and, when test/expected/ exists, compare its label map with it voxel
+# for voxel.  Usage: ./do_test_run.sh [TAG] [INPUT_FOLDER (default test/input: inputs.json + images)]
+set -euo pipefail
+cd "$(dirname "$0")"
+TAG=${{1:-{tag}}}
+INPUT=$(cd "${{2:-test/input}}" && pwd)
 OUT=$(mktemp -d)
 chmod 777 "$OUT"
-docker run --rm --network none --shm-size 2g --read-only --tmpfs /tmp:exec \\
-  -v "$PWD/test/input:/input:ro" -v "$OUT:/output" "$TAG"
+EXTRA=()
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then EXTRA+=(--gpus all); fi
+{model_mount}docker run --rm --platform {platform} --network none --shm-size 2g "${{EXTRA[@]}}" \\
+  -v "$INPUT:/input:ro" -v "$OUT:/output" "$TAG"
 ls -R "$OUT"
-if [ -d test/expected ]; then
+if [ -d test/expected ] && [ -z "${{2:-}}" ]; then
   docker run --rm --network none --entrypoint python -v "$PWD/test/expected:/expected:ro" \\
     -v "$OUT:/output:ro" "$TAG" -c '
 import sys, glob, SimpleITK as sitk
-got = sorted(glob.glob("/output/images/{output_slug}/*.mha")); want = sorted(glob.glob("/expected/*.mha"))
+got = sorted(glob.glob("/output/images/{output_slug}/*.mha")); want = sorted(glob.glob("/expected/*"))
 assert len(got) == 1 and len(want) == 1, (got, want)
 a, b = sitk.GetArrayFromImage(sitk.ReadImage(got[0])), sitk.GetArrayFromImage(sitk.ReadImage(want[0]))
 same = a.shape == b.shape and (a == b).all()
@@ -176,12 +215,12 @@ fi
 """
 
 SAVE_SH = """#!/usr/bin/env bash
-# The file to upload to grand-challenge: docker save | gzip.
+# The files to upload to grand-challenge: the image (docker save | gzip){model_note}.
 set -euo pipefail
 cd "$(dirname "$0")"
 TAG=${{1:-{tag}}}
 docker save "$TAG" | gzip -c > "{archive}"
-ls -l "{archive}"
+{save_model}ls -l "{archive}"{model_listing}
 """
 
 
@@ -243,32 +282,42 @@ def _test_case(work: Path):
     return cases[0] if cases else None
 
 
-def write_test_input(folder: Path, images: tuple[Path, ...], input_slugs: list[str]) -> list[Path]:
-    """``folder/inputs.json`` + ``folder/images/<slug>/<uuid>.mha`` as grand-challenge mounts a case."""
-    if len(images) != len(input_slugs):
-        raise SelfUNetError(f"the test case has {len(images)} image file(s) but {len(input_slugs)} input slug(s) "
-                            "were given; give one --input-slug per image file (channel).")
-    listing, written = [], []
-    for slug, image in zip(input_slugs, images):
-        name = f"{uuid.uuid5(uuid.NAMESPACE_URL, str(image))}.mha"
-        target = folder / "images" / slug / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = sitk.ReadImage(str(image))
-        for key in source.GetMetaDataKeys():  # NIfTI header fields .mha cannot hold (warnings otherwise)
-            source.EraseMetaData(key)
-        sitk.WriteImage(source, str(target), True)
-        written.append(target)
-        listing.append({"interface": {"slug": slug, "kind": "Image", "relative_path": f"images/{slug}",
-                                      "super_kind": "Image"}, "image": {"name": name}, "value": None, "file": None})
-    (folder / "inputs.json").write_text(json.dumps(listing, indent=2))
-    return written
+def _channels(work: Path) -> int:
+    from selfunet.planning.plan_types import Plan
+
+    return Plan.load(work / "plan.json").num_input_channels
+
+
+def _pack(folder: Path, archive: Path) -> None:
+    """``folder``'s files at the archive's root (the platform extracts it into /opt/ml/model)."""
+    tmp = archive.with_name(f".{archive.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=path.relative_to(folder).as_posix())
+    tmp.replace(archive)
 
 
 def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs: list[str] | None = None,
-              output_slug: str = DEFAULT_OUTPUT_SLUG, work_root: Path = Path("work"), tag: str | None = None) -> Path:
-    """Write the build context (see the module doc) and return ``out``."""
+              output_slug: str = DEFAULT_OUTPUT_SLUG, work_root: Path = Path("work"), tag: str | None = None,
+              model_tarball: bool = False, inputs_json: Path | None = None, mirroring: bool = True) -> Path:
+    """Write the build context (see the module doc) and return ``out``.
+
+    ``mirroring``: mirror test-time augmentation in the container (``selfunet predict``'s default;
+    off is several times faster on a CPU, as ``--no-mirroring``).
+
+    ``input_slugs``: one slug (all channels in one image) or one per channel; default the image
+    sockets of ``inputs_json`` (the phase's example), else ``image``.
+    """
     work = resolve_work(task, work_root)
-    input_slugs = input_slugs or [DEFAULT_INPUT_SLUG]
+    if inputs_json is not None and not Path(inputs_json).is_file():
+        raise SelfUNetError(f"--inputs-json {inputs_json}: no such file; pass the phase's inputs.json.")
+    input_slugs = input_slugs or ([s for s, _ in read_inputs_json(inputs_json)] if inputs_json else
+                                  [DEFAULT_INPUT_SLUG])
+    channels = _channels(work)
+    if len(input_slugs) not in (1, channels):
+        raise SelfUNetError(f"{len(input_slugs)} input slugs ({', '.join(input_slugs)}) for a model with {channels} "
+                            "channel(s): give one --input-slug (all channels in one image) or one per channel.")
     from selfunet.evaluation.ensemble import Selection
 
     selection = Selection.load(work / "selection.json")
@@ -284,22 +333,37 @@ def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs
         shutil.copy2(source, target)
         target.chmod(0o644)  # artifacts are written 0600; the algorithm runs as another (non-root) user
     name = tag or f"selfunet-gc-{work.name.lower()}:latest"
+    case = _test_case(work)
     config = {"input_slugs": input_slugs, "output_slug": output_slug, "selected": selection.selected,
               "members": list(selection.members), "postprocessing": selection.postprocessing.model_dump(mode="json"),
-              "source_work": str(work), "base_image": image, "tag": name, "exported": time.strftime("%Y-%m-%d %H:%M")}
+              "source_work": str(work), "base_image": image, "tag": name, "platform": PLATFORM,
+              "model_in_image": not model_tarball, "mirroring": mirroring, "exported": time.strftime("%Y-%m-%d %H:%M"),
+              "test_case": None if case is None else {"id": case.case_id, "images": [str(p) for p in case.images]}}
     (out / "gc.json").write_text(json.dumps(config, indent=2))
     (out / "inference.py").write_text(INFERENCE_PY)
-    (out / "Dockerfile").write_text(DOCKERFILE.format(selected=selection.selected, members="+".join(selection.members),
-                                                      date=config["exported"], base=image, algorithm=ALGORITHM_DIR))
+    (out / "Dockerfile").write_text(DOCKERFILE.format(
+        selected=selection.selected, members="+".join(selection.members), date=config["exported"], base=image,
+        algorithm=ALGORITHM_DIR, platform=PLATFORM, inputs=",".join(input_slugs), output=output_slug,
+        copy_model="" if model_tarball else f"COPY model {ALGORITHM_DIR}/model\n"))
+    ignored = ["test", "*.tar.gz", *(["model"] if model_tarball else [])]
+    (out / ".dockerignore").write_text("\n".join(ignored) + "\n")
     archive = name.replace(":", "_").replace("/", "_") + ".tar.gz"
-    for script, text in (("build.sh", BUILD_SH), ("test.sh", TEST_SH), ("save.sh", SAVE_SH)):
-        (out / script).write_text(text.format(tag=name, output_slug=output_slug, archive=archive))
+    mount = f'EXTRA+=(-v "$PWD/model:{MODEL_MOUNT}:ro")  # the model tarball, as the platform mounts it\n'
+    texts = {"do_build.sh": BUILD_SH, "do_test_run.sh": TEST_SH, "do_save.sh": SAVE_SH}
+    for script, text in texts.items():
+        (out / script).write_text(text.format(
+            tag=name, output_slug=output_slug, archive=archive, base=image, platform=PLATFORM,
+            model_mount=mount if model_tarball else "",
+            model_note=" and the model tarball (model.tar.gz)" if model_tarball else "",
+            save_model='tar -C model -czf model.tar.gz .\n' if model_tarball else "",
+            model_listing=' model.tar.gz' if model_tarball else ""))
         (out / script).chmod(0o755)
+    if model_tarball:
+        _pack(out / "model", out / "model.tar.gz")
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         folder.chmod(0o755)
-    case = _test_case(work)
     if case is not None:
-        write_test_input(out / "test" / "input", case.images, input_slugs)
+        write_case(out / "test" / "input", case.images, input_slugs, inputs_json)
     log.info("wrote the grand-challenge build context %s (%d model files)", out, len(files))
     return out
 
@@ -307,28 +371,52 @@ def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs
 def host_prediction(context: Path, work: Path, dest: Path) -> Path:
     """``selfunet predict --selection`` on the host for the context's test case (the reference)."""
     config = json.loads((context / "gc.json").read_text())
-    inputs = sorted((context / "test" / "input" / "images" / s).glob("*.mha") for s in config["input_slugs"])
-    files = [next(iter(g)) for g in inputs]
-    if len(files) != 1:
-        raise SelfUNetError("--test compares one-socket cases only; this model has several input sockets.")
     dest.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "selfunet.cli", "predict", str(files[0]), "-o", str(dest), "-w", str(work),
-               "--selection", str(work / "selection.json")]
+    command = [sys.executable, "-m", "selfunet.cli", "predict", *config["test_case"]["images"], "-o", str(dest),
+               "-w", str(work), "--selection", str(work / "selection.json"),
+               *(() if config.get("mirroring", True) else ("--no-mirroring",))]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SelfUNetError(f"`{' '.join(command)}` failed:\n{result.stderr[-3000:]}")
-    (written,) = sorted(dest.glob("*.mha"))
+    (written,) = sorted(p for p in dest.iterdir() if p.is_file())
     return written
 
 
+def host_has_gpu() -> bool:
+    """What do_test_run.sh checks before it passes ``--gpus all``: a working ``nvidia-smi``."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def check_non_root(client, image: str) -> str:
+    """The image's user; a SelfUNetError when it runs as root (the platform refuses that)."""
+    import docker.errors
+
+    try:
+        user = (client.images.get(image).attrs.get("Config") or {}).get("User") or ""
+    except docker.errors.ImageNotFound:
+        raise SelfUNetError(f"base image '{image}' not found in the Docker Engine; build it first "
+                            "(`harness image build`).") from None
+    if user in ("", "root", "0") or user.startswith(("root:", "0:")):
+        raise SelfUNetError(f"base image '{image}' runs as root (User={user!r}); grand-challenge runs algorithms as "
+                            "a non-root user: build FROM an image with a non-root USER (the project image has one).")
+    return user
+
+
 def test_container(context: Path, client=None, keep_image: bool = True) -> dict:
-    """Build the context's image, run it like grand-challenge does, and compare with the host prediction."""
+    """Check the base runs as non-root, build the context's image for linux/amd64, run it like
+    grand-challenge does, and compare its label map with the host prediction."""
     from harness.image import docker_client
 
     client = client or docker_client()
     config = json.loads((context / "gc.json").read_text())
-    if not (context / "test" / "input" / "inputs.json").is_file():
+    if not (context / "test" / "input" / "inputs.json").is_file() or not config.get("test_case"):
         raise SelfUNetError(f"{context}/test/input: no test case (the work directory's dataset was not found).")
+    user = check_non_root(client, config["base_image"])
     work = Path(config["source_work"])
     expected_dir = context / "test" / "expected"
     if expected_dir.exists():
@@ -338,17 +426,26 @@ def test_container(context: Path, client=None, keep_image: bool = True) -> dict:
     host_s = time.perf_counter() - started
     started = time.perf_counter()
     image, _ = client.images.build(path=str(context), tag=config["tag"], rm=True, forcerm=True, network_mode="none",
-                                   pull=False)
+                                   pull=False, platform=config.get("platform", PLATFORM))
     build_s = time.perf_counter() - started
-    with tempfile.TemporaryDirectory(prefix="selfunet-gc-") as tmp:
+    gpu = host_has_gpu()
+    with tempfile.TemporaryDirectory(prefix="selfunet-gc-", ignore_cleanup_errors=True) as tmp:
         output = Path(tmp) / "output"
         output.mkdir()
         output.chmod(0o777)  # the container runs as its own non-root user, as on the platform
+        volumes = {str((context / "test" / "input").resolve()): {"bind": "/input", "mode": "ro"},
+                   str(output): {"bind": "/output", "mode": "rw"}}
+        if not config.get("model_in_image", True):
+            volumes[str((context / "model").resolve())] = {"bind": MODEL_MOUNT, "mode": "ro"}
+        extra = {}
+        if gpu:
+            from docker.types import DeviceRequest
+
+            extra["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]  # --gpus all
         started = time.perf_counter()
         container = client.containers.create(
             image.id, network_mode="none", read_only=True, tmpfs={"/tmp": "exec"}, shm_size="2g",
-            volumes={str((context / "test" / "input").resolve()): {"bind": "/input", "mode": "ro"},
-                     str(output): {"bind": "/output", "mode": "rw"}}, detach=True)
+            volumes=volumes, detach=True, **extra)
         try:
             container.start()
             code = int(container.wait().get("StatusCode", -1))
@@ -358,7 +455,7 @@ def test_container(context: Path, client=None, keep_image: bool = True) -> dict:
         run_s = time.perf_counter() - started
         if code != 0:
             raise SelfUNetError(f"the algorithm container exited with {code}:\n{logs[-3000:]}")
-        produced = sorted((output / "images" / config["output_slug"]).glob("*.mha"))
+        produced = output_files(output, config["output_slug"])
         if len(produced) != 1:
             raise SelfUNetError(f"expected one .mha in /output/images/{config['output_slug']}/, got "
                                 f"{[p.name for p in produced]}:\n{logs[-2000:]}")
@@ -369,6 +466,8 @@ def test_container(context: Path, client=None, keep_image: bool = True) -> dict:
                          and np.allclose(got.GetDirection(), want.GetDirection()))
         differing = int((a != b).sum()) if a.shape == b.shape else -1
     result = {"image": image.id, "tag": config["tag"], "size_mb": round(image.attrs.get("Size", 0) / 1e6, 1),
+              "user": user, "gpu": gpu, "architecture": image.attrs.get("Architecture"),
+              "input_slugs": config["input_slugs"], "model_in_image": config.get("model_in_image", True),
               "equal": same_geometry and differing == 0, "differing_voxels": differing,
               "same_geometry": same_geometry, "voxels": int(b.size), "labels": sorted(int(v) for v in np.unique(b)),
               "seconds": {"host_predict": round(host_s, 1), "build": round(build_s, 1), "run": round(run_s, 1)}}

@@ -28,7 +28,7 @@ from selfunet.errors import SelfUNetError
 OUTPUT_ENDINGS = (".mha", ".mhd", ".nii.gz", ".nii", ".nrrd", ".tif", ".tiff")
 
 
-def _clean(image: sitk.Image) -> sitk.Image:
+def clean_metadata(image: sitk.Image) -> sitk.Image:
     for key in image.GetMetaDataKeys():  # NIfTI header fields .mha cannot hold (warnings otherwise)
         image.EraseMetaData(key)
     return image
@@ -49,7 +49,7 @@ def channel_images(images: Sequence[Path]) -> list[sitk.Image]:
     """Every channel of a case as a 3D image, in channel order (one 4D file or one file per channel)."""
     out: list[sitk.Image] = []
     for path in images:
-        out += _split(_clean(sitk.ReadImage(str(path))))
+        out += _split(clean_metadata(sitk.ReadImage(str(path))))
     return out
 
 

@@ -54,7 +54,7 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.gc_case import geometry_problem, output_files, write_case
+from harness.gc_case import clean_metadata, geometry_problem, output_files, write_case
 from harness.tasks import TaskDescriptor
 from selfunet.artifacts import atomic_write_json, atomic_write_text
 from selfunet.data.io import SUPPORTED_ENDINGS, strip_ending
@@ -222,6 +222,8 @@ class ScoreOptions:
     case_timeout_s: float | None = None
     memory_gb: float | None = None
     cpus: float | None = None
+    selfunet_mirroring: bool = True
+    """mirror test-time augmentation for selfunet's own model (as an export made with or without it)."""
 
 
 def _progress(console: Console) -> Progress:
@@ -284,7 +286,7 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
             if result.status == OK:
                 kept = predictions / f"{case.case_id}.mha"
                 try:
-                    sitk.WriteImage(sitk.ReadImage(str(produced[0])), str(kept), True)
+                    sitk.WriteImage(clean_metadata(sitk.ReadImage(str(produced[0]))), str(kept), True)
                 except RuntimeError as exc:
                     kept = None
                     result.fail("unreadable", f"{produced[0].name}: {str(exc).strip().splitlines()[-1][:200]}")
@@ -302,8 +304,8 @@ def score_folder(sub: Submission, task: TaskDescriptor, cases: list[TestCase]) -
     return results, {"kind": "folder", "ref": str(folder.resolve())}
 
 
-def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores: Path,
-                 console: Console) -> tuple[list[CaseResult], dict]:
+def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores: Path, console: Console,
+                 mirroring: bool = True) -> tuple[list[CaseResult], dict]:
     """``selfunet predict --selection`` per case (model loaded per case, as a container does)."""
     selection = work / "selection.json"
     if not selection.is_file():
@@ -319,7 +321,7 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
         for case in cases:
             out = Path(tmp) / case.case_id
             command = [sys.executable, "-m", "selfunet.cli", "predict", *map(str, case.images), "-o", str(out),
-                       "-w", str(work), "--selection", str(selection)]
+                       "-w", str(work), "--selection", str(selection), *(() if mirroring else ("--no-mirroring",))]
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True)
             result = CaseResult(case.case_id, seconds=time.perf_counter() - started)
@@ -332,10 +334,11 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
                 written = prediction_file(out, case.case_id)
                 if written is not None:
                     kept = predictions / f"{case.case_id}.mha"
-                    sitk.WriteImage(sitk.ReadImage(str(written)), str(kept), True)
+                    sitk.WriteImage(clean_metadata(sitk.ReadImage(str(written))), str(kept), True)
             results.append(score_case(result, kept, case.label, _labels(task)))
             progress.advance(bar)
-    return results, {"kind": SELFUNET, "ref": str(selection), "selection": json.loads(selection.read_text())}
+    return results, {"kind": SELFUNET, "ref": str(selection), "selection": json.loads(selection.read_text()),
+                     "mirroring": mirroring}
 
 
 def _labels(task: TaskDescriptor) -> dict[int, str]:
@@ -433,7 +436,8 @@ def score_task(task: TaskDescriptor, submissions: list[Submission], work: Path, 
     for sub in queue:
         started = time.perf_counter()
         if sub is None:
-            name, (case_results, record) = SELFUNET, run_selfunet(task, Path(work), cases, scores, console)
+            name, (case_results, record) = SELFUNET, run_selfunet(task, Path(work), cases, scores, console,
+                                                                   options.selfunet_mirroring)
         elif sub.kind == "folder":
             name, (case_results, record) = sub.name, score_folder(sub, task, cases)
         else:

@@ -101,8 +101,8 @@ def test_grand_challenge_container_matches_selfunet_predict(demo_runs, engine, p
 
     work = demo_runs["root"] / "work_docker" / "demo"
     context = export_gc(work, tmp_path / "gc", image=project_image, tag="selfunet-gc-test:latest")
-    for name in ("Dockerfile", "inference.py", "gc.json", "build.sh", "test.sh", "save.sh", "model/plan.json",
-                 "model/selection.json", "test/input/inputs.json"):
+    for name in ("Dockerfile", "inference.py", "gc.json", "do_build.sh", "do_test_run.sh", "do_save.sh",
+                 "model/plan.json", "model/selection.json", "test/input/inputs.json"):
         assert (context / name).is_file(), name
     assert list((context / "model" / "train").rglob("checkpoint_final.pt"))
     result = test_container(context, client=engine, keep_image=False)
