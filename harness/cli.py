@@ -376,6 +376,26 @@ def score(
     score_task(t, submissions, work_root / t.name, results, options, selfunet=not no_selfunet, console=console)
     board = results / t.name / "scores" / "leaderboard.md"
     console.print(board.read_text(), highlight=False, markup=False, soft_wrap=True)
+    _rank_scored(t.name, results, work_root)
+
+
+def _rank_scored(task: str, results: Path, work_root: Path) -> None:
+    """After scoring: the ranking of everything scored so far (scores/ranking.md), and, when the task
+    has leaderboards, those and the HTML report re-rendered with it (harness.ranking, harness.report)."""
+    from harness.ranking import rank_scores
+    from harness.report import write_report
+    from harness.results import rerender
+    from harness.tables import ranking_markdown
+    from selfunet.artifacts import atomic_write_text
+
+    ranking = rank_scores(task, results / task / "scores")
+    if ranking is None:
+        return
+    text = ranking_markdown(ranking, f"{task}: ranking on the held-out test cases")
+    atomic_write_text(results / task / "scores" / "ranking.md", text)
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+    if (results / task / "selection.json").is_file():
+        write_report(rerender([task], results, work_root), results, work_root)
 
 
 image_app = typer.Typer(no_args_is_help=True, help="The project's Docker image (Dockerfile; docs/containers.md).")

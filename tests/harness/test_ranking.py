@@ -155,3 +155,21 @@ def test_score_files_of_submissions_are_ranked_and_other_csvs_ignored(tmp_path):
     with pytest.raises(SelfUNetError, match=r"bad\.csv, line 2"):
         rank_scores("demo", tmp_path)
     assert rank_scores("demo", tmp_path / "none") is None
+
+
+def test_score_command_ranks_the_scored_submissions(demo_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    descriptor = tmp_path / "t.yaml"
+    descriptor.write_text(f"name: t\ndataset: {demo_root}\ntest_labels: {demo_root / 'labelsTs'}\n")
+    out = CliRunner().invoke(app, ["score", str(descriptor), "--work-root", str(tmp_path / "work"), "--results",
+                                   str(tmp_path / "r"), "-s", f"ref={demo_root / 'labelsTs'}", "-s", f"none={empty}",
+                                   "--no-selfunet"], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "t: ranking on the held-out test cases" in out.output
+    ranking = (tmp_path / "r" / "t" / "scores" / "ranking.md").read_text()
+    assert "| 1 | ref | 1.0000 | 1-1 |" in ranking and "| 2 | none | 0.0000 | 2-2 |" in ranking
