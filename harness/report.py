@@ -75,6 +75,7 @@ def record_section(record: dict | None) -> list[str]:
     rows = [
         ["code version", record.get("code_version", NA)], ["budget", budget_text(record)],
         ["seeds", ", ".join(f"{k} {v}" for k, v in (record.get("seeds") or {}).items()) or NA],
+        ["training seeds", ", ".join(str(s) for s in record.get("train_seeds") or []) or NA],
         ["dataset", record.get("dataset", NA)],
         ["device", ", ".join(f"{k}: {v}" for k, v in device.items()) or NA],
         ["executor / sandbox", f"{record.get('executor', NA)} / {record.get('sandbox', NA)}"],
