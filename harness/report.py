@@ -37,7 +37,8 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; } td.text, th.text { text-align: left; }
 tr.selected { font-weight: bold; background: #eef8ee; }
-img { max-width: 100%; margin: 0.4em 0.4em 0.4em 0; } p.note { color: #555; font-size: 0.9em; }
+img { max-width: 100%; margin: 0.4em 0.4em 0.4em 0; } div.scroll { overflow-x: auto; }
+p.note { color: #555; font-size: 0.9em; }
 """
 
 
@@ -53,7 +54,8 @@ def table(header: list[str], rows: list[list[str]], css: str, selected: list[boo
         cls = ' class="selected"' if selected and selected[n] else ""
         cells = "".join(f'<td class="{"text" if i in text_columns else ""}">{_e(c)}</td>' for i, c in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<div class="scroll"><table class="{css}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 def image(uri: str, alt: str) -> str:
