@@ -82,6 +82,21 @@ def trained(tiny_work_template: Path, demo_root: Path, tmp_path_factory) -> Path
     return work
 
 
+@pytest.fixture
+def placeholder_work(tiny_work_template: Path, tmp_path: Path) -> Path:
+    """A work directory with a selection and placeholder checkpoints: enough to export, not to predict."""
+    from selfunet.evaluation.ensemble import Selection
+    from selfunet.inference.postprocess import PostprocessingRule
+
+    work = Path(shutil.copytree(tiny_work_template, tmp_path / "demo", ignore=shutil.ignore_patterns("preprocessed")))
+    for fold in (0, 1):
+        (work / "train" / "3d_fullres" / f"fold_{fold}").mkdir(parents=True)
+        (work / "train" / "3d_fullres" / f"fold_{fold}" / "checkpoint_final.pt").write_bytes(b"placeholder")
+    Selection(selected="3d_fullres", members=["3d_fullres"], postprocessing=PostprocessingRule(), candidates=[],
+              labels={"1": "organ", "2": "lesion"}, file_ending=".nii.gz", num_cases=6).save(work / "selection.json")
+    return work
+
+
 @pytest.fixture(scope="module")
 def task(demo_root: Path) -> TaskDescriptor:
     return TaskDescriptor.model_validate({"name": "demo", "dataset": str(demo_root),
@@ -174,10 +189,11 @@ def test_socket_per_channel_and_model_tarball_with_the_phase_inputs_json(
 
 
 def test_failing_cases_are_recorded_scored_as_the_worst_case_and_scoring_goes_on(
-        engine, threshold_images, trained, task, tmp_path) -> None:
+        engine, threshold_images, task, tmp_path) -> None:
     names = ["crash", "sleep", "missing", "wrong-geometry", "ok"]
     subs = [parse_submission(f"{n}={threshold_images[n]}") for n in names]
-    out = score_task(task, subs, trained, tmp_path / "results", ScoreOptions(case_timeout_s=6), selfunet=False)
+    out = score_task(task, subs, tmp_path / "work", tmp_path / "results", ScoreOptions(case_timeout_s=6),
+                     selfunet=False)
     expected = {"crash": "crash", "sleep": "timeout", "missing": "missing", "wrong-geometry": "wrong-geometry",
                 "ok": "ok"}
     for name, status in expected.items():
@@ -191,12 +207,12 @@ def test_failing_cases_are_recorded_scored_as_the_worst_case_and_scoring_goes_on
     assert not engine.containers.list(all=True, filters={"label": "selfunet.algorithm"})
 
 
-def test_a_root_base_image_is_refused_before_the_build(engine, trained, tmp_path) -> None:
+def test_a_root_base_image_is_refused_before_the_build(engine, placeholder_work, tmp_path) -> None:
     from selfunet.errors import SelfUNetError
 
     with pytest.raises(SelfUNetError, match="runs as root"):
         gc.check_non_root(engine, BASE)
-    context = gc.export_gc(trained, tmp_path / "gc", image=BASE, tag="selfunet-gc-root-test:latest")
+    context = gc.export_gc(placeholder_work, tmp_path / "gc", image=BASE, tag="selfunet-gc-root-test:latest")
     built = subprocess.run(["bash", str(context / "do_build.sh")], capture_output=True, text=True, timeout=120,
                            env={**os.environ})
     assert built.returncode == 1 and "runs as root" in built.stderr, built.stdout + built.stderr
