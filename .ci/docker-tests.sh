@@ -12,7 +12,7 @@
 #      no network and a read-only /input, and compared with `selfunet predict --selection`;
 #      `harness score` of that export (one 4D socket; a socket per channel with a model tarball)
 #      beside an independent threshold container (tests/docker/threshold_algorithm, built from the
-#      base image and the wheelhouse's SimpleITK) and its crash/timeout/missing/wrong-geometry tags
+#      base image and the wheelhouse's SimpleITK) and its crash/timeout/oom/missing/wrong-geometry tags
 #   5. the engine stopped (also on failure)
 #
 # Needs root (dockerd). Times and image sizes are printed at the end.

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BASE = "selfunet-base:bookworm"
 THRESHOLD = "selfunet-test-threshold"
-MODES = ("ok", "crash", "sleep", "missing", "wrong-geometry")
+MODES = ("ok", "crash", "sleep", "oom", "missing", "wrong-geometry")
 
 
 def _simpleitk_wheel(dest: Path) -> None:
@@ -190,16 +190,17 @@ def test_socket_per_channel_and_model_tarball_with_the_phase_inputs_json(
 
 def test_failing_cases_are_recorded_scored_as_the_worst_case_and_scoring_goes_on(
         engine, threshold_images, task, tmp_path) -> None:
-    names = ["crash", "sleep", "missing", "wrong-geometry", "ok"]
+    names = ["crash", "sleep", "oom", "missing", "wrong-geometry", "ok"]
     subs = [parse_submission(f"{n}={threshold_images[n]}") for n in names]
-    out = score_task(task, subs, tmp_path / "work", tmp_path / "results", ScoreOptions(case_timeout_s=6),
-                     selfunet=False)
-    expected = {"crash": "crash", "sleep": "timeout", "missing": "missing", "wrong-geometry": "wrong-geometry",
-                "ok": "ok"}
+    out = score_task(task, subs, tmp_path / "work", tmp_path / "results",
+                     ScoreOptions(case_timeout_s=6, memory_gb=0.5), selfunet=False)
+    expected = {"crash": "crash", "sleep": "timeout", "oom": "oom", "missing": "missing",
+                "wrong-geometry": "wrong-geometry", "ok": "ok"}
     for name, status in expected.items():
         assert [r.status for r in out[name]] == [status, status], (name, out[name])
     assert "simulated crash" in out["crash"][0].reason and "exit code 1" in out["crash"][0].reason
     assert "6 s" in out["sleep"][0].reason and "spacing" in out["wrong-geometry"][0].reason
+    assert "0.5 GB" in out["oom"][0].reason
     for name in names[:-1]:
         rows = _csv(tmp_path / "results" / "demo" / "scores" / f"{name}.csv")
         assert {r["dice"] for r in rows} == {"0.000000"} and all(r["reason"] for r in rows)

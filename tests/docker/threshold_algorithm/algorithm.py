@@ -10,6 +10,7 @@ submission can, which the scorer must record and survive:
   ok              the label map
   crash           exit 1 with a message on stderr
   sleep           sleep far past any test's time limit
+  oom             allocate (and zero) 4 GiB, past any test's memory limit
   missing         exit 0 without writing anything
   wrong-geometry  a label map with a different voxel spacing
 """
@@ -54,6 +55,9 @@ def main():
         sys.exit(1)
     if mode == "sleep":
         time.sleep(3600)
+    if mode == "oom":
+        hog = sitk.Image([1024, 1024, 512], sitk.sitkFloat64)  # zero-filled: every page touched
+        print(hog.GetSize())
     t1, t2 = channels(socket_images())[:2]
     organ = sitk.Cast(t1, sitk.sitkFloat32) > ORGAN_T1  # UInt8 masks
     lesion = sitk.Cast(t2, sitk.sitkFloat32) > LESION_T2
