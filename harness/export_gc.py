@@ -51,6 +51,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from harness.gc_case import output_files, read_inputs_json, write_case
+from harness.sandboxes.algorithm import is_root
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -401,7 +402,7 @@ def check_non_root(client, image: str) -> str:
     except docker.errors.ImageNotFound:
         raise SelfUNetError(f"base image '{image}' not found in the Docker Engine; build it first "
                             "(`harness image build`).") from None
-    if user in ("", "root", "0") or user.startswith(("root:", "0:")):
+    if is_root(user):
         raise SelfUNetError(f"base image '{image}' runs as root (User={user!r}); grand-challenge runs algorithms as "
                             "a non-root user: build FROM an image with a non-root USER (the project image has one).")
     return user

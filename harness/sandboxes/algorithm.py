@@ -8,7 +8,9 @@ removed), with the platform's contract instead of ``selfunet ARGV``:
 - the case folder is mounted read-only at ``/input`` and a fresh folder read-write at
   ``/output`` (the request's one ``read_only`` and one ``read_write`` path);
 - the image's own entry point and command, and its own user (the platform runs an algorithm as
-  the user its image declares; the output folder is made writable for it);
+  the user its image declares; the output folder is made writable for it), except root: an image
+  that declares none (or root) runs as ``nobody`` (:data:`NOBODY`), since a submission is code
+  nobody here reviewed;
 - no host paths inside the container besides those two.
 """
 
@@ -20,6 +22,13 @@ from typing import Any
 from harness.sandboxes.base import SandboxRequest, Slot
 from harness.sandboxes.docker import DockerSandbox
 from selfunet.errors import SelfUNetError
+
+#: who an image that would run as root runs as instead.
+NOBODY = "65534:65534"
+
+
+def is_root(user: str) -> bool:
+    return user in ("", "root", "0") or user.startswith(("root:", "0:"))
 
 
 class AlgorithmSandbox(DockerSandbox):
@@ -34,6 +43,8 @@ class AlgorithmSandbox(DockerSandbox):
     def container_kwargs(self, request: SandboxRequest, slot: Slot) -> dict[str, Any]:
         kwargs = super().container_kwargs(request, slot)
         kwargs.pop("user", None)  # the image's user, as on the platform
+        if is_root(self.image_user):
+            kwargs["user"] = NOBODY
         kwargs.pop("command", None)  # the image's CMD
         kwargs.pop("entrypoint", None)
         if self.entrypoint is not None:
@@ -42,6 +53,13 @@ class AlgorithmSandbox(DockerSandbox):
             kwargs["command"] = list(request.argv)
         kwargs["labels"] = {**kwargs.get("labels", {}), "selfunet.algorithm": self.image_ref}
         return kwargs
+
+    @property
+    def image_user(self) -> str:
+        """The user the image declares (``Config.User``; empty = root)."""
+        if not hasattr(self, "_image_user"):
+            self._image_user = (self.client.images.get(self.image).attrs.get("Config") or {}).get("User") or ""
+        return self._image_user
 
     def run(self, request: SandboxRequest, slot: Slot) -> int:
         output = Path(request.read_write[0])

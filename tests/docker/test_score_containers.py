@@ -219,3 +219,15 @@ def test_a_root_base_image_is_refused_before_the_build(engine, placeholder_work,
     assert built.returncode == 1 and "runs as root" in built.stderr, built.stdout + built.stderr
     with pytest.raises(SelfUNetError, match="runs as root"):
         gc.test_container(context, client=engine)
+
+
+def test_an_image_that_would_run_as_root_runs_as_nobody(engine, tmp_path) -> None:
+    from harness.sandboxes.algorithm import NOBODY, AlgorithmSandbox
+    from harness.sandboxes.base import SandboxRequest, Slot
+
+    sandbox = AlgorithmSandbox(image=BASE, client=engine, entrypoint=["sh", "-c", "id -u > /output/uid"])
+    (tmp_path / "in").mkdir()
+    request = SandboxRequest(job_id="score-root-check", argv=(), log_path=tmp_path / "log",
+                             read_only=(tmp_path / "in",), read_write=(tmp_path / "out",))
+    assert sandbox.run(request, Slot(0)) == 0, (tmp_path / "log").read_text()
+    assert (tmp_path / "out" / "uid").read_text().strip() == NOBODY.split(":")[0]
