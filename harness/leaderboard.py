@@ -388,9 +388,51 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
     scores = load_seed_scores((work if have_work else selection_path.parent) / SEEDS_FILE)
     if scores is not None:
         apply_seed_means(board, scores)
+        if have_work and compute and average_per_case_over_seeds(board, work, scores, processes):
+            board.ranking = rank_rows(board)
     if have_work:
         apply_costs(board, work)
     return board
+
+
+def average_per_case_over_seeds(board: Leaderboard, work: Path, scores: dict, processes: int = 1) -> bool:
+    """With several seeds, each row's per-case Dice becomes the mean over seeds (each seed's own
+    predictions, postprocessed with that seed's rule for a postprocessed row), so the ranking
+    compares what the seed-mean columns show. False (rows untouched) when a seed's predictions
+    are not all there."""
+    from selfunet.evaluation.ensemble import Selection
+
+    averaged: dict[int, list[dict[str, dict[str, float]]]] = {}
+    for rel in (scores.get("work_dirs") or {}).values():
+        seed_dir = (work / rel).resolve()
+        if seed_dir == work.resolve():
+            continue
+        try:
+            selection = Selection.load(seed_dir / "selection.json")
+        except SelfUNetError:
+            return False
+        by_name = {c.name: c for c in selection.candidates}
+        for i, row in enumerate(board.rows):
+            cand = by_name.get(row.candidate)
+            if row.per_case is None or cand is None:
+                return False
+            rule = cand.postprocessing if row.postprocessed else None
+            summary = evaluate_candidate(seed_dir, cand.prediction_dir, cand.name, rule, None, False, processes)
+            per_case = per_case_dice(summary, board.labels)
+            if per_case is None or set(per_case) != set(row.per_case):
+                return False
+            averaged.setdefault(i, [row.per_case]).append(per_case)
+    for i, tables in averaged.items():
+        board.rows[i].per_case = {case: {v: _nanmean([t[case].get(v, math.nan) for t in tables]) for v in board.labels}
+                                  for case in tables[0]}
+    if averaged:
+        board.notes.append("Ranking: per-case Dice averaged over the seeds (each seed's own predictions and rule).")
+    return bool(averaged)
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def per_case_dice(summary, labels: dict[str, str]) -> dict[str, dict[str, float]] | None:

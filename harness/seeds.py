@@ -155,8 +155,9 @@ def apply_seed_means(board, scores: dict) -> None:
     """Replace each leaderboard row's Dice by its mean over seeds (std beside it) and say so in the notes.
 
     The raw row's seeds are each seed's raw cross-validation; the postprocessed row's, each seed's
-    candidate with that seed's own rule. NSD/HD95, fold spread and the ranking stay the first
-    seed's (they need the predictions, which are compared case by case).
+    candidate with that seed's own rule. NSD/HD95, fold spread and cost stay the first seed's; the
+    ranking averages the per-case Dice over seeds
+    (:func:`harness.leaderboard.average_per_case_over_seeds`).
     """
     seeds = scores["seeds"]
     for row in board.rows:
@@ -170,4 +171,4 @@ def apply_seed_means(board, scores: dict) -> None:
     board.notes.append(
         f"Seeds {', '.join(map(str, seeds))}: mean_fg_dice and per-class Dice are means over seeds, std_* the "
         "population std over seeds (a postprocessed row: each seed with its own rule); selection by the mean "
-        f"({scores.get('selected_by', '')}). NSD/HD95, fold spread, cost and the ranking are the first seed's.")
+        f"({scores.get('selected_by', '')}). NSD/HD95, fold spread and cost are the first seed's.")

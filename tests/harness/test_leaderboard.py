@@ -287,3 +287,27 @@ def test_ranking_of_the_rows_and_of_scored_submissions_and_the_consensus_over_ta
     assert "## Consensus over tasks: cross-validation" in overview
     assert "| 1 | 3d_fullres+pp | 1.00 | 1 | 1 |" in overview
     assert "held-out test cases" not in overview  # only one task has scored submissions
+
+
+def test_with_several_seeds_the_ranking_averages_each_seeds_per_case_dice(work: Path, tmp_path: Path):
+    from harness.leaderboard import build_leaderboard
+
+    seed_dir = work / "seeds" / "1"
+    seed_dir.mkdir(parents=True)
+    for name in ("fingerprint.json", "selection.json", "crossval", "ensembles"):
+        source = work / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, seed_dir / name)
+    worse = seed_dir / "crossval" / "3d_fullres"
+    (worse / "summary.json").unlink()
+    _predictions(worse, "no_lesion")  # seed 1's 3d_fullres misses the lesion everywhere
+    selection = Selection.load(work / "selection.json")
+    (work / "seeds.json").write_text(json.dumps({"seeds": [0, 1], "work_dirs": {"0": ".", "1": "seeds/1"},
+                                                 "candidates": {}}))
+    board = build_leaderboard("tiny", work, work / "selection.json")
+    raw = next(r for r in board.rows if r.candidate == "3d_fullres" and r.postprocessing == "none")
+    first = EvaluationSummary.load(work / "crossval" / "3d_fullres" / "summary.json")
+    for case in first.per_case:  # lesion: (seed 0's Dice + 0) / 2
+        assert raw.per_case[case.case_id]["2"] == pytest.approx(case.classes["2"].dice / 2)
+    assert "per-case Dice averaged over the seeds" in " ".join(board.notes)
+    assert board.ranking.row("3d_fullres").mean_fg_dice < first.mean_foreground_dice
+    assert selection.selected == "3d_fullres"
