@@ -100,7 +100,7 @@ def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) 
     sigterm_when(args, training_mid_epoch, work, "training")
     interrupted = [p.stem for p in (work / ".harness" / "jobs").glob("train-*.json")
                    if marker(work, p.stem)["status"] == "interrupted"]
-    assert len(interrupted) == 1
+    assert interrupted  # every training running at that moment (one per slot)
     print(f"two interrupted runs: {time.perf_counter() - started:.1f} s")
 
     first = CliRunner().invoke(app, args, terminal_width=200)
@@ -109,7 +109,7 @@ def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) 
     record = json.loads((tmp_path / "results" / "demo" / "run.json").read_text())
     jobs = {j["job"]: j for j in record["jobs"]}
     assert all(j["status"] in ("succeeded", "skipped") for j in jobs.values()), jobs
-    assert jobs[interrupted[0]]["status"] == "succeeded"  # resumed from its latest checkpoint
+    assert all(jobs[j]["status"] == "succeeded" for j in interrupted)  # resumed from their latest checkpoints
     assert {"check", "fingerprint", "plan", "preprocess", "select", "predict-test", "export"} <= set(jobs)
     assert any(j.startswith("train-") for j in jobs) and record["folds"] == 2
     markers = tmp_path / "work" / "demo" / ".harness" / "jobs"
