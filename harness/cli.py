@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from selfunet.cli import BudgetChoice, errors_to, print_version
+from selfunet.cli import VERBOSE, BudgetChoice, errors_to, print_version
 from selfunet.errors import SelfUNetError
 
 app = typer.Typer(name="harness", help="Benchmark selfunet over many tasks.", no_args_is_help=True,
@@ -42,6 +42,7 @@ def _root(
                                           help="print the version and exit")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    VERBOSE[:] = [True] if verbose else []
 
 
 def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Optional[str] = None) -> list:

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal, Optional, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from selfunet.errors import SelfUNetError, os_error_message
+from selfunet.errors import SelfUNetError, clip, os_error_message
 
 app = typer.Typer(
     name="selfunet",
@@ -27,6 +28,10 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
+
+
+#: set by ``-v``/``--verbose`` of either command line: an unexpected error then shows its traceback.
+VERBOSE: list[bool] = []
 
 
 def errors_to(target: Console) -> Callable[[F], F]:
@@ -45,6 +50,15 @@ def errors_to(target: Console) -> Callable[[F], F]:
                 raise typer.Exit(1) from None
             except OSError as exc:
                 target.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            except (typer.Exit, typer.Abort, click.ClickException):
+                raise
+            except Exception as exc:  # a bug, not the user's input: one line, the traceback only with -v
+                if VERBOSE:
+                    raise
+                target.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(clip(str(exc)))} (a bug, "
+                             "not your input: please report it with the command; `-v` prints the traceback)",
+                             highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
 
         return wrapper  # type: ignore[return-value]
@@ -75,6 +89,7 @@ def _root(
                                           help="print the version and exit")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    VERBOSE[:] = [True] if verbose else []
 
 
 def _device_name(value: Optional[str]) -> Optional[str]:

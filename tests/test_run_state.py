@@ -263,3 +263,19 @@ def test_torn_final_checkpoint_is_set_aside_and_training_resumes(tiny_work: Path
     assert result.exit_code == 0, result.output
     assert load_checkpoint(final)["epoch"] == 1
     assert len(list(out.glob("checkpoint_final.pt.invalid-*"))) == 1
+
+
+def test_a_bug_is_one_line_and_verbose_shows_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfunet.data.demo
+
+    def broken(*args, **kwargs):
+        raise TypeError("[/x] " + "y" * 10_000)
+
+    monkeypatch.setattr(selfunet.data.demo, "make_demo_dataset", broken)
+    result = CliRunner().invoke(selfunet_app, ["demo-data", str(tmp_path / "d")])
+    no_traceback(result)
+    assert result.exit_code == 1
+    assert "unexpected TypeError: [/x] yyy" in result.output and "characters)" in result.output
+    assert "-v` prints the traceback" in result.output
+    verbose = CliRunner().invoke(selfunet_app, ["-v", "demo-data", str(tmp_path / "d")])
+    assert isinstance(verbose.exception, TypeError)

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfunet.errors import SelfUNetError
+from selfunet.errors import SelfUNetError, clip
 from selfunet.planning.fingerprint_types import CaseFingerprint, ChannelIntensity, DatasetSummary, Fingerprint
 
 _INTENSITY_KEYS = ("mean", "median", "std", "min", "max", "percentile_99_5", "percentile_00_5")
@@ -26,9 +26,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise SelfUNetError(f"{path} does not exist: give the path of the nnU-Net v2 {what}.")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfUNetError(f"{path} is not readable JSON ({exc}); give the nnU-Net v2 {what}.") from exc
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or bytes that are not UTF-8
+        raise SelfUNetError(f"{path} is not readable JSON ({clip(str(exc))}); give the nnU-Net v2 {what}.") from None
     if not isinstance(raw, dict):
         raise SelfUNetError(f"{path}: expected a JSON object (the nnU-Net v2 {what}).")
     return raw

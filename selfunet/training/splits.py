@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from selfunet.artifacts import atomic_write_json
-from selfunet.errors import SelfUNetError
+from selfunet.errors import SelfUNetError, clip
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,9 @@ def load_splits(path: Path, case_ids: Sequence[str]) -> list[Fold]:
     path = Path(path)
     fix = f"fix or delete {path} (it is recreated from the dataset on the next training run)"
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfUNetError(f"{path} is not readable JSON ({exc}); {fix}.") from exc
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or bytes that are not UTF-8
+        raise SelfUNetError(f"{path} is not readable JSON ({clip(str(exc))}); {fix}.") from None
     if not isinstance(raw, list) or not raw:
         raise SelfUNetError(f"{path} must be a non-empty list of {{\"train\": [...], \"val\": [...]}}; {fix}.")
     known = {str(c) for c in case_ids}
