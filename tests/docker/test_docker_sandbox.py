@@ -133,3 +133,29 @@ def test_gpu_slot_sends_exactly_its_device_request_to_the_engine(engine, project
     assert not cpu_config.get("DeviceRequests")
     assert "CUDA_VISIBLE_DEVICES" not in " ".join(sent[0].get("environment") or [])
     assert job_containers(engine, "t-gpu") == [] and job_containers(engine, "t-cpu") == []
+
+
+def test_stop_all_stops_a_running_job_container_gracefully(engine, project_image, tmp_path: Path) -> None:
+    """`harness run` got SIGTERM: the job's container gets SIGTERM (a training checkpoints), then goes."""
+    import threading
+    import time
+
+    box = python_box(engine, project_image)
+    code = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True), sys.exit(143)))\n"
+            "print('started', flush=True)\ntime.sleep(300)\n")
+    req = probe(tmp_path, "t-stop", code)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(code=box.run(req, Slot(0))))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while "started" not in (req.log_path.read_text() if req.log_path.is_file() else "").splitlines():
+        assert time.monotonic() < deadline and thread.is_alive(), "the job container did not start"
+        time.sleep(0.2)
+    sent = time.monotonic()
+    assert box.stop_all(grace_s=10) == ["t-stop"]
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert result["code"] == 143 and time.monotonic() - sent < 15
+    assert "got SIGTERM" in req.log_path.read_text()
+    assert job_containers(engine, "t-stop") == []
