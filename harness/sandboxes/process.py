@@ -6,21 +6,45 @@ environment without relying on PATH; output goes to the job's log file, never to
 
 Each job runs in a session (and process group) of its own, so stopping it reaches every process
 it started (preprocessing workers too), and a Ctrl-C in the terminal reaches only the harness,
-which then stops the jobs in order (:meth:`ProcessSandbox.stop_all`).
+which then stops the jobs in order (:meth:`ProcessSandbox.stop_all`). A job whose owner dies
+without a word (SIGKILL, a lost Ray worker) gets SIGTERM from the kernel (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 
 from harness.sandboxes.base import STOP_GRACE_S, Sandbox, SandboxRequest, Slot
+
+
+def _libc_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGTERM when the thread that started it dies (the
+    harness killed by SIGKILL, a Ray worker lost), so no job outlives its owner unseen. Nothing but
+    one libc call here (no locks, no imports: the parent has threads)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
@@ -36,15 +60,18 @@ def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None
         process.wait(timeout=grace_s)
 
 
+#: the jobs each sandbox runs now (job id -> process), for :meth:`ProcessSandbox.stop_all` from
+#: another thread; kept outside the instance so that a sandbox still pickles (Ray ships copies).
+_RUNNING: weakref.WeakKeyDictionary[ProcessSandbox, dict[str, subprocess.Popen]] = weakref.WeakKeyDictionary()
+_RUNNING_LOCK = threading.Lock()
+
+
 class ProcessSandbox(Sandbox):
     name = "process"
 
     def __init__(self, program: Sequence[str] | None = None) -> None:
         #: the command that precedes the job's argv; tests swap in a cheap fake here.
         self.program = tuple(program) if program is not None else (sys.executable, "-m", "selfunet.cli")
-        #: jobs running now (job id -> process), so :meth:`stop_all` can reach them from another thread.
-        self._live: dict[str, subprocess.Popen] = {}
-        self._lock = threading.Lock()
 
     def command(self, request: SandboxRequest) -> list[str]:
         return [*self.program, *request.argv]
@@ -61,24 +88,24 @@ class ProcessSandbox(Sandbox):
             log.flush()
             try:
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=env, start_new_session=True)
+                                           env=env, start_new_session=True, preexec_fn=_die_with_parent)
             except OSError as exc:
                 log.write(f"cannot start the job: {exc}\n".encode())
                 return 127
-            with self._lock:
-                self._live[request.job_id] = process
+            with _RUNNING_LOCK:
+                _RUNNING.setdefault(self, {})[request.job_id] = process
             try:
                 return process.wait()
             except BaseException:  # Ctrl-C in a Ray worker: let the job checkpoint (SIGTERM), then kill its group
                 stop_group(process)
                 raise
             finally:
-                with self._lock:
-                    self._live.pop(request.job_id, None)
+                with _RUNNING_LOCK:
+                    _RUNNING.get(self, {}).pop(request.job_id, None)
 
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[str]:
-        with self._lock:
-            live = dict(self._live)
+        with _RUNNING_LOCK:
+            live = dict(_RUNNING.get(self, {}))
         threads = [threading.Thread(target=stop_group, args=(p, grace_s), daemon=True) for p in live.values()]
         for t in threads:  # all at once: N jobs take one grace period, not N
             t.start()
