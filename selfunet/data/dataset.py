@@ -7,6 +7,10 @@
   ``file_ending``; ``imagesTr/<case>_0000<ending>`` per channel, ``labelsTr/<case><ending>``,
   ``imagesTs/``.
 
+Labels may also be declared as regions (nnU-Net v2: a name mapped to a list of values, plus
+``regions_class_order``; MSD: an extra ``regions`` object next to ``labels``), and a label named
+``ignore`` marks unannotated voxels; see :mod:`selfunet.data.labels`.
+
 Both become one :class:`DatasetSpec`, and :func:`read_case` returns identical arrays for the same
 data in either layout. Parsing never opens an image: missing files are reported by
 ``selfunet check``, not here.
@@ -23,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from selfunet.data.io import ImageGeometry, file_ending, read_image, strip_ending
+from selfunet.data.labels import LabelScheme, scheme_from_declaration
 from selfunet.errors import SelfUNetError, clip, quote
 
 Layout = Literal["msd", "nnunetv2"]
@@ -50,6 +55,8 @@ class DatasetSpec:
     file_ending: str
     training: tuple[CaseSpec, ...]
     test: tuple[CaseSpec, ...]
+    label_scheme: LabelScheme = LabelScheme()
+    """regions and ignore label (default: plain classes, everything annotated)."""
 
     @property
     def num_channels(self) -> int:
@@ -62,7 +69,8 @@ class DatasetSpec:
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:
-        return tuple(sorted(v for v in self.labels if v > 0))
+        """foreground label values (the ignore label is not one)."""
+        return tuple(sorted(v for v in self.labels if v > 0 and v != self.label_scheme.ignore_label))
 
     def summary(self) -> dict:
         return {
@@ -74,6 +82,7 @@ class DatasetSpec:
             "file_ending": self.file_ending,
             "num_training": len(self.training),
             "num_test": len(self.test),
+            "label_scheme": self.label_scheme.summary(),
         }
 
 
@@ -197,6 +206,15 @@ def _load_msd(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
             '{"0": "background", "1": "liver"}.'
         ) from exc
     labels = _check_labels(descriptor, labels)
+    regions = None
+    if "regions" in raw:
+        raw_regions = _require(descriptor, raw, "regions", dict)
+        regions = []
+        for name, values in raw_regions.items():  # type: ignore[union-attr]
+            if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise SelfUNetError(f"{descriptor}: region '{name}' must map to a list of integer label values.")
+            regions.append((str(name), values))
+    scheme = scheme_from_declaration(str(descriptor), labels, regions, _class_order(descriptor, raw))
     training, escapes = [], []
     for i, entry in enumerate(_require(descriptor, raw, "training", list)):  # type: ignore[arg-type]
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(
@@ -229,6 +247,7 @@ def _load_msd(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
         file_ending=file_ending(first),
         training=tuple(training),
         test=tuple(test),
+        label_scheme=scheme,
     )
 
 
@@ -244,15 +263,13 @@ def _case_name(entry: object) -> str:
 def _load_nnunetv2(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
     channel_names = _indexed_names(descriptor, "channel_names", _require(descriptor, raw, "channel_names", dict))  # type: ignore[arg-type]
     raw_labels = _require(descriptor, raw, "labels", dict)
-    labels: dict[int, str] = {}
-    for name, value in raw_labels.items():  # type: ignore[union-attr]
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise SelfUNetError(
-                f"{descriptor}: label {quote(name)} maps to {quote(value)}; selfunet supports one integer per "
-                "label (region-based training with lists of labels is not supported)."
-            )
-        labels[value] = str(name)
+    labels, regions = _labels_v2(descriptor, raw_labels)  # type: ignore[arg-type]
     labels = _check_labels(descriptor, labels)
+    order = _class_order(descriptor, raw)
+    scheme = scheme_from_declaration(str(descriptor), labels, regions, order)
+    for (name, _), value in zip(regions or [], order or []):
+        if labels[value] == f"label {value}":
+            labels[value] = name
     ending = str(_require(descriptor, raw, "file_ending", str))
     file_ending(f"x{ending}")
     num_channels = len(channel_names)
@@ -286,7 +303,53 @@ def _load_nnunetv2(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
         file_ending=ending,
         training=training,
         test=test,
+        label_scheme=scheme,
     )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _labels_v2(descriptor: Path, raw_labels: dict) -> tuple[dict[int, str], list[tuple[str, list[int]]] | None]:
+    """nnU-Net v2 ``labels``: name -> value, or name -> list of values (a region).
+
+    With regions, the label values found in the files are the union of the regions' values; each
+    value is named after the region that paints it (``regions_class_order``) where there is one.
+    """
+    labels: dict[int, str] = {}
+    regions: list[tuple[str, list[int]]] = []
+    any_region = any(isinstance(v, list) for v in raw_labels.values())
+    for name, value in raw_labels.items():
+        if isinstance(value, list) and len(value) == 1 and _is_int(value[0]) and name in ("background", "ignore"):
+            value = value[0]
+        if _is_int(value):
+            if value == 0 or name == "ignore" or not any_region:
+                labels[value] = str(name)
+            else:
+                regions.append((str(name), [value]))
+        elif isinstance(value, list) and value and all(_is_int(v) for v in value):
+            regions.append((str(name), list(value)))
+        else:
+            raise SelfUNetError(
+                f"{descriptor}: label {quote(name)} maps to {quote(value)}; give one integer value, or a list of integer "
+                "values for a region."
+            )
+    if not regions:
+        return labels, None
+    for _, values in regions:
+        for v in values:
+            labels.setdefault(v, f"label {v}")
+    return labels, regions
+
+
+def _class_order(descriptor: Path, raw: dict) -> list[int] | None:
+    order = raw.get("regions_class_order")
+    if order is None:
+        return None
+    if not isinstance(order, list) or not all(_is_int(v) for v in order):
+        raise SelfUNetError(f"{descriptor}: 'regions_class_order' must be a list of integer label values.")
+    return list(order)
 
 
 def _is_channel_file(stem: str) -> bool:

@@ -52,7 +52,7 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> TrainedModel:
     payload = load_checkpoint(checkpoint)
     plan = Plan.from_dict(payload["plan"], source=str(checkpoint))
     configuration = plan.configurations[payload["configuration"]]
-    network = build_network(configuration.topology, plan.input_channels(configuration.name), plan.num_classes,
+    network = build_network(configuration.topology, plan.input_channels(configuration.name), plan.num_outputs,
                             deep_supervision=False)
     network.load_state_dict(payload["network"])
     network.to(device).eval()
@@ -68,11 +68,11 @@ def inference_config(configuration: Configuration, mirroring: bool, amp_dtype: t
 
 
 def predict_array(models: list[TrainedModel], data: np.ndarray, config: InferenceConfig) -> np.ndarray:
-    """Averaged softmax probabilities ``(K, *spatial)`` for one preprocessed case."""
+    """Averaged softmax (regions: sigmoid) probabilities ``(K, *spatial)`` for one preprocessed case."""
     first = models[0]
     probabilities = predict_probabilities(
         [m.network for m in models], torch.from_numpy(np.array(data, dtype=np.float32)),
-        first.configuration.patch_size, first.plan.num_classes, config,
+        first.configuration.patch_size, first.plan.num_outputs, config, activation=first.plan.label_scheme.activation,
     )
     return probabilities.numpy()
 
@@ -115,7 +115,8 @@ def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_
                 probabilities = predict_array([model], data, config)
                 save_probabilities(prob_path, revert_probabilities(
                     probabilities, properties, model.configuration.resampling), properties)
-                labels = revert_to_labels(probabilities, properties, model.configuration.resampling)
+                labels = revert_to_labels(probabilities, properties, model.configuration.resampling,
+                                          model.plan.label_scheme)
                 write_prediction(label_path, labels, properties)
             progress.advance(task)
     return out
@@ -217,7 +218,7 @@ def case_probabilities(stage: str, image: np.ndarray, geometry, case_id: str, mo
     data, properties = preprocess_image_for_inference(image, geometry, plan, configuration, case_id)
     if configuration.previous_stage is not None:
         previous, _ = case_probabilities(configuration.previous_stage, image, geometry, case_id, models, configs)
-        extra = previous_stage_channels(previous.argmax(0), properties, plan.num_classes)
+        extra = previous_stage_channels(plan.label_scheme.to_labels(previous), properties, plan.num_classes)
         data = np.concatenate([data, extra], axis=0)
     probabilities = predict_array(models[stage], data, configs[stage])
     return revert_probabilities(probabilities, properties, configuration.resampling), properties
@@ -279,7 +280,7 @@ def predict_cases(inputs: list[Path], output: Path, work: Path, configurations: 
             probabilities /= len(configurations)
             if save_probabilities_files:
                 save_probabilities(output / f"{case.case_id}.npz", probabilities, properties)
-            labels = labels_from_cropped_probabilities(probabilities, properties)
+            labels = labels_from_cropped_probabilities(probabilities, properties, plan.label_scheme)
             if postprocessing is not None:
                 from selfunet.inference.postprocess import apply_postprocessing
 

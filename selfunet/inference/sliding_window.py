@@ -251,18 +251,26 @@ def predict_probabilities(
     patch_size: Sequence[int],
     num_classes: int,
     config: InferenceConfig | None = None,
+    activation: str = "softmax",
 ) -> torch.Tensor:
-    """Softmax probabilities ``[K, *spatial]`` averaged over several networks (folds, members).
+    """Softmax (or, for region-based models, sigmoid) probabilities ``[K, *spatial]`` averaged over
+    several networks (folds, members).
 
     Averaging probabilities, not logits, is the SPEC rule: a fold that is confidently wrong cannot
     outvote the others by an unbounded margin.
     """
     if len(networks) == 0:
         raise SelfUNetError("predict_probabilities: no networks given (did the checkpoint list come out empty?)")
+    if activation not in ("softmax", "sigmoid"):
+        raise SelfUNetError(f"predict_probabilities: activation must be softmax or sigmoid, got {activation!r}.")
+
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=0) if activation == "softmax" else torch.sigmoid(logits)
+
     image = torch.as_tensor(image)
-    total = torch.softmax(predict_sliding_window(networks[0], image, patch_size, num_classes, config), dim=0)
+    total = probabilities(predict_sliding_window(networks[0], image, patch_size, num_classes, config))
     for net in networks[1:]:
-        total += torch.softmax(predict_sliding_window(net, image, patch_size, num_classes, config), dim=0)
+        total += probabilities(predict_sliding_window(net, image, patch_size, num_classes, config))
     total /= len(networks)
     return total
 

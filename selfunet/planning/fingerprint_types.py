@@ -11,6 +11,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from selfunet.artifacts import Artifact
+from selfunet.data.labels import LabelScheme
 
 
 class _Frozen(BaseModel):
@@ -27,6 +28,8 @@ class DatasetSummary(_Frozen):
     file_ending: str
     num_training: int
     num_test: int = 0
+    label_scheme: LabelScheme = LabelScheme()
+    """regions and ignore label, as declared in dataset.json."""
 
 
 class CaseFingerprint(_Frozen):

@@ -219,11 +219,18 @@ def _validate(fingerprint: Fingerprint) -> None:
         raise SelfUNetError("fingerprint: the dataset has no labels; add 'labels' to dataset.json.")
 
 
+def _num_classes(fingerprint: Fingerprint) -> int:
+    """Label classes incl. background; the ignore label (always the highest value) is no class."""
+    ignore = fingerprint.dataset.label_scheme.ignore_label
+    return len(fingerprint.dataset.labels) - (1 if ignore is not None else 0)
+
+
 def plan_experiment(fingerprint: Fingerprint, settings: PlannerSettings | None = None) -> Plan:
     """Every configuration the rules call for: 2d, 3d_fullres and, when triggered, the cascade."""
     settings = settings or PlannerSettings()
     _validate(fingerprint)
-    num_classes = len(fingerprint.dataset.labels)
+    # the memory estimate counts the network's output channels (regions or classes)
+    num_classes = fingerprint.dataset.label_scheme.num_outputs(_num_classes(fingerprint))
     num_cases = len(fingerprint.cases)
     two_d_only = all(case.shape_after_crop[0] == 1 for case in fingerprint.cases)
 
@@ -314,8 +321,9 @@ def _assemble(
     return Plan(
         dataset_name=fingerprint.dataset.name,
         num_input_channels=len(fingerprint.dataset.channel_names),
-        num_classes=len(fingerprint.dataset.labels),
+        num_classes=_num_classes(fingerprint),
         labels=dict(fingerprint.dataset.labels),
+        label_scheme=fingerprint.dataset.label_scheme,
         transpose_forward=forward,
         transpose_backward=backward,
         settings=settings,

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from selfunet.artifacts import Artifact
+from selfunet.data.labels import LabelScheme
 
 
 class _Frozen(BaseModel):
@@ -124,13 +125,20 @@ class Plan(Artifact):
     dataset_name: str
     num_input_channels: int
     num_classes: int
-    """including the background."""
+    """label classes including the background, not counting the ignore label."""
     labels: dict[str, str]
     transpose_forward: list[int]
     """array axes -> plan axes (coarsest spacing first)."""
     transpose_backward: list[int]
     settings: PlannerSettings
     configurations: dict[str, Configuration]
+    label_scheme: LabelScheme = LabelScheme()
+    """regions (sigmoid outputs) and the ignore label, from the dataset."""
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: one per region for region-based training, else num_classes."""
+        return self.label_scheme.num_outputs(self.num_classes)
 
     def input_channels(self, configuration: str) -> int:
         """Network input channels: the image channels, plus for a cascade stage one channel per

@@ -11,6 +11,10 @@ of several models *in the original crop space* (:func:`revert_probabilities`), a
 only labels (:func:`revert_to_labels`), which it gets one class at a time against a running
 maximum, so the memory does not grow with the number of classes.
 
+Region-based models (:mod:`selfunet.data.labels`) give one sigmoid probability per region instead
+of a softmax over classes; given the plan's :class:`~selfunet.data.labels.LabelScheme`, the label
+map is then painted (threshold 0.5, ``regions_class_order``) instead of taken by argmax.
+
 Crop-space probabilities are stored with the properties needed to un-crop them
 (:func:`save_probabilities`): ensembling and the cascade read them back.
 """
@@ -24,6 +28,7 @@ import numpy as np
 
 from selfunet.artifacts import atomic_write_bytes
 from selfunet.data.io import ImageGeometry, write_label
+from selfunet.data.labels import LabelScheme
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import ResamplingSettings
 from selfunet.preprocessing.preprocess import PreprocessedCase
@@ -87,8 +92,11 @@ def revert_to_labels(
     probabilities: np.ndarray,
     properties: PreprocessedCase,
     settings: ResamplingSettings = ResamplingSettings(),
+    scheme: LabelScheme | None = None,
 ) -> np.ndarray:
-    """Argmax of the reverted probabilities, un-cropped into the original shape (array order)."""
+    """Argmax of the reverted probabilities (regions: painted), un-cropped into the original shape."""
+    if scheme is not None and scheme.has_regions:
+        return uncrop(scheme.paint(revert_probabilities(probabilities, properties, settings)), properties)
     _check_shape(probabilities, properties, "probabilities")
     target, orders = _back_orders(properties, settings)
     best = np.full(target, -np.inf, dtype=np.float32)
@@ -130,10 +138,10 @@ def uncrop(cropped: np.ndarray, properties: PreprocessedCase, fill: float = 0) -
     return full
 
 
-def labels_from_cropped_probabilities(probabilities: np.ndarray, properties: PreprocessedCase) -> np.ndarray:
-    """Argmax of crop-space probabilities (e.g. an ensemble average), un-cropped."""
-    labels = np.argmax(probabilities, axis=0).astype(np.uint8 if probabilities.shape[0] <= 256 else np.int16)
-    return uncrop(labels, properties)
+def labels_from_cropped_probabilities(probabilities: np.ndarray, properties: PreprocessedCase,
+                                      scheme: LabelScheme | None = None) -> np.ndarray:
+    """Argmax (regions: painted) of crop-space probabilities (e.g. an ensemble average), un-cropped."""
+    return uncrop((scheme or LabelScheme()).to_labels(probabilities), properties)
 
 
 def write_prediction(

@@ -8,7 +8,12 @@ and makes logged loss values comparable with the reference implementation's.
 Voxels labelled ``ignore_label`` (default -1: outside the non-zero mask, SPEC section 1, or
 padding) are left out of both terms. Note: the reference implementation instead relabels -1 as
 background before the loss; pass ``ignore_label=None`` (and relabel -1 -> 0 upstream) to do the
-same.
+same. The trainer does that and passes the dataset's ``ignore`` label value instead, when it has
+one (sparse annotation): those voxels then get exactly zero gradient.
+
+Region-based training (:class:`RegionBCEDiceLoss`) has one sigmoid output per region and turns
+the label map into region masks itself, so deep supervision downsamples the label map (nearest)
+exactly as for classes.
 """
 
 from __future__ import annotations
@@ -159,3 +164,80 @@ class DeepSupervisionLoss(nn.Module):
             total = term if total is None else total + term
         assert total is not None  # the constructor guarantees a positive weight
         return total
+
+
+class RegionBCEDiceLoss(nn.Module):
+    """Binary cross-entropy + soft Dice over sigmoid outputs, one per region, weighted 1:1.
+
+    ``regions`` lists the label values of each region (output channel r is region r); regions may
+    overlap. There is no background output, so the Dice covers every channel. Voxels labelled
+    ``ignore_label`` are masked out of both terms (zero gradient there).
+    """
+
+    def __init__(self, regions: Sequence[Sequence[int]], batch_dice: bool, smooth: float = 1e-5,
+                 ignore_label: int | None = None, dice_weight: float = 1.0, bce_weight: float = 1.0) -> None:
+        super().__init__()
+        if not regions or any(len(r) == 0 for r in regions):
+            raise SelfUNetError(f"RegionBCEDiceLoss: every region needs at least one label value, got {regions}.")
+        if smooth < 0 or dice_weight < 0 or bce_weight < 0:
+            raise SelfUNetError("RegionBCEDiceLoss: smooth and the weights must be >= 0.")
+        self.regions = [torch.tensor(sorted(set(int(v) for v in r))) for r in regions]
+        self.batch_dice = batch_dice
+        self.smooth = smooth
+        self.ignore_label = ignore_label
+        self.dice_weight = dice_weight
+        self.bce_weight = bce_weight
+
+    def region_targets(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Label map ``(B, [1,] *spatial)`` -> float region masks ``(B, R, *spatial)`` and the
+        keep mask ``(B, 1, *spatial)`` (None when nothing is ignored)."""
+        labels = target[:, 0] if target.ndim >= 2 and target.shape[1] == 1 else target
+        labels = labels.long()
+        masks = torch.stack([torch.isin(labels, r.to(labels.device)) for r in self.regions], dim=1).float()
+        keep = None
+        if self.ignore_label is not None:
+            kept = labels != self.ignore_label
+            if not bool(kept.all()):
+                keep = kept.unsqueeze(1).float()
+        return masks, keep
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != len(self.regions):
+            raise SelfUNetError(
+                f"the network predicts {logits.shape[1]} channel(s) but {len(self.regions)} regions are declared; "
+                "check the plan's label_scheme."
+            )
+        masks, keep = self.region_targets(target)
+        if masks.shape[2:] != logits.shape[2:] or masks.shape[0] != logits.shape[0]:
+            raise SelfUNetError(
+                f"loss target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}."
+            )
+        logits = logits.float()
+        bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
+        probs = torch.sigmoid(logits)
+        if keep is None:
+            bce_term = bce.mean()
+        else:
+            bce_term = (bce * keep).sum() / torch.clamp(keep.sum() * logits.shape[1], min=1.0)
+            probs = probs * keep
+            masks = masks * keep
+        axes = [0, *range(2, logits.ndim)] if self.batch_dice else list(range(2, logits.ndim))
+        intersect = (probs * masks).sum(axes)
+        volumes = probs.sum(axes) + masks.sum(axes)
+        dice = (2 * intersect + self.smooth) / torch.clamp(volumes + self.smooth, min=1e-8)
+        return self.bce_weight * bce_term - self.dice_weight * dice.mean()
+
+
+def build_loss(label_scheme, batch_dice: bool, num_outputs: int) -> nn.Module:
+    """The plan's loss wrapped for deep supervision: Dice + CE for classes, Dice + BCE for regions.
+
+    The trainer relabels -1 (outside the non-zero mask) as background before the loss, like the
+    reference; the dataset's ignore label (if any) is what the loss leaves out.
+    """
+    if label_scheme.has_regions:
+        base: nn.Module = RegionBCEDiceLoss([r.labels for r in label_scheme.regions], batch_dice=batch_dice,
+                                            ignore_label=label_scheme.ignore_label)
+    else:
+        ignore = label_scheme.ignore_label
+        base = DiceCELoss(batch_dice=batch_dice, ignore_label=-1 if ignore is None else ignore)
+    return DeepSupervisionLoss(base, deep_supervision_weights(num_outputs))

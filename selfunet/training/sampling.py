@@ -109,8 +109,11 @@ class PatchSampler:
         dimension: int,
         oversample_foreground: float = 1 / 3,
         read_patch_size: Sequence[int] | None = None,
+        exclude_classes: Sequence[int] = (),
     ) -> None:
         self.folder = Path(folder)
+        #: classes never used as foreground centres (the dataset's ignore label)
+        self.exclude_classes = frozenset(int(c) for c in exclude_classes)
         if dimension not in (2, 3):
             raise SelfUNetError(f"sampler: dimension must be 2 or 3, got {dimension}.")
         if len(patch_size) != dimension or min(patch_size) < 1:
@@ -174,7 +177,7 @@ class PatchSampler:
                 raise SelfUNetError(f"case {case_id}: {fg_path} is unreadable ({exc}); rerun preprocessing.") from exc
             stored = sorted(int(k.removeprefix("class_")) for k in keys if k.startswith("class_"))
             present = meta.get("classes_present") if isinstance(meta, dict) else None
-            classes = tuple(c for c in stored if present is None or c in present)
+            classes = tuple(c for c in stored if (present is None or c in present) and c not in self.exclude_classes)
         elif isinstance(meta, dict) and meta.get("classes_present"):
             raise SelfUNetError(
                 f"case {case_id}: {fg_path} is missing although the case has foreground; rerun preprocessing."

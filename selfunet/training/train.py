@@ -136,7 +136,7 @@ class Trainer:
     def _build(self) -> None:
         from selfunet.training.augment import AugmentationConfig, Augmenter
         from selfunet.training.batches import TrainBatchSource, pinned
-        from selfunet.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+        from selfunet.training.loss import build_loss
         from selfunet.training.network import build_network
         from selfunet.training.sampling import PatchSampler
 
@@ -145,9 +145,14 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
         self.network = build_network(
-            self.configuration.topology, self.plan.input_channels(self.configuration.name), self.plan.num_classes,
+            self.configuration.topology, self.plan.input_channels(self.configuration.name), self.plan.num_outputs,
             deep_supervision=True,
-        ).to(self.device)
+        )
+        if cfg.pretrained_weights:
+            from selfunet.training.pretrained import load_pretrained_weights
+
+            load_pretrained_weights(self.network, Path(cfg.pretrained_weights))
+        self.network = self.network.to(self.device)
         if cfg.channels_last:
             fmt = torch.channels_last_3d if self.configuration.dimension == 3 else torch.channels_last
             self.network = self.network.to(memory_format=fmt)
@@ -163,9 +168,7 @@ class Trainer:
         # fp16 has too few exponent bits for small gradients: scale the loss (bf16 and fp32 need not)
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         num_outputs = len(self.configuration.topology.features_per_stage) - 1
-        self.loss = DeepSupervisionLoss(
-            DiceCELoss(batch_dice=self.configuration.batch_dice), deep_supervision_weights(num_outputs)
-        )
+        self.loss = build_loss(self.plan.label_scheme, self.configuration.batch_dice, num_outputs)
         patch = list(self.configuration.patch_size)
         self.patch = patch
         # channels normalized inside the non-zero mask go back to 0 outside it after augmentation
@@ -176,6 +179,7 @@ class Trainer:
         common = dict(
             patch_size=patch, batch_size=self.configuration.batch_size,
             dimension=self.configuration.dimension, oversample_foreground=cfg.oversample_foreground,
+            exclude_classes=() if self.plan.label_scheme.ignore_label is None else (self.plan.label_scheme.ignore_label,),
         )
         self.train_sampler = PatchSampler(self.data_folder, self.train_ids,
                                           read_patch_size=self.augmenter.read_patch_size, **common)
@@ -220,10 +224,14 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, list[float]] | None:
-        """Loss and per-class pseudo-Dice (pooled TP/FP/FN) over fixed validation patches; None when a
-        stop signal came in between (answered within one validation batch)."""
+        """Loss and per-class (per-region) pseudo-Dice (pooled TP/FP/FN) over fixed validation patches;
+        voxels of the ignore label count nowhere. None when a stop signal came in between (answered
+        within one validation batch)."""
         self.model.eval()
-        num_fg = self.plan.num_classes - 1
+        scheme = self.plan.label_scheme
+        groups = ([r.labels for r in scheme.regions] if scheme.has_regions
+                  else [[c] for c in range(1, self.plan.num_classes)])
+        num_fg = len(groups)
         log.debug("validating: %d batches", self.config.validation_iterations)
         tp = np.zeros(num_fg)
         fp = np.zeros(num_fg)
@@ -241,14 +249,20 @@ class Trainer:
             with self._autocast():
                 outputs = self.model(image)
                 losses.append(float(self.loss([o.float() for o in outputs], label)))
-            prediction = outputs[0].argmax(1, keepdim=True)
             valid = label >= 0
-            for c in range(1, num_fg + 1):
-                p = (prediction == c) & valid
-                r = label == c
-                tp[c - 1] += float((p & r).sum())
-                fp[c - 1] += float((p & ~r).sum())
-                fn[c - 1] += float((~p & r).sum())
+            if scheme.ignore_label is not None:
+                valid &= label != scheme.ignore_label
+            if scheme.has_regions:
+                predicted = [(outputs[0][:, i:i + 1] > 0) for i in range(num_fg)]  # sigmoid > 0.5
+            else:
+                argmax = outputs[0].argmax(1, keepdim=True)
+                predicted = [argmax == values[0] for values in groups]
+            for i, values in enumerate(groups):
+                p = predicted[i] & valid
+                r = torch.isin(label, torch.tensor(values, device=label.device)) & valid
+                tp[i] += float((p & r).sum())
+                fp[i] += float((p & ~r).sum())
+                fn[i] += float((~p & r).sum())
         self.model.train()
         denominator = 2 * tp + fp + fn
         dice = [float(2 * t / d) if d > 0 else float("nan") for t, d in zip(tp, denominator)]

@@ -55,3 +55,6 @@ class TrainConfig(Artifact):
     max_voxels_per_batch: int | None = None
     """small budgets only: fewer samples per batch (down to 2), then a smaller patch, until batch x
     patch voxels fit (``selfunet.training.budgets.fit_to_voxel_budget``); None trains the plan as is."""
+    pretrained_weights: str | None = None
+    """a checkpoint (or exported state dict) whose layers initialise the network, all but the
+    segmentation heads (fine-tuning); None trains from scratch."""
