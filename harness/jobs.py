@@ -253,9 +253,12 @@ class TaskGraph:
             def generate() -> None:
                 from selfunet.data.demo import make_demo_dataset
 
-                make_demo_dataset(t.dataset, num_training=t.demo.cases, num_test=t.demo.test_cases, seed=t.demo.seed)
+                make_demo_dataset(t.dataset, num_training=t.demo.cases, num_test=t.demo.test_cases, seed=t.demo.seed,
+                                  variant=t.demo.variant)
 
-            jobs.append(Job("demo-data", "data", inputs={"demo": t.demo.model_dump(), "dataset": data},
+            # the default variant hashes as before the variants existed (no rerun of existing demo data)
+            demo = t.demo.model_dump(exclude={"variant"} if t.demo.variant == "default" else None)
+            jobs.append(Job("demo-data", "data", inputs={"demo": demo, "dataset": data},
                             outputs=(t.dataset / "dataset.json",), action=generate))
             first_deps = ("demo-data",)
         dataset_inputs = {"dataset": data, "dataset_digest": _LazyDigest(t.dataset)}

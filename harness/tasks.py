@@ -76,6 +76,8 @@ class Demo(_Strict):
     cases: int = Field(default=8, ge=2)
     test_cases: int = Field(default=2, ge=0)
     seed: int = 0
+    variant: Literal["default", "regions", "sparse"] = "default"
+    """``regions``: BraTS-like nested regions; ``sparse``: a few annotated slices, the rest ``ignore``."""
 
     @model_validator(mode="before")
     @classmethod

@@ -190,11 +190,14 @@ def demo_data(
     cases: Annotated[int, typer.Option(min=2, help="training cases")] = 12,
     test_cases: Annotated[int, typer.Option(min=0, help="test cases (imagesTs)")] = 3,
     seed: Annotated[int, typer.Option()] = 0,
+    variant: Annotated[
+        str, typer.Option(help="default | regions (BraTS-like nested regions) | sparse (ignore label)")
+    ] = "default",
 ) -> None:
     """Write the deterministic synthetic demo task (two channels, organ + lesion)."""
     from selfunet.data.demo import make_demo_dataset
 
-    make_demo_dataset(out, num_training=cases, num_test=test_cases, seed=seed)
+    make_demo_dataset(out, num_training=cases, num_test=test_cases, seed=seed, variant=variant)
 
 
 @app.command()

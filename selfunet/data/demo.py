@@ -15,6 +15,17 @@ the method's rules react to:
 
 Every case is drawn from its own random generator seeded by ``(seed, case number)``: the same call
 writes the same arrays, and ``demo_003`` does not change when more cases are requested.
+
+Two variants exercise the label forms beyond plain classes (:mod:`selfunet.data.labels`):
+
+* ``regions`` (BraTS-like, nnU-Net v2 layout, one file per channel): the organ holds a tumour
+  *core* around the lesion, so labels 1 (organ rim, "oedema"), 2 (core) and 3 (lesion,
+  "enhancing") form three nested regions, declared as nnU-Net v2 does: ``whole`` [1, 2, 3],
+  ``core`` [2, 3], ``enhancing`` [3], ``regions_class_order`` [1, 2, 3].
+* ``sparse`` (MSD layout): the default task, but only a few axial slices per case are
+  annotated; every other voxel carries the label ``ignore`` (3). The dense training labels are
+  written beside it (``labelsTr_dense/``; the test labels are in ``labelsTs/`` as for every
+  variant) so a test can measure what was learned.
 """
 
 from __future__ import annotations
@@ -44,14 +55,24 @@ LABELS = {"0": "background", "1": "organ", "2": "lesion"}
 #: mean intensity of (background tissue, organ, lesion) per channel: the lesion is dark in T1 and
 #: bright in T2, the organ brighter than the surrounding tissue in T1 only.
 TISSUE_MEANS = ((100.0, 160.0, 70.0), (80.0, 85.0, 210.0))
+#: the regions variant: (tissue, organ rim, core, enhancing lesion); the core is mid-grey in both.
+TISSUE_MEANS_REGIONS = ((100.0, 160.0, 125.0, 70.0), (80.0, 85.0, 150.0, 210.0))
 NOISE_SIGMA = 7.0
 #: the test cases' reference labels (not listed in dataset.json, as in a challenge: the held-out
 #: answers a task descriptor's ``test_labels:`` points at for ``harness score``).
 TEST_LABELS = "labelsTs"
+VARIANTS = ("default", "regions", "sparse")
+#: nnU-Net v2 form: a region is a list of label values; painted in regions_class_order.
+REGION_LABELS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+REGIONS_CLASS_ORDER = [1, 2, 3]
+SPARSE_LABELS = {"0": "background", "1": "organ", "2": "lesion", "3": "ignore"}
+#: axial slices annotated per case in the sparse variant (one of them through the lesion).
+SPARSE_SLICES = 4
 
 
-def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed: int = 0) -> DatasetSpec:
-    """Write the demo task into ``out`` (MSD layout) and return it parsed.
+def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed: int = 0,
+                      variant: str = "default") -> DatasetSpec:
+    """Write the demo task into ``out`` (MSD layout; ``regions``: nnU-Net v2 layout) and return it parsed.
 
     Returns at once when ``out`` already holds a complete demo made with the same parameters.
     Refuses to write into a folder that holds some other dataset (a ``dataset.json`` without
@@ -62,8 +83,12 @@ def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed
             f"demo data: need at least 1 training case and no negative test count, got "
             f"num_training={num_training}, num_test={num_test}."
         )
+    if variant not in VARIANTS:
+        raise SelfUNetError(f"demo data: unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}.")
     out = Path(out)
     params = {"version": DEMO_VERSION, "num_training": num_training, "num_test": num_test, "seed": seed}
+    if variant != "default":  # the default's marker stays as it was, so existing demo folders stay valid
+        params["variant"] = variant
     marker = out / MARKER
     descriptor = out / "dataset.json"
     previous = _read_marker(marker)
@@ -82,19 +107,27 @@ def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, {"params": params, "complete": False})
     descriptor.unlink(missing_ok=True)
-    for sub in ("imagesTr", "labelsTr", "imagesTs", TEST_LABELS):
+    for sub in ("imagesTr", "labelsTr", "imagesTs", TEST_LABELS, "labelsTr_dense"):
+        if sub == "labelsTr_dense" and variant != "sparse":
+            continue
         (out / sub).mkdir(exist_ok=True)
         for stale in (out / sub).glob("demo_*.nii.gz"):
             stale.unlink()
+    if variant == "regions":
+        return _write_regions_variant(out, marker, params, seed, train_numbers_of(num_training),
+                                      test_numbers_of(num_training, num_test))
 
-    train_numbers = list(range(num_training))
-    first_test = max(100, num_training)
-    test_numbers = list(range(first_test, first_test + num_test))
+    train_numbers = train_numbers_of(num_training)
+    test_numbers = test_numbers_of(num_training, num_test)
+    sparse = variant == "sparse"
     training = []
     for number in train_numbers:
         case_id = f"demo_{number:03d}"
         image, label, geometry = _make_case(seed, number)
         _write(out / "imagesTr" / f"{case_id}.nii.gz", image, geometry)
+        if sparse:
+            _write(out / "labelsTr_dense" / f"{case_id}.nii.gz", label[None], geometry)
+            label = _sparsify(label, seed, number)
         _write(out / "labelsTr" / f"{case_id}.nii.gz", label[None], geometry)
         training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
     test = []
@@ -108,14 +141,15 @@ def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed
     atomic_write_json(
         descriptor,
         {
-            "name": "SelfUNetDemo",
-            "description": "Synthetic two-channel MR-like task: organ and lesion (selfunet demo-data)",
+            "name": "SelfUNetDemoSparse" if sparse else "SelfUNetDemo",
+            "description": "Synthetic two-channel MR-like task: organ and lesion (selfunet demo-data)"
+            + ("; a few annotated slices per case, the rest 'ignore'" if sparse else ""),
             "reference": "generated by selfunet.data.demo",
             "licence": "CC0",
             "release": str(DEMO_VERSION),
             "tensorImageSize": "4D",
             "modality": MODALITIES,
-            "labels": LABELS,
+            "labels": SPARSE_LABELS if sparse else LABELS,
             "numTraining": num_training,
             "numTest": num_test,
             "training": training,
@@ -127,6 +161,57 @@ def make_demo_dataset(out: Path, num_training: int = 12, num_test: int = 3, seed
     return load_dataset(out)
 
 
+def train_numbers_of(num_training: int) -> list[int]:
+    return list(range(num_training))
+
+
+def test_numbers_of(num_training: int, num_test: int) -> list[int]:
+    first_test = max(100, num_training)
+    return list(range(first_test, first_test + num_test))
+
+
+def _sparsify(label: np.ndarray, seed: int, number: int) -> np.ndarray:
+    """Keep :data:`SPARSE_SLICES` axial slices (one through the lesion), mark the rest ``ignore``."""
+    rng = np.random.default_rng([seed, number, 7])
+    lesion_slices = np.flatnonzero((label == 2).any(axis=(1, 2)))
+    chosen = {int(lesion_slices[len(lesion_slices) // 2])} if len(lesion_slices) else set()
+    others = [z for z in range(label.shape[0]) if z not in chosen]
+    chosen |= {int(z) for z in rng.choice(others, size=min(SPARSE_SLICES - len(chosen), len(others)), replace=False)}
+    sparse = np.full_like(label, 3)
+    keep = sorted(chosen)
+    sparse[keep] = label[keep]
+    return sparse
+
+
+def _write_regions_variant(out: Path, marker: Path, params: dict, seed: int, train_numbers: list[int],
+                           test_numbers: list[int]) -> DatasetSpec:
+    """The BraTS-like variant in the nnU-Net v2 layout (one file per channel)."""
+    for number in train_numbers + test_numbers:
+        case_id = f"demo_{number:03d}"
+        image, label, geometry = _make_case(seed, number, regions=True)
+        folder = "imagesTr" if number in train_numbers else "imagesTs"
+        for channel in range(image.shape[0]):
+            _write(out / folder / f"{case_id}_{channel:04d}.nii.gz", image[channel:channel + 1], geometry)
+        _write(out / ("labelsTr" if number in train_numbers else TEST_LABELS) / f"{case_id}.nii.gz", label[None],
+               geometry)
+    atomic_write_json(
+        out / "dataset.json",
+        {
+            "name": "SelfUNetDemoRegions",
+            "description": "Synthetic BraTS-like task: nested regions whole/core/enhancing (selfunet demo-data)",
+            "channel_names": {"0": "MR-T1", "1": "MR-T2"},
+            "labels": REGION_LABELS,
+            "regions_class_order": REGIONS_CLASS_ORDER,
+            "numTraining": len(train_numbers),
+            "file_ending": ".nii.gz",
+        },
+    )
+    atomic_write_json(marker, {"params": params, "complete": True})
+    log.info("wrote regions demo dataset (%d training, %d test cases) to %s", len(train_numbers),
+             len(test_numbers), out)
+    return load_dataset(out)
+
+
 def _read_marker(marker: Path) -> dict | None:
     try:
         return json.loads(marker.read_text())
@@ -134,8 +219,11 @@ def _read_marker(marker: Path) -> dict | None:
         return None
 
 
-def _make_case(seed: int, number: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One case: image ``(2, z, y, x)`` int16, label ``(z, y, x)`` uint8 and its header."""
+def _make_case(seed: int, number: int, regions: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One case: image ``(2, z, y, x)`` int16, label ``(z, y, x)`` uint8 and its header.
+
+    ``regions``: a core (label 2) around the lesion (then label 3) inside the organ (label 1); drawn
+    after everything else, so the shared geometry equals the default variant's."""
     rng = np.random.default_rng([seed, number])
     shape = (int(rng.integers(20, 29)), int(rng.integers(56, 73)), int(rng.integers(56, 73)))
     inplane = float(np.float32(rng.uniform(0.75, 0.85)))
@@ -186,8 +274,15 @@ def _make_case(seed: int, number: int) -> tuple[np.ndarray, np.ndarray, dict]:
     label[lesion] = 2
 
     bias = np.exp(smooth_field(40.0, 0.25))  # up to ~+-25 %, smooth over the whole volume
+    means_per_channel = TISSUE_MEANS
+    if regions:
+        core_radii = tuple(2.2 * r for r in lesion_radii)
+        core = (_ellipsoid_distance(grids, lesion_centre, core_radii) < 1.0) & organ
+        label[core] = 2
+        label[lesion] = 3
+        means_per_channel = TISSUE_MEANS_REGIONS
     image = np.zeros((2, *shape), dtype=np.int16)
-    for channel, means in enumerate(TISSUE_MEANS):
+    for channel, means in enumerate(means_per_channel):
         clean = np.choose(label, means) * (1.0 + smooth_field(3.0, 0.06))  # tissue texture
         clean = clean * bias
         noisy = np.sqrt(
