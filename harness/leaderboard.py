@@ -271,7 +271,7 @@ def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol
     summary: EvaluationSummary = evaluate_folders(
         source, references.folder, references.labels, nsd_tolerance_mm=nsd_tol, hd95=hd95, processes=processes,
         case_ids=list(references.case_ids), file_ending=references.file_ending,
-        console=Console(stderr=True, quiet=True))
+        console=Console(stderr=True, quiet=True), **references.evaluation_options)
     write_evaluation(summary, out)
     if applies:
         atomic_write_text(rule_file, rule_text)

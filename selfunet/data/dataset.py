@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -55,7 +55,7 @@ class DatasetSpec:
     file_ending: str
     training: tuple[CaseSpec, ...]
     test: tuple[CaseSpec, ...]
-    label_scheme: LabelScheme = LabelScheme()
+    label_scheme: LabelScheme = field(default_factory=LabelScheme)
     """regions and ignore label (default: plain classes, everything annotated)."""
 
     @property

@@ -120,7 +120,9 @@ def scheme_from_declaration(
         )
     if not regions:
         if regions_class_order:
-            raise SelfUNetError(f"{source}: 'regions_class_order' is given but no label is a region (a list of values).")
+            raise SelfUNetError(
+                f"{source}: 'regions_class_order' is given but no label is a region (a list of values)."
+            )
         return LabelScheme(ignore_label=ignore_label)
     valid = {v for v in labels if v > 0 and v != ignore_label}
     for name, values in regions:

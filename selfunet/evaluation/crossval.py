@@ -49,9 +49,18 @@ class References:
 
     folder: Path
     labels: dict[int, str]
-    """foreground label value -> name."""
+    """foreground label value -> name (region-based datasets: region number 1..R -> region name)."""
     file_ending: str
     case_ids: tuple[str, ...]
+    regions: dict[int, tuple[int, ...]] | None = None
+    """region number -> its label values; None for plain classes."""
+    ignore_label: int | None = None
+    """reference voxels with this value count in no metric (sparse annotation)."""
+
+    @property
+    def evaluation_options(self) -> dict:
+        """The keyword arguments that make :func:`evaluate_folders` respect regions and ignore."""
+        return {"regions": self.regions, "ignore_label": self.ignore_label}
 
     def path(self, case_id: str) -> Path:
         return self.folder / f"{case_id}{self.file_ending}"
@@ -70,7 +79,8 @@ def load_references(work: WorkDir) -> References:
     fingerprint = Fingerprint.load(work.fingerprint)
     dataset = load_dataset(fingerprint.dataset.root)
     ending = dataset.file_ending
-    labels = {k: v for k, v in sorted(dataset.labels.items()) if k > 0}
+    scheme = dataset.label_scheme
+    labels, members = scheme.evaluation_classes(dataset.labels)
     label_files = {c.case_id: c.label for c in dataset.training if c.label is not None}
     folders = {path.parent for path in label_files.values()}
     named_by_id = all(path.name == f"{case_id}{ending}" for case_id, path in label_files.items())
@@ -80,7 +90,8 @@ def load_references(work: WorkDir) -> References:
         folder = work.root / "crossval" / "reference"
         for case_id, path in label_files.items():
             link_or_copy(path, folder / f"{case_id}{ending}")
-    return References(folder, labels, ending, tuple(label_files))
+    return References(folder, labels, ending, tuple(label_files), members if scheme.has_regions else None,
+                      scheme.ignore_label)
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -252,7 +263,7 @@ def evaluate_prediction_folder(folder: Path, references: References, folds: list
     all_cases = overall_cases if overall_cases is not None else [c for _, cases in folds for c in cases]
     overall = evaluate_folders(folder, references.folder, references.labels, nsd_tolerance_mm=nsd_tolerance_mm,
                                hd95=hd95, processes=processes, case_ids=all_cases,
-                               file_ending=references.file_ending)
+                               file_ending=references.file_ending, **references.evaluation_options)
     fold_results = []
     for k, cases in folds:
         wanted = set(cases)

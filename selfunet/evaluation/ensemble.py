@@ -43,6 +43,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from selfunet.artifacts import Artifact
+from selfunet.data.labels import LabelScheme
 from selfunet.errors import SelfUNetError
 from selfunet.evaluation.crossval import (
     FoldSpread,
@@ -149,8 +150,9 @@ def average_probabilities(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return total / len(arrays)
 
 
-def ensemble_case(probability_files: Sequence[Path], label_path: Path, probabilities_path: Path | None) -> None:
-    """Average the members' crop-space probabilities of one case, argmax, un-crop, write."""
+def ensemble_case(probability_files: Sequence[Path], label_path: Path, probabilities_path: Path | None,
+                  scheme: LabelScheme | None = None) -> None:
+    """Average the members' crop-space probabilities of one case, argmax (regions: paint), un-crop, write."""
     from selfunet.preprocessing.revert import (
         labels_from_cropped_probabilities,
         load_probabilities,
@@ -168,7 +170,7 @@ def ensemble_case(probability_files: Sequence[Path], label_path: Path, probabili
                 "were not preprocessed from the same images."
             )
     mean = average_probabilities([p for p, _ in loaded])
-    write_prediction(label_path, labels_from_cropped_probabilities(mean, properties), properties)
+    write_prediction(label_path, labels_from_cropped_probabilities(mean, properties, scheme), properties)
     if probabilities_path is not None:
         save_probabilities(probabilities_path, mean, properties)
 
@@ -181,8 +183,11 @@ def _progress(console: Console) -> Progress:
 def build_ensemble(work: WorkDir, members: Sequence[str], case_ids: Sequence[str], file_ending: str,
                    save_probabilities: bool = False, console: Console | None = None) -> Path:
     """Write the members' averaged predictions of every case; cases newer than their inputs are kept."""
+    from selfunet.planning.plan_types import Plan
+
     out = ensemble_dir(work, members)
     console = console or Console(stderr=True)
+    scheme = Plan.load(work.plan).label_scheme
     with _progress(console) as progress:
         task = progress.add_task(f"ensemble {pair_name(members)}", total=len(case_ids))
         for case_id in case_ids:
@@ -194,7 +199,7 @@ def build_ensemble(work: WorkDir, members: Sequence[str], case_ids: Sequence[str
             outputs = [label_path, prob_path] if save_probabilities else [label_path]
             newest_input = max(s.stat().st_mtime for s in sources)
             if not all(p.is_file() and p.stat().st_mtime >= newest_input for p in outputs):
-                ensemble_case(sources, label_path, prob_path if save_probabilities else None)
+                ensemble_case(sources, label_path, prob_path if save_probabilities else None, scheme)
             progress.advance(task)
     return out
 
@@ -283,7 +288,8 @@ def select_model(work: Path | WorkDir, configurations: list[str] | None = None, 
             pairs = [(work.root / candidate.prediction_dir / f"{c}{references.file_ending}", references.path(c))
                      for c in case_sets[(candidate.members[0],)]]
             rule = determine_postprocessing(pairs, list(references.labels), processes, console,
-                                            description=f"postprocessing {candidate.name}")
+                                            description=f"postprocessing {candidate.name}",
+                                            **references.evaluation_options)
             candidate = candidate.model_copy(update={"postprocessing": rule})
         final.append(candidate)
     winner = final[0]

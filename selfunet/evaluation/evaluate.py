@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +99,12 @@ def _read_label_map(path: Path, case_id: str) -> tuple[np.ndarray, tuple[float, 
 def evaluate_case_files(
     case_id: str, prediction_file: Path, reference_file: Path, labels: Sequence[int],
     nsd_tolerance_mm: float | None = None, hd95: bool = False,
+    regions: Mapping[int, Sequence[int]] | None = None, ignore_label: int | None = None,
 ) -> CaseMetrics:
-    """Read one prediction/reference pair, check they share a grid, and evaluate it."""
+    """Read one prediction/reference pair, check they share a grid, and evaluate it.
+
+    ``regions``: key -> label values for region-based datasets; ``ignore_label``: reference voxels
+    with this value count nowhere (sparse annotation)."""
     reference, spacing = _read_label_map(reference_file, case_id)
     prediction, prediction_spacing = _read_label_map(prediction_file, case_id)
     if prediction.shape != reference.shape:
@@ -113,7 +117,8 @@ def evaluate_case_files(
             f"case '{case_id}': prediction {prediction_file} has spacing {prediction_spacing}, reference "
             f"{reference_file} {spacing}; predictions must be exported with the reference header."
         )
-    metrics = evaluate_arrays(prediction, reference, labels, spacing, nsd_tolerance_mm, hd95)
+    ignore_mask = None if ignore_label is None else reference == ignore_label
+    metrics = evaluate_arrays(prediction, reference, labels, spacing, nsd_tolerance_mm, hd95, ignore_mask, regions)
     return CaseMetrics.of(
         case_id, metrics, prediction_file=str(prediction_file), reference_file=str(reference_file),
         worst_case_hd95_mm=image_diagonal_mm(reference.shape, spacing),
@@ -143,13 +148,20 @@ def evaluate_folders(
     case_ids: Sequence[str] | None = None,
     file_ending: str | None = None,
     console: Console | None = None,
+    regions: Mapping[int, Sequence[int]] | None = None,
+    ignore_label: int | None = None,
 ) -> EvaluationSummary:
-    """Evaluate every reference case (or ``case_ids``) against the same-named prediction file."""
+    """Evaluate every reference case (or ``case_ids``) against the same-named prediction file.
+
+    ``labels`` maps each evaluated key to its name; for region-based datasets the keys are region
+    numbers and ``regions`` gives their label values (:meth:`LabelScheme.evaluation_classes`)."""
     if not labels:
         raise SelfUNetError("no labels to evaluate; pass the label values (e.g. --labels 1,2) or a dataset.")
     pairs = find_case_pairs(Path(prediction_dir), Path(reference_dir), case_ids, file_ending)
     label_values = sorted(labels)
-    jobs = [(cid, pred, ref, label_values, nsd_tolerance_mm, hd95) for cid, pred, ref in pairs]
+    region_values = None if regions is None else {int(k): tuple(v) for k, v in regions.items()}
+    jobs = [(cid, pred, ref, label_values, nsd_tolerance_mm, hd95, region_values, ignore_label)
+            for cid, pred, ref in pairs]
     per_case: list[CaseMetrics] = []
     with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
@@ -186,12 +198,20 @@ def parse_labels(text: str) -> dict[int, str]:
 def resolve_labels(labels: str | None, dataset: Path | None, reference_dir: Path) -> dict[int, str]:
     """The classes to evaluate: ``--labels``, else the foreground of ``--dataset``'s dataset.json,
     else of the dataset.json next to the reference folder (``DATASET/labelsTr``)."""
+    return resolve_evaluation(labels, dataset, reference_dir)[0]
+
+
+def resolve_evaluation(
+    labels: str | None, dataset: Path | None, reference_dir: Path
+) -> tuple[dict[int, str], dict[int, tuple[int, ...]] | None, int | None]:
+    """``(key -> name, key -> label values of a region or None, ignore label or None)``: what
+    :func:`resolve_labels` finds, with the dataset's regions and ignore label (from a dataset)."""
     from selfunet.data.dataset import load_dataset
 
     if labels is not None and dataset is not None:
         raise SelfUNetError("give either --labels or --dataset, not both.")
     if labels is not None:
-        return parse_labels(labels)
+        return parse_labels(labels), None, None
     if dataset is None:
         if not (Path(reference_dir).parent / "dataset.json").is_file():
             raise SelfUNetError(
@@ -200,7 +220,9 @@ def resolve_labels(labels: str | None, dataset: Path | None, reference_dir: Path
             )
         dataset = Path(reference_dir).parent
     spec = load_dataset(dataset)
-    return {value: name for value, name in spec.labels.items() if value > 0}
+    scheme = spec.label_scheme
+    names, members = scheme.evaluation_classes(spec.labels)
+    return names, (members if scheme.has_regions else None), scheme.ignore_label
 
 
 def run_evaluate(
@@ -209,9 +231,9 @@ def run_evaluate(
     processes: int = 1, console: Console | None = None, table_console: Console | None = None,
 ) -> EvaluationSummary:
     """What ``selfunet evaluate`` does: evaluate, write summary.json + per_case.csv, print the table."""
-    label_map = resolve_labels(labels, dataset, reference_dir)
+    label_map, regions, ignore_label = resolve_evaluation(labels, dataset, reference_dir)
     summary = evaluate_folders(prediction_dir, reference_dir, label_map, nsd_tolerance_mm, hd95, processes,
-                               console=console)
+                               console=console, regions=regions, ignore_label=ignore_label)
     out_dir = Path(out_dir) if out_dir is not None else Path(prediction_dir)
     write_evaluation(summary, out_dir)
     render_summary(summary, table_console or Console())

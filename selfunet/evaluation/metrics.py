@@ -18,7 +18,7 @@ over cases is :mod:`selfunet.evaluation.summary`; reading folders of files is
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +85,14 @@ def evaluate_arrays(
     nsd_tolerance_mm: float | None = None,
     hd95: bool = False,
     ignore_mask: np.ndarray | None = None,
+    regions: Mapping[int, Sequence[int]] | None = None,
 ) -> dict[int, ClassMetrics]:
     """Metrics of each label in ``labels`` for one case (label maps on one grid, array order).
 
     ``ignore_mask`` (True = ignore) removes voxels from both label maps before anything is
-    counted, e.g. the ``-1`` region outside a body mask; surfaces are those of the remaining masks.
+    counted, e.g. the ``-1`` region outside a body mask or the dataset's ``ignore`` label; surfaces
+    are those of the remaining masks. ``regions`` maps a key of ``labels`` to the label values that
+    form it (region-based datasets: the region is the union of those values in both maps).
     """
     spacing = _validate_inputs(prediction, reference, spacing, ignore_mask)
     if nsd_tolerance_mm is not None and not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm >= 0):
@@ -99,7 +102,11 @@ def evaluate_arrays(
     worst_hd95 = image_diagonal_mm(reference.shape, spacing)
     results: dict[int, ClassMetrics] = {}
     for label in labels:
-        pred, ref = prediction == label, reference == label
+        members = None if regions is None else regions.get(label)
+        if members is None:
+            pred, ref = prediction == label, reference == label
+        else:
+            pred, ref = np.isin(prediction, list(members)), np.isin(reference, list(members))
         if keep is not None:
             pred &= keep
             ref &= keep

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,26 +51,37 @@ class CaseEffects:
     per_class_on_all_foreground: dict[int, float]
 
 
-def case_effects(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[int]) -> CaseEffects:
+def case_effects(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[int],
+                 regions: Mapping[int, Sequence[int]] | None = None, ignore_label: int | None = None) -> CaseEffects:
     """One pass over a case: enough to decide both steps without keeping the volumes.
 
     Removing voxels of class ``c`` turns them into background, so it changes only class ``c``'s
-    Dice; step 2 can therefore be measured one class at a time.
+    Dice; step 2 can therefore be measured one class at a time. ``regions`` (key -> label values)
+    makes each key a region; reference voxels labelled ``ignore_label`` count nowhere.
     """
+    keep = None if ignore_label is None else reference != ignore_label
+
+    def member(array: np.ndarray, c: int) -> np.ndarray:
+        return np.isin(array, list(regions[c])) if regions is not None and c in regions else array == c
+
+    def score(mask: np.ndarray, reference_mask: np.ndarray) -> float:
+        # components are found on the whole prediction; only the scoring leaves ignored voxels out
+        return dice(mask, reference_mask) if keep is None else dice(mask & keep, reference_mask)
+
     step1 = largest_foreground(prediction)
     step1_changed = not np.array_equal(step1, prediction)
     base, after1, pc_base, pc_after1 = {}, {}, {}, {}
     for c in labels:
-        reference_mask = reference == c
-        mask = prediction == c
-        base[c] = dice(mask, reference_mask)
-        pc_base[c] = dice(keep_largest_component(mask), reference_mask)
-        mask1 = step1 == c if step1_changed else mask
+        reference_mask = member(reference, c) if keep is None else member(reference, c) & keep
+        mask = member(prediction, c)
+        base[c] = score(mask, reference_mask)
+        pc_base[c] = score(keep_largest_component(mask), reference_mask)
+        mask1 = member(step1, c) if step1_changed else mask
         if mask1 is mask or np.array_equal(mask1, mask):  # step 1 left this class alone: same numbers
             after1[c], pc_after1[c] = base[c], pc_base[c]
         else:
-            after1[c] = dice(mask1, reference_mask)
-            pc_after1[c] = dice(keep_largest_component(mask1), reference_mask)
+            after1[c] = score(mask1, reference_mask)
+            pc_after1[c] = score(keep_largest_component(mask1), reference_mask)
     return CaseEffects(base, after1, pc_base, pc_after1)
 
 
@@ -103,7 +114,8 @@ def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def decide_postprocessing(effects: Sequence[CaseEffects], labels: Sequence[int]) -> PostprocessingRule:
+def decide_postprocessing(effects: Sequence[CaseEffects], labels: Sequence[int],
+                          regions: Mapping[int, Sequence[int]] | None = None) -> PostprocessingRule:
     """The two-step decision of SPEC section 4 from per-case effects (see the module docstring)."""
     labels = [int(c) for c in labels if int(c) > 0]
     if not effects:
@@ -127,14 +139,15 @@ def decide_postprocessing(effects: Sequence[CaseEffects], labels: Sequence[int])
         dice_before=_jsonable(before),
         dice_after_all_foreground=_jsonable(after1),
         dice_after=_jsonable(final),
+        regions={str(k): [int(v) for v in values] for k, values in (regions or {}).items()},
     )
     log.info("postprocessing decision: all-foreground LCC %s, per-class LCC %s (mean fg Dice %.4f -> %.4f)",
              use_step1, chosen, mean_before, _mean(list(final.values())))
     return rule
 
 
-def _effects_of_files(args: tuple[Path, Path, tuple[int, ...]]) -> CaseEffects:
-    prediction_path, reference_path, labels = args
+def _effects_of_files(args: tuple) -> CaseEffects:
+    prediction_path, reference_path, labels, regions, ignore_label = args
     prediction, _ = read_image(prediction_path)
     reference, _ = read_image(reference_path)
     if prediction.shape != reference.shape:
@@ -142,15 +155,19 @@ def _effects_of_files(args: tuple[Path, Path, tuple[int, ...]]) -> CaseEffects:
             f"{prediction_path}: shape {prediction.shape[1:]} differs from the reference {reference_path} "
             f"({reference.shape[1:]}); the prediction is not in the reference's geometry."
         )
-    return case_effects(prediction[0], reference[0], labels)
+    return case_effects(prediction[0], reference[0], labels, regions, ignore_label)
 
 
 def determine_postprocessing(pairs: Sequence[tuple[Path, Path]], labels: Sequence[int], processes: int = 1,
-                             console: Console | None = None, description: str = "postprocessing") -> PostprocessingRule:
-    """Decide the rule on ``(prediction file, reference file)`` pairs of cross-validation cases."""
+                             console: Console | None = None, description: str = "postprocessing",
+                             regions: Mapping[int, Sequence[int]] | None = None,
+                             ignore_label: int | None = None) -> PostprocessingRule:
+    """Decide the rule on ``(prediction file, reference file)`` pairs of cross-validation cases
+    (``regions``/``ignore_label`` as for :func:`case_effects`)."""
     foreground = tuple(int(c) for c in labels if int(c) > 0)
     console = console or Console(stderr=True)
-    jobs = [(Path(p), Path(r), foreground) for p, r in pairs]
+    region_values = None if regions is None else {int(k): tuple(v) for k, v in regions.items()}
+    jobs = [(Path(p), Path(r), foreground, region_values, ignore_label) for p, r in pairs]
     effects: list[CaseEffects] = []
     with _progress(console) as progress:
         task = progress.add_task(description, total=len(jobs))
@@ -163,4 +180,4 @@ def determine_postprocessing(pairs: Sequence[tuple[Path, Path]], labels: Sequenc
             for job in jobs:
                 effects.append(_effects_of_files(job))
                 progress.advance(task)
-    return decide_postprocessing(effects, foreground)
+    return decide_postprocessing(effects, foreground, region_values)

@@ -17,6 +17,11 @@ stored as data (:class:`PostprocessingRule`, inside ``WORK/selection.json``):
 "Rises" means strictly, by more than :data:`TOLERANCE`: a step that changes nothing is not
 adopted, so the default is "no postprocessing".
 
+Region-based models: step 2 works per *region* (the voxels whose label is one of the region's
+values; :attr:`PostprocessingRule.regions`); a removed component becomes background, as in the
+reference. With nested regions removing a component of an inner region also shrinks the outer
+ones; the decision measures the region it changes (an approximation, as the reference's).
+
 Connectivity is *full* (26-neighbourhood in 3D; a 2D image, stored with a leading axis of size 1,
 gets the 8-neighbourhood): voxels touching at a corner belong together, so a thin oblique
 structure is not cut into pieces by the voxel grid. Ties in component size go to the component
@@ -66,6 +71,12 @@ class PostprocessingRule(BaseModel):
     dice_before: dict[str, float | None] = {}
     dice_after_all_foreground: dict[str, float | None] = {}
     dice_after: dict[str, float | None] = {}
+    regions: dict[str, list[int]] = {}
+    """region-based models: region number (the keys of ``largest_component_per_class``) -> label values."""
+
+    def values_of(self, key: int) -> list[int]:
+        """Label values of a per-class key: the region's values, or the label itself."""
+        return self.regions.get(str(key), [int(key)])
 
     @property
     def is_identity(self) -> bool:
@@ -104,8 +115,8 @@ def largest_foreground(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _largest_of_class(labels: np.ndarray, label: int) -> np.ndarray:
-    mask = labels == label
+def _largest_of_class(labels: np.ndarray, label: int | list[int]) -> np.ndarray:
+    mask = np.isin(labels, label) if isinstance(label, list) else labels == label
     out = labels.copy()
     out[mask & ~keep_largest_component(mask)] = 0
     return out
@@ -117,7 +128,7 @@ def apply_postprocessing(labels: np.ndarray, rule: PostprocessingRule) -> np.nda
     if rule.largest_component_all_foreground:
         out = largest_foreground(out)
     for label in rule.largest_component_per_class:
-        out = _largest_of_class(out, int(label))
+        out = _largest_of_class(out, rule.values_of(int(label)) if rule.regions else int(label))
     if rule.largest_component_all_foreground and rule.largest_component_per_class:
         out = largest_foreground(out)
     return out

@@ -176,10 +176,11 @@ class Trainer:
         augmentation = dict(config=AugmentationConfig(), patch_size=patch, dimension=self.configuration.dimension,
                             intensity_channels=self.plan.num_input_channels, mask_channels=mask_channels)
         self.augmenter = Augmenter(device=self.device, **augmentation)
+        ignore = self.plan.label_scheme.ignore_label  # never a foreground centre
         common = dict(
             patch_size=patch, batch_size=self.configuration.batch_size,
             dimension=self.configuration.dimension, oversample_foreground=cfg.oversample_foreground,
-            exclude_classes=() if self.plan.label_scheme.ignore_label is None else (self.plan.label_scheme.ignore_label,),
+            exclude_classes=[] if ignore is None else [ignore],
         )
         self.train_sampler = PatchSampler(self.data_folder, self.train_ids,
                                           read_patch_size=self.augmenter.read_patch_size, **common)

@@ -103,7 +103,7 @@ def test_training_entry_without_label_rejected(tmp_path: Path) -> None:
         load_dataset(root)
 
 
-def test_region_labels_rejected_with_explanation(tmp_path: Path) -> None:
+def test_region_labels_without_class_order_rejected_with_explanation(tmp_path: Path) -> None:
     root = write_msd(
         tmp_path / "ds",
         {
@@ -112,7 +112,7 @@ def test_region_labels_rejected_with_explanation(tmp_path: Path) -> None:
             "file_ending": ".nii.gz",
         },
     )
-    with pytest.raises(SelfUNetError, match="region-based"):
+    with pytest.raises(SelfUNetError, match="regions_class_order"):
         load_dataset(root)
 
 
