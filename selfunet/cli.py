@@ -153,6 +153,10 @@ def plan(
     nnunet_dataset_json: Annotated[
         Optional[Path], typer.Option(help="the nnU-Net v2 dataset.json that goes with --nnunet-fingerprint")
     ] = None,
+    from_plan: Annotated[
+        Optional[Path], typer.Option(help="transfer OTHER/plan.json to this dataset (keeps architecture, patch "
+                                          "and spacing; normalization from this dataset's fingerprint)")
+    ] = None,
 ) -> None:
     """Derive the plan (SPEC section 2) from WORK/fingerprint.json into WORK/plan.json."""
     from selfunet.planning.plan import run_plan
@@ -164,6 +168,7 @@ def plan(
         nnunet_fingerprint=nnunet_fingerprint,
         nnunet_dataset_json=nnunet_dataset_json,
         console=console,
+        from_plan=from_plan,
     )
 
 
@@ -225,6 +230,10 @@ def train(
     ] = None,
     max_voxels_per_batch: Annotated[Optional[int], typer.Option(
         min=1, help="small budgets: shrink batch, then patch, to at most this many voxels per batch")] = None,
+    pretrained_weights: Annotated[
+        Optional[Path], typer.Option(help="initialise every layer but the segmentation heads from this checkpoint "
+                                          "or state dict (fine-tuning)")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoint_latest.pt")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="discard this fold's checkpoints and start over")] = False,
 ) -> None:
@@ -239,6 +248,7 @@ def train(
         "checkpoint_every": checkpoint_every, "deterministic": deterministic,
         "predict_validation": predict_validation, "validation_mirroring": validation_mirroring,
         "max_voxels_per_batch": max_voxels_per_batch,
+        "pretrained_weights": str(pretrained_weights.resolve()) if pretrained_weights else None,
     }
     config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None}, source="command line")
     run_training(work, configuration, fold, config, resume=resume, restart=restart, console=console)
@@ -249,7 +259,12 @@ def train(
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="image files and/or folders (MSD or nnU-Net v2 naming)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the label maps")],
-    work: Annotated[Path, typer.Option("--work", "-w", help="work directory holding the trained folds")],
+    work: Annotated[
+        Optional[Path], typer.Option("--work", "-w", help="work directory holding the trained folds")
+    ] = None,
+    model: Annotated[
+        Optional[Path], typer.Option("--model", help="a model.zip from `selfunet export-model` (instead of --work)")
+    ] = None,
     configurations: Annotated[
         Optional[list[str]], typer.Option("--configuration", "-c", help="repeat for an ensemble (default 3d_fullres)")
     ] = None,
@@ -266,8 +281,19 @@ def predict(
     """Predict images with trained folds (sliding window, mirror TTA, fold and ensemble averaging)."""
     from selfunet.inference.predict import predict_cases
 
+    if (work is None) == (model is None):
+        raise SelfUNetError("predict: give either --work WORK or --model model.zip.")
     rule = None
     members = list(configurations or [])
+    if model is not None:
+        from selfunet.model_archive import load_model_archive
+        from selfunet.runtime import resolve_device
+
+        loaded = load_model_archive(model, resolve_device(device), folds or None)
+        predict_cases(inputs, output, None, members or loaded.members, mirroring=mirroring, amp=amp, device=device,
+                      save_probabilities_files=save_probabilities, postprocessing=loaded.postprocessing,
+                      console=console, models=loaded.models)
+        return
     if selection is not None:
         from selfunet.evaluation.ensemble import Selection
 
@@ -276,6 +302,21 @@ def predict(
         rule = chosen.postprocessing
     predict_cases(inputs, output, work, members or ["3d_fullres"], folds or None, checkpoint, mirroring, amp,
                   device, save_probabilities, postprocessing=rule, console=console)
+
+
+@app.command("export-model")
+@user_errors
+def export_model(
+    work: WorkArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="the model archive to write (model.zip)")],
+    selection: Annotated[
+        Optional[Path], typer.Option(help="selection.json to export (default: WORK/selection.json)")
+    ] = None,
+) -> None:
+    """Pack plan, dataset facts, every fold's weights, selection and postprocessing into one zip."""
+    from selfunet.model_archive import export_model as export
+
+    console.print(f"wrote {export(work, output, selection)}")
 
 
 @app.command()

@@ -240,16 +240,18 @@ def _load_stage_models(workdir: WorkDir, members: list[str], folds: list[int] | 
     return models
 
 
-def predict_cases(inputs: list[Path], output: Path, work: Path, configurations: list[str],
+def predict_cases(inputs: list[Path], output: Path, work: Path | None, configurations: list[str],
                   folds: list[int] | None = None, checkpoint_name: str = "checkpoint_final.pt",
                   mirroring: bool = True, amp: str = "auto", device: str = "auto",
                   save_probabilities_files: bool = False, postprocessing=None,
-                  console: Console | None = None) -> list[Path]:
+                  console: Console | None = None, models: dict[str, list[TrainedModel]] | None = None) -> list[Path]:
     """Predict every input case and write label maps into ``output``.
 
     ``configurations`` with more than one entry is an ensemble: crop-space probabilities of the
     members (each averaged over its folds) are averaged. ``postprocessing`` is a
     :class:`selfunet.inference.postprocess.PostprocessingRule` applied to the final labels.
+    ``models`` (configuration -> loaded folds, e.g. from a model.zip) replaces reading the
+    checkpoints of ``work``; their device must be ``device``.
     """
     from selfunet.preprocessing.revert import labels_from_cropped_probabilities
     from selfunet.runtime import resolve_amp, resolve_device
@@ -257,9 +259,14 @@ def predict_cases(inputs: list[Path], output: Path, work: Path, configurations: 
     if not configurations:
         raise SelfUNetError("no configuration to predict with; pass -c CONFIG (several for an ensemble).")
     console = console or Console(stderr=True)
-    workdir = WorkDir(work)
     torch_device = resolve_device(device)
-    models = _load_stage_models(workdir, configurations, folds, checkpoint_name, torch_device)
+    if models is None:
+        if work is None:
+            raise SelfUNetError("predict: give a work directory (--work) or a model archive (--model).")
+        models = _load_stage_models(WorkDir(work), configurations, folds, checkpoint_name, torch_device)
+    missing = [c for c in configurations if c not in models]
+    if missing:
+        raise SelfUNetError(f"configuration(s) {', '.join(missing)} not in the model; it has {', '.join(models)}.")
     amp_dtype = resolve_amp(amp, torch_device)
     configs = {stage: inference_config(m[0].configuration, mirroring, amp_dtype, torch_device)
                for stage, m in models.items()}
