@@ -161,6 +161,13 @@ def plan(
     """Derive the plan (SPEC section 2) from WORK/fingerprint.json into WORK/plan.json."""
     from selfunet.planning.plan import run_plan
 
+    if from_plan is not None:
+        from selfunet.planning.transfer import run_plan_transfer
+
+        if nnunet_fingerprint is not None or nnunet_dataset_json is not None:
+            raise SelfUNetError("--from-plan uses WORK/fingerprint.json; leave out --nnunet-fingerprint.")
+        run_plan_transfer(work, from_plan, show=show, console=console)
+        return
     run_plan(
         work,
         gpu_memory_gb=gpu_memory_gb,
@@ -168,7 +175,6 @@ def plan(
         nnunet_fingerprint=nnunet_fingerprint,
         nnunet_dataset_json=nnunet_dataset_json,
         console=console,
-        from_plan=from_plan,
     )
 
 

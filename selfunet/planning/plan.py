@@ -339,21 +339,9 @@ def run_plan(
     nnunet_fingerprint: Path | None = None,
     nnunet_dataset_json: Path | None = None,
     console: Console | None = None,
-    from_plan: Path | None = None,
 ) -> Plan:
-    """``selfunet plan``: fingerprint (ours or an nnU-Net v2 one) -> WORK/plan.json.
-
-    ``from_plan``: transfer another dataset's plan instead of planning (:mod:`selfunet.planning.transfer`)."""
+    """``selfunet plan``: fingerprint (ours or an nnU-Net v2 one) -> WORK/plan.json."""
     workdir = WorkDir(work)
-    if from_plan is not None:
-        from selfunet.planning.transfer import transfer_plan
-
-        plan = transfer_plan(Plan.load(Path(from_plan)), Fingerprint.load(workdir.fingerprint), str(from_plan))
-        plan.save(workdir.plan)
-        log.info("wrote %s, transferred from %s (%s)", workdir.plan, from_plan, ", ".join(plan.configurations))
-        if show:
-            (console or Console()).print(plan_table(plan))
-        return plan
     if nnunet_fingerprint is not None or nnunet_dataset_json is not None:
         if nnunet_fingerprint is None or nnunet_dataset_json is None:
             raise SelfUNetError(

@@ -14,11 +14,15 @@ The segmentation heads follow the new labels and are trained afresh
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+from rich.console import Console
 
 from selfunet.errors import SelfUNetError
 from selfunet.planning.fingerprint_types import Fingerprint
-from selfunet.planning.plan import _num_classes, normalization_for
+from selfunet.planning.plan import _num_classes, normalization_for, plan_table
 from selfunet.planning.plan_types import Plan
+from selfunet.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +53,14 @@ def transfer_plan(source: Plan, fingerprint: Fingerprint, source_name: str = "th
         "label_scheme": fingerprint.dataset.label_scheme,
         "configurations": configurations,
     })
+
+
+def run_plan_transfer(work: Path, from_plan: Path, show: bool = False, console: Console | None = None) -> Plan:
+    """``selfunet plan WORK --from-plan OTHER/plan.json``: WORK/fingerprint.json + OTHER's plan -> WORK/plan.json."""
+    workdir = WorkDir(work)
+    plan = transfer_plan(Plan.load(Path(from_plan)), Fingerprint.load(workdir.fingerprint), str(from_plan))
+    plan.save(workdir.plan)
+    log.info("wrote %s, transferred from %s (%s)", workdir.plan, from_plan, ", ".join(plan.configurations))
+    if show:
+        (console or Console()).print(plan_table(plan))
+    return plan
