@@ -183,11 +183,11 @@ def _progress(console: Console) -> Progress:
 def build_ensemble(work: WorkDir, members: Sequence[str], case_ids: Sequence[str], file_ending: str,
                    save_probabilities: bool = False, console: Console | None = None) -> Path:
     """Write the members' averaged predictions of every case; cases newer than their inputs are kept."""
-    from selfunet.planning.plan_types import Plan
+    from selfunet.planning.fingerprint_types import Fingerprint
 
     out = ensemble_dir(work, members)
     console = console or Console(stderr=True)
-    scheme = Plan.load(work.plan).label_scheme
+    scheme = Fingerprint.load(work.fingerprint).dataset.label_scheme  # regions are painted, not argmaxed
     with _progress(console) as progress:
         task = progress.add_task(f"ensemble {pair_name(members)}", total=len(case_ids))
         for case_id in case_ids:
