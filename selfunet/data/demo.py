@@ -276,10 +276,11 @@ def _make_case(seed: int, number: int, regions: bool = False) -> tuple[np.ndarra
     bias = np.exp(smooth_field(40.0, 0.25))  # up to ~+-25 %, smooth over the whole volume
     means_per_channel = TISSUE_MEANS
     if regions:
-        core_radii = tuple(2.2 * r for r in lesion_radii)
-        core = (_ellipsoid_distance(grids, lesion_centre, core_radii) < 1.0) & organ
+        # bigger than the default lesion: a small region learns slowly with sigmoid outputs + BCE
+        enhancing = (_ellipsoid_distance(grids, lesion_centre, tuple(1.5 * r for r in lesion_radii)) < 1.0) & organ
+        core = (_ellipsoid_distance(grids, lesion_centre, tuple(2.6 * r for r in lesion_radii)) < 1.0) & organ
         label[core] = 2
-        label[lesion] = 3
+        label[enhancing | lesion] = 3
         means_per_channel = TISSUE_MEANS_REGIONS
     image = np.zeros((2, *shape), dtype=np.int16)
     for channel, means in enumerate(means_per_channel):
