@@ -170,8 +170,11 @@ class CaseResult:
         return self
 
 
-def score_case(result: CaseResult, prediction: Path | None, reference: Path, labels: dict[int, str]) -> CaseResult:
-    """Dice of each foreground class; a failed case (any status but ok) gets 0 for every class."""
+def score_case(result: CaseResult, prediction: Path | None, reference: Path, labels: dict[int, str],
+               scheme=None) -> CaseResult:
+    """Dice of each foreground class (region-based datasets: each region; ``scheme`` is the dataset's
+    :class:`~selfunet.data.labels.LabelScheme`, whose ignore label counts nowhere); a failed case (any
+    status but ok) gets 0 for every class."""
     from selfunet.data.io import image_to_array
     from selfunet.evaluation.evaluate import evaluate_arrays
 
@@ -191,8 +194,12 @@ def score_case(result: CaseResult, prediction: Path | None, reference: Path, lab
             elif got is not None:
                 pred, _ = image_to_array(got, str(prediction))
                 ref, geometry = image_to_array(want, str(reference))
-                metrics = evaluate_arrays(np.rint(pred[0]).astype(np.int32), ref[0].astype(np.int32), sorted(labels),
-                                          geometry.spacing)
+                reference_labels = ref[0].astype(np.int32)
+                ignore = None if scheme is None or scheme.ignore_label is None else scheme.ignore_label
+                regions = scheme.evaluation_classes(labels)[1] if scheme is not None and scheme.has_regions else None
+                metrics = evaluate_arrays(np.rint(pred[0]).astype(np.int32), reference_labels, sorted(labels),
+                                          geometry.spacing, ignore_mask=None if ignore is None else
+                                          reference_labels == ignore, regions=regions)
                 result.dice = {label: m.dice for label, m in metrics.items()}
     if result.status != OK:
         result.dice = dict.fromkeys(labels, 0.0)
@@ -290,7 +297,7 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
                 except RuntimeError as exc:
                     kept = None
                     result.fail("unreadable", f"{produced[0].name}: {str(exc).strip().splitlines()[-1][:200]}")
-            results.append(score_case(result, kept, case.label, _labels(task)))
+            results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
             progress.advance(bar)
     record = {"kind": "container", "ref": sub.ref, "image": image.id, "tags": image.tags,
               "sockets": {"inputs": list(sockets.inputs), "output": sockets.output}, "limits": limits}
@@ -299,7 +306,8 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
 
 def score_folder(sub: Submission, task: TaskDescriptor, cases: list[TestCase]) -> tuple[list[CaseResult], dict]:
     folder = Path(sub.ref)
-    results = [score_case(CaseResult(c.case_id), prediction_file(folder, c.case_id), c.label, _labels(task))
+    results = [score_case(CaseResult(c.case_id), prediction_file(folder, c.case_id), c.label, _labels(task),
+                          _scheme(task))
                for c in cases]
     return results, {"kind": "folder", "ref": str(folder.resolve())}
 
@@ -335,17 +343,24 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
                 if written is not None:
                     kept = predictions / f"{case.case_id}.mha"
                     sitk.WriteImage(clean_metadata(sitk.ReadImage(str(written))), str(kept), True)
-            results.append(score_case(result, kept, case.label, _labels(task)))
+            results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
             progress.advance(bar)
     return results, {"kind": SELFUNET, "ref": str(selection), "selection": json.loads(selection.read_text()),
                      "mirroring": mirroring}
 
 
 def _labels(task: TaskDescriptor) -> dict[int, str]:
+    """What is scored: the foreground classes, or the regions (keys 1..R) of a region-based dataset."""
     from selfunet.data.dataset import load_dataset
 
     spec = load_dataset(task.dataset)
-    return {v: spec.labels[v] for v in spec.foreground_labels}
+    return spec.label_scheme.evaluation_classes(spec.labels)[0]
+
+
+def _scheme(task: TaskDescriptor):
+    from selfunet.data.dataset import load_dataset
+
+    return load_dataset(task.dataset).label_scheme
 
 
 # -- files ----------------------------------------------------------------------------------------

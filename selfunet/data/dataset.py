@@ -332,8 +332,8 @@ def _labels_v2(descriptor: Path, raw_labels: dict) -> tuple[dict[int, str], list
             regions.append((str(name), list(value)))
         else:
             raise SelfUNetError(
-                f"{descriptor}: label {quote(name)} maps to {quote(value)}; give one integer value, or a list of integer "
-                "values for a region."
+                f"{descriptor}: label {quote(name)} maps to {quote(value)}; give one integer value, or a list of "
+                "integer values for a region."
             )
     if not regions:
         return labels, None

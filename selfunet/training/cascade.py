@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from selfunet.artifacts import atomic_path, atomic_save_npy
+from selfunet.data.labels import LabelScheme
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import Configuration, Plan
 from selfunet.preprocessing.preprocess import PreprocessedCase
@@ -49,7 +50,7 @@ def previous_stage_channels(crop_labels: np.ndarray, properties: PreprocessedCas
     return np.stack([(on_grid == k) for k in range(1, num_classes)]).astype(np.float32)
 
 
-def _out_of_fold_labels(work: WorkDir, previous: str, case_id: str) -> np.ndarray:
+def _out_of_fold_labels(work: WorkDir, previous: str, case_id: str, scheme: LabelScheme) -> np.ndarray:
     from selfunet.preprocessing.revert import load_probabilities
 
     matches = sorted((work.root / "train" / previous).glob(f"fold_*/validation/{case_id}.npz"))
@@ -59,7 +60,7 @@ def _out_of_fold_labels(work: WorkDir, previous: str, case_id: str) -> np.ndarra
             f"train every fold of '{previous}' (with validation prediction) before its cascade stage."
         )
     probabilities, _ = load_probabilities(matches[0])
-    return probabilities.argmax(0)
+    return scheme.to_labels(probabilities)  # argmax, or painted regions
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -89,7 +90,7 @@ def prepare_cascade_data(work: Path, plan: Plan, configuration: Configuration,
         for case_id in case_ids:
             if not (target / f"{case_id}.json").is_file():
                 properties = PreprocessedCase.load(source / f"{case_id}.json")
-                labels = _out_of_fold_labels(workdir, configuration.previous_stage, case_id)
+                labels = _out_of_fold_labels(workdir, configuration.previous_stage, case_id, plan.label_scheme)
                 extra = previous_stage_channels(labels, properties, plan.num_classes)
                 data = np.load(source / f"{case_id}.npy", mmap_mode="r")
                 atomic_save_npy(target / f"{case_id}.npy", np.concatenate([data, extra], axis=0))
