@@ -215,8 +215,12 @@ class Augmenter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample inputs: image [C, *box_b], label [1, *box_b], the box's lower corner relative
         to the patch's lower corner (:meth:`read_boxes`); they may differ in size per sample."""
-        n_images = None
-        out_images, out_labels = [], []
+        if len(images) != params.spatial.shape[0] or len(labels) != len(images):
+            raise SelfUNetError(
+                f"augmentation: {len(images)} images and {len(labels)} labels for a batch of {params.spatial.shape[0]}."
+            )
+        out_image = out_label = None
+        n_images = 0
         for b, (image, label) in enumerate(zip(images, labels)):
             image = torch.as_tensor(image).to(self.device, torch.float32, non_blocking=True)
             label = torch.as_tensor(label).to(self.device, non_blocking=True)
@@ -225,14 +229,15 @@ class Augmenter:
                     f"augmentation: sample {b}: image {tuple(image.shape)} and label {tuple(label.shape)} are not "
                     f"[C, *box] and [1, *box] with {self.dimension} spatial axes."
                 )
+            if out_image is None:
+                out_image = torch.empty((len(images), image.shape[0], *self.patch_size), device=self.device)
+                out_label = torch.empty((len(images), 1, *self.patch_size), dtype=torch.int64, device=self.device)
             n_images = self.image_channels(image.shape[0])
             matrix = params.matrix[b] if bool(params.spatial[b]) else None
-            out_image, out_label = warp_sample(image, label, [int(v) for v in lowers[b]], matrix, self.patch_size,
-                                               self.per_slice, n_images)
-            out_images.append(out_image)
-            out_labels.append(out_label)
-        image, label = mirror(torch.stack(out_images), torch.stack(out_labels), params.mirror)
-        n = n_images if n_images is not None else image.shape[1]
+            warp_sample(image, label, [int(v) for v in lowers[b]], matrix, self.patch_size, self.per_slice,
+                        n_images, out_image[b], out_label[b])
+        image, label = mirror(out_image, out_label, params.mirror)
+        n = n_images
         parts = [apply_intensity(image[:, :n], params, self.per_slice)]
         if n < image.shape[1]:
             parts.append(perturb_segmentation(image[:, n:], params, self.config.seg_component_max_fraction))

@@ -73,11 +73,13 @@ def apply_intensity(image: torch.Tensor, p: AugmentationParams, per_slice: bool)
     spatial = image.shape[2:]
     dimension = len(spatial)
     device = image.device
-    if bool(p.noise.any()):
+    chosen = torch.nonzero(p.noise).flatten()
+    if chosen.numel():  # noise for the chosen samples only
         gen = torch.Generator(device=device).manual_seed(p.noise_seed)
-        noise = torch.randn(image.shape, generator=gen, device=device, dtype=image.dtype)
-        std = (p.noise_std * p.noise).to(device, image.dtype).view(-1, *([1] * (image.dim() - 1)))
-        image = image + noise * std
+        noise = torch.randn((chosen.numel(), *image.shape[1:]), generator=gen, device=device, dtype=image.dtype)
+        std = p.noise_std[chosen].to(device, image.dtype).view(-1, *([1] * (image.dim() - 1)))
+        idx = chosen.to(device)
+        image = image.index_add(0, idx, noise * std)
     image = image.reshape(b * c, *spatial)
 
     def select(mask: torch.Tensor) -> torch.Tensor:
@@ -167,7 +169,7 @@ def zero_outside_mask(image: torch.Tensor, label: torch.Tensor, channels: tuple[
     label is negative (outside the mask, or outside the image), as the reference does."""
     if not channels:
         return image
-    outside = label < 0  # [B, 1, *spatial]
-    index = torch.tensor(channels, device=image.device)
-    masked = image.index_select(1, index).masked_fill(outside, 0.0)
-    return image.index_copy(1, index, masked)
+    outside = label[:, 0] < 0  # [B, *spatial]
+    for c in channels:
+        image[:, c].masked_fill_(outside, 0.0)
+    return image

@@ -179,12 +179,15 @@ def warp_sample(
     patch: Sequence[int],
     per_slice: bool,
     intensity_channels: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    out_image: torch.Tensor,
+    out_label: torch.Tensor,
+) -> None:
     """One sample: image [C, *box] float, label [1, *box] integer, the box's lower corner relative
     to the patch's lower corner, and the affine ``matrix`` [k, k] (None: no rotation/scaling).
 
-    Returns image [C, *patch] and label [1, *patch] int64. Channels from ``intensity_channels`` on
-    (the cascade's one-hot segmentation) are moved like the label: nearest, zero outside.
+    Writes ``out_image`` [C, *patch] and ``out_label`` [1, *patch] (int64; a batch's slots, so no
+    sample is copied twice). Channels from ``intensity_channels`` on (the cascade's one-hot
+    segmentation) are moved like the label: nearest, zero outside.
     """
     patch = tuple(int(p) for p in patch)
     if matrix is None:
@@ -193,8 +196,9 @@ def warp_sample(
             raise SelfUNetError(
                 f"augmentation: input box {tuple(image.shape[1:])} at {list(lower)} does not hold the patch {patch}."
             )
-        out_label = label[(slice(None), *sl)].to(torch.int64, copy=True)
-        return image[(slice(None), *sl)].clone(memory_format=torch.contiguous_format), out_label
+        out_image.copy_(image[(slice(None), *sl)])
+        out_label.copy_(label[(slice(None), *sl)])
+        return
     device = image.device
     n = intensity_channels
     # nearest-sampled part: label + 1 (so the zero padding reads as -1) and the one-hot channels
@@ -213,20 +217,19 @@ def warp_sample(
         def run(x: torch.Tensor, mode: str) -> torch.Tensor:
             return F.grid_sample(x[None], grid, mode, "zeros", align_corners=True)[0]
 
-    warped = run(continuous, "bilinear") if n > 0 else continuous.new_zeros((0, *patch))
+    if n > 0:
+        out_image[:n] = run(continuous, "bilinear")
     moved = run(discrete, "nearest")
-    out_label = torch.round(moved[:1]).to(torch.int64) - 1
-    return torch.cat([warped, moved[1:]], 0), out_label
+    out_label.copy_(torch.round(moved[:1]) - 1)
+    out_image[n:] = moved[1:]
 
 
 def mirror(image: torch.Tensor, label: torch.Tensor, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip sample ``b`` along spatial axis ``a`` where ``flags[b, a]`` ([B, d] bool)."""
-    dimension = image.dim() - 2
-    for axis in range(dimension):
-        chosen = flags[:, axis]
-        if not bool(chosen.any()):
-            continue
-        mask = chosen.to(image.device).view((-1,) + (1,) * (dimension + 1))
-        image = torch.where(mask, image.flip(axis + 2), image)
-        label = torch.where(mask, label.flip(axis + 2), label)
+    """Flip sample ``b`` along spatial axis ``a`` where ``flags[b, a]`` ([B, d] bool), in place
+    (one flip per sample over all its axes)."""
+    for b, row in enumerate(flags.tolist()):
+        dims = [axis + 1 for axis, flip in enumerate(row) if flip]
+        if dims:
+            image[b] = image[b].flip(dims)
+            label[b] = label[b].flip(dims)
     return image, label
