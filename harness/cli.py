@@ -284,8 +284,11 @@ def compare(
 @export_app.command("gc")
 @user_errors
 def export_gc_command(
-    task: Annotated[str, typer.Argument(help="work directory with selection.json, descriptor file, or task name")],
     out: Annotated[Path, typer.Option("--out", help="build context folder to write")],
+    task: Annotated[Optional[str], typer.Argument(
+        help="work directory with selection.json, descriptor file, or task name (optional with --model)")] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="package this model.zip (selfunet export-model) instead of the work directory's folds")] = None,
     test: Annotated[bool, typer.Option("--test", help="build it, run it on a test case, compare with "
                                        "`selfunet predict --selection`")] = False,
     image: Annotated[str, typer.Option(help="base: the project image (harness image build)")] = "selfunet:latest",
@@ -307,15 +310,15 @@ def export_gc_command(
     """A grand-challenge algorithm container build context for the task's selected model (docs/containers.md)."""
     from harness.export_gc import export_gc, test_container
 
-    path = Path(task)
-    if not path.exists():
+    path = None if task is None else Path(task)
+    if path is not None and not path.exists():
         found = [t for t in _load([tasks_dir], None) if t.name == task]
         if not found:
             raise SelfUNetError(f"task '{task}': not a folder, a descriptor or a task name under {tasks_dir}.")
         path = found[0].source
     context = export_gc(path, out, image=image, input_slugs=input_slug, output_slug=output_slug,
                         work_root=work_root, tag=tag, model_tarball=model_tarball, inputs_json=inputs_json,
-                        mirroring=mirroring)
+                        mirroring=mirroring, model=model)
     console.print(f"grand-challenge build context: {escape(str(context))} (do_build.sh, do_test_run.sh, do_save.sh)",
                   highlight=False)
     if test:

@@ -12,7 +12,8 @@ DIR/
   gc.json             slugs, the selected model (members, postprocessing), where it came from
   model/              a minimal work directory: plan.json, fingerprint.json, selection.json and
                       train/<member>/fold_<k>/checkpoint_final.pt of every member (and the lowres
-                      stage of a cascade)
+                      stage of a cascade); with ``--model model.zip`` the archive's verified
+                      contents in that layout (``selfunet.model_archive.unpack_model_archive``)
   model.tar.gz        --model-tarball: model/ packed for upload as the algorithm's separate model
                       (the platform extracts it to /opt/ml/model; the image then carries no weights)
   test/input/         one test case laid out as the platform mounts it (inputs.json + .mha), from
@@ -299,10 +300,15 @@ def _pack(folder: Path, archive: Path) -> None:
     tmp.replace(archive)
 
 
-def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs: list[str] | None = None,
+def export_gc(task: Path | None, out: Path, image: str = "selfunet:latest", input_slugs: list[str] | None = None,
               output_slug: str = DEFAULT_OUTPUT_SLUG, work_root: Path = Path("work"), tag: str | None = None,
-              model_tarball: bool = False, inputs_json: Path | None = None, mirroring: bool = True) -> Path:
+              model_tarball: bool = False, inputs_json: Path | None = None, mirroring: bool = True,
+              model: Path | None = None) -> Path:
     """Write the build context (see the module doc) and return ``out``.
+
+    ``model``: a model.zip (``selfunet export-model``) to package instead of a work directory's
+    folds; it is verified and laid out as the context's ``model/``. ``task`` is then optional and
+    only supplies the test case (and the default tag).
 
     ``mirroring``: mirror test-time augmentation in the container (``selfunet predict``'s default;
     off is several times faster on a CPU, as ``--no-mirroring``).
@@ -310,7 +316,25 @@ def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs
     ``input_slugs``: one slug (all channels in one image) or one per channel; default the image
     sockets of ``inputs_json`` (the phase's example), else ``image``.
     """
-    work = resolve_work(task, work_root)
+    if model is None and task is None:
+        raise SelfUNetError("export gc: name a task (or work directory), or give --model model.zip.")
+    if model is None:
+        return _export_gc(resolve_work(task, work_root), out, image, input_slugs, output_slug, tag, model_tarball,
+                          inputs_json, mirroring, None, None)
+    from selfunet.model_archive import unpack_model_archive
+
+    source = resolve_work(task, work_root) if task is not None else None
+    with tempfile.TemporaryDirectory(prefix="selfunet-gc-model-") as staged:
+        work = unpack_model_archive(Path(model), Path(staged) / Path(model).stem)
+        return _export_gc(work, out, image, input_slugs, output_slug, tag, model_tarball, inputs_json, mirroring,
+                          source, Path(model).resolve())
+
+
+def _export_gc(work: Path, out: Path, image: str, input_slugs: list[str] | None, output_slug: str, tag: str | None,
+               model_tarball: bool, inputs_json: Path | None, mirroring: bool, source: Path | None,
+               archive_path: Path | None) -> Path:
+    """``export_gc`` on a work directory ``work`` (a staged archive when ``archive_path`` is set, with
+    ``source`` the work directory that supplies the test case, if any)."""
     if inputs_json is not None and not Path(inputs_json).is_file():
         raise SelfUNetError(f"--inputs-json {inputs_json}: no such file; pass the phase's inputs.json.")
     input_slugs = input_slugs or ([s for s, _ in read_inputs_json(inputs_json)] if inputs_json else
@@ -333,11 +357,14 @@ def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
         target.chmod(0o644)  # artifacts are written 0600; the algorithm runs as another (non-root) user
-    name = tag or f"selfunet-gc-{work.name.lower()}:latest"
-    case = _test_case(work)
+    case_work = work if archive_path is None else source  # a staged archive has no dataset: the task's
+    name = tag or f"selfunet-gc-{(case_work or work).name.lower()}:latest"
+    case = _test_case(case_work) if case_work is not None else None
     config = {"input_slugs": input_slugs, "output_slug": output_slug, "selected": selection.selected,
               "members": list(selection.members), "postprocessing": selection.postprocessing.model_dump(mode="json"),
-              "source_work": str(work), "base_image": image, "tag": name, "platform": PLATFORM,
+              "source_work": None if case_work is None else str(case_work),
+              "source_model": None if archive_path is None else str(archive_path),
+              "base_image": image, "tag": name, "platform": PLATFORM,
               "model_in_image": not model_tarball, "mirroring": mirroring, "exported": time.strftime("%Y-%m-%d %H:%M"),
               "test_case": None if case is None else {"id": case.case_id, "images": [str(p) for p in case.images]}}
     (out / "gc.json").write_text(json.dumps(config, indent=2))
@@ -369,12 +396,15 @@ def export_gc(task: Path, out: Path, image: str = "selfunet:latest", input_slugs
     return out
 
 
-def host_prediction(context: Path, work: Path, dest: Path) -> Path:
-    """``selfunet predict --selection`` on the host for the context's test case (the reference)."""
+def host_prediction(context: Path, work: Path | None, dest: Path) -> Path:
+    """``selfunet predict --selection`` (``--model`` for an exported archive) on the host for the
+    context's test case (the reference)."""
     config = json.loads((context / "gc.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)
+    source = (("--model", config["source_model"]) if config.get("source_model") else
+              ("-w", str(work), "--selection", str(work / "selection.json")))
     command = [sys.executable, "-m", "selfunet.cli", "predict", *config["test_case"]["images"], "-o", str(dest),
-               "-w", str(work), "--selection", str(work / "selection.json"),
+               *source,
                *(() if config.get("mirroring", True) else ("--no-mirroring",))]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -418,7 +448,7 @@ def test_container(context: Path, client=None, keep_image: bool = True) -> dict:
     if not (context / "test" / "input" / "inputs.json").is_file() or not config.get("test_case"):
         raise SelfUNetError(f"{context}/test/input: no test case (the work directory's dataset was not found).")
     user = check_non_root(client, config["base_image"])
-    work = Path(config["source_work"])
+    work = Path(config["source_work"]) if config.get("source_work") else None
     expected_dir = context / "test" / "expected"
     if expected_dir.exists():
         shutil.rmtree(expected_dir)

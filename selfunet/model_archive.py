@@ -206,3 +206,35 @@ def load_model_archive(path: Path, device: torch.device, folds: list[int] | None
                 models[stage].append(TrainedModel(network, plan, configuration, path / name))
     rule = PostprocessingRule.model_validate(selection.get("postprocessing", {}))
     return LoadedModel(plan, list(selection["members"]), rule, models, manifest)
+
+
+def unpack_model_archive(path: Path, folder: Path) -> Path:
+    """Verify ``path`` and lay it out in ``folder`` as the minimal work directory that
+    ``selfunet predict -w FOLDER --selection FOLDER/selection.json`` reads: plan.json,
+    selection.json, dataset_facts.json (the archive's fingerprint.json) and
+    ``train/<configuration>/fold_<k>/checkpoint_final.pt`` (weights + plan + configuration name, plain
+    values only). Used where a consumer expects that layout (the grand-challenge build context)."""
+    from selfunet.runtime import save_checkpoint
+
+    path, folder = Path(path), Path(folder)
+    manifest = read_manifest(path)
+    expected = manifest.get("files", {})
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path) as archive:
+        plan_bytes = _read_verified(archive, "plan.json", expected.get("plan.json"), path)
+        (folder / "plan.json").write_bytes(plan_bytes)
+        (folder / "selection.json").write_bytes(
+            _read_verified(archive, "selection.json", expected.get("selection.json"), path))
+        (folder / "dataset_facts.json").write_bytes(
+            _read_verified(archive, "fingerprint.json", expected.get("fingerprint.json"), path))
+        plan = json.loads(plan_bytes)
+        for stage, folds in manifest["folds"].items():
+            for fold in folds:
+                name = f"weights/{stage}/fold_{fold}.pt"
+                state = torch.load(io.BytesIO(_read_verified(archive, name, expected.get(name), path)),
+                                   map_location="cpu", weights_only=True)
+                target = folder / "train" / stage / f"fold_{fold}" / CHECKPOINT
+                target.parent.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(target, {"format": "selfunet-checkpoint-1", "network": state, "plan": plan,
+                                         "configuration": stage, "fold": int(fold)})
+    return folder

@@ -165,3 +165,37 @@ def test_fine_tuning_from_the_exported_weights_on_another_dataset(
                                  "--pretrained-weights", str(tmp_path / "fold_0.pt")])
     assert result.exit_code == 1
     assert "layer 'encoder.0." in result.output and "has shape" in result.output
+
+
+def test_grand_challenge_context_from_the_archive_predicts_like_selfunet(
+        exported: tuple[Path, Path], demo_dataset: DatasetSpec, tmp_path: Path) -> None:
+    """`harness export gc --model model.zip`: the archive (verified) becomes the context's model/, and
+    the entry point (run here on the host, as the container runs it) gives `selfunet predict --model`'s labels."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.cli import app as harness_app
+    from harness.gc_case import write_case
+
+    _, archive = exported
+    context = tmp_path / "gc"
+    result = runner.invoke(harness_app, ["export", "gc", "--model", str(archive), "--out", str(context)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((context / "gc.json").read_text())
+    assert config["source_model"] == str(archive.resolve()) and config["members"] == ["3d_fullres"]
+    assert sorted(p.name for p in (context / "model" / "train" / "3d_fullres").iterdir()) == ["fold_0", "fold_1"]
+
+    small = small_test_image(demo_dataset, tmp_path)
+    write_case(tmp_path / "input", [small], ["image"])
+    (tmp_path / "output").mkdir()
+    env = {**os.environ, "GC_INPUT": str(tmp_path / "input"), "GC_OUTPUT": str(tmp_path / "output"),
+           "GC_DEVICE": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, str(context / "inference.py")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (produced,) = sorted((tmp_path / "output" / "images" / "segmentation").glob("*.mha"))
+    expected = runner.invoke(app, ["predict", str(small), "-o", str(tmp_path / "host"), "--model", str(archive)])
+    assert expected.exit_code == 0, expected.output
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(produced)))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "host" / small.name)))
+    np.testing.assert_array_equal(a, b)
