@@ -24,7 +24,7 @@ PATCHES = [
 #: small patches of each rotation rule for drawing many spatial parameters (the reference builds
 #: its sampling grid while drawing)
 DRAW_PATCHES = [(12, 14, 16), (4, 24, 24), (24, 24), (40, 24)]
-N = 3000
+N = 2000
 
 _REFERENCE = r"""
 import json, sys
