@@ -89,3 +89,24 @@ def test_raw_batches_pin(source_parts: tuple[PatchSampler, dict]) -> None:
     raw = TrainBatchSource(sampler, Augmenter(device="cpu", **augmentation), seed=0, augment_here=False)(0)
     pinned = raw.pin_memory()
     assert all(t.is_pinned() for t in pinned.boxes.images + pinned.boxes.labels)
+
+
+def test_trainer_with_process_workers_trains_like_with_a_thread(tiny_work_template: Path, tmp_path: Path) -> None:
+    """The same batches reach the network whichever loader mode: equal losses."""
+    import shutil
+
+    from rich.console import Console
+
+    from selfunet.training.train import Trainer
+    from selfunet.training.train_config import TrainConfig
+    from selfunet.training.training_log import read_log
+
+    losses = {}
+    for mode, workers in (("thread", 1), ("process", 2)):
+        work = Path(shutil.copytree(tiny_work_template, tmp_path / mode))
+        config = TrainConfig(epochs=1, iterations_per_epoch=3, validation_iterations=1, predict_validation=False,
+                             device="cpu", amp="off", seed=3, loader_mode=mode, loader_workers=workers)
+        trainer = Trainer(work, "3d_fullres", 0, config, console=Console(quiet=True))
+        trainer.run()
+        losses[mode] = read_log(trainer.out / "log.jsonl")[0]["train_loss"]
+    assert losses["process"] == pytest.approx(losses["thread"], rel=1e-5)
