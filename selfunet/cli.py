@@ -113,6 +113,10 @@ AmpOpt = Annotated[Optional[AmpChoice], typer.Option(help="mixed precision: auto
 DatasetArg = Annotated[Path, typer.Argument(help="dataset folder (MSD or nnU-Net v2 layout)")]
 WorkArg = Annotated[Path, typer.Argument(help="work directory")]
 ProcessesOpt = Annotated[int, typer.Option("--processes", "-p", min=1, help="worker processes")]
+PresetOpt = Annotated[str, typer.Option(
+    help="planner preset: default | resenc-m | resenc-l | resenc-xl (residual-encoder U-Nets for 8 / 24 / 40 GB)")]
+GpuMemoryOpt = Annotated[Optional[float], typer.Option(
+    help="GPU memory budget the plan is made for (default: the preset's: 8, resenc-l 24, resenc-xl 40)")]
 
 
 @app.command()
@@ -145,7 +149,8 @@ def fingerprint(
 @user_errors
 def plan(
     work: WorkArg,
-    gpu_memory_gb: Annotated[float, typer.Option(help="GPU memory budget the plan is made for")] = 8.0,
+    preset: PresetOpt = "default",
+    gpu_memory_gb: GpuMemoryOpt = None,
     show: Annotated[bool, typer.Option("--show", help="print the plan as a table")] = False,
     nnunet_fingerprint: Annotated[
         Optional[Path], typer.Option(help="use an nnU-Net v2 dataset_fingerprint.json instead of WORK's")
@@ -170,6 +175,7 @@ def plan(
         return
     run_plan(
         work,
+        preset=preset,
         gpu_memory_gb=gpu_memory_gb,
         show=show,
         nnunet_fingerprint=nnunet_fingerprint,
@@ -337,7 +343,8 @@ def run(
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     iterations_per_epoch: Annotated[Optional[int], typer.Option(min=1)] = None,
     num_folds: Annotated[Optional[int], typer.Option(min=2, help="cross-validation folds (>= 2)")] = None,
-    gpu_memory_gb: Annotated[float, typer.Option(help="GPU memory budget the plan is made for")] = 8.0,
+    preset: PresetOpt = "default",
+    gpu_memory_gb: GpuMemoryOpt = None,
     processes: ProcessesOpt = 2,
     nsd_tolerance_mm: Annotated[Optional[float], typer.Option(help="also compute NSD at this tolerance")] = None,
     hd95: Annotated[bool, typer.Option("--hd95", help="also compute HD95")] = False,
@@ -346,14 +353,14 @@ def run(
 ) -> None:
     """The whole pipeline for one dataset; a rerun resumes where the last one stopped."""
     from selfunet.pipeline import RunOptions, run_pipeline
-    from selfunet.planning.plan_types import PlannerSettings
+    from selfunet.planning.presets import planner_settings
     from selfunet.training.budgets import budget_config
 
     config = budget_config(budget, epochs=epochs, iterations_per_epoch=iterations_per_epoch,
                            num_folds=num_folds, device=device, amp=amp)
     options = RunOptions(
         configurations=tuple(configurations) if configurations else None, train=config,
-        planner=PlannerSettings(gpu_memory_gb=gpu_memory_gb), processes=processes,
+        planner=planner_settings(preset, gpu_memory_gb), processes=processes,
         nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
     )
     run_pipeline(dataset, work, options, console=console)

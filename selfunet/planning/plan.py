@@ -150,8 +150,10 @@ def size_configuration(
     reference_batch = settings.reference_batch_3d if dim == 3 else settings.reference_batch_2d
     topology, patch = derive_topology(spacing, initial_patch(spacing, median_shape, settings), settings, dim)
     estimate = estimate_feature_map_elements(topology, patch, num_classes)
-    # the budget was calibrated for the reference batch; planning for batch >= 2 always
-    while estimate / reference_batch * 2 > budget:
+    # default planner: the budget was calibrated for the reference batch, planning for batch >= 2
+    # always; residual presets: one sample's estimate against the budget (their own calibration)
+    scale = 2 / reference_batch if settings.budget_per_reference_batch else 1.0
+    while estimate * scale > budget:
         ratios = [p / m for p, m in zip(patch, median_shape)]
         # the axis most over-represented relative to the image; ties go to the later axis
         axis = max(range(dim), key=lambda d: (ratios[d], d))
@@ -171,6 +173,7 @@ def size_configuration(
         estimate = estimate_feature_map_elements(topology, patch, num_classes)
     batch = round(budget / estimate * reference_batch)
     # at most 5% of the dataset's voxels in one batch: an overfitting guard for small datasets
+    # (the residual presets set the fraction to 1, which drops the guard in practice)
     cap = round(dataset_voxels * settings.batch_cap_fraction / math.prod(float(p) for p in patch))
     batch = max(min(batch, cap), settings.min_batch_size)
     return _Sized(patch, topology, estimate, batch)
@@ -334,13 +337,20 @@ def _assemble(
 # ------------------------------------------------------------------------------------- CLI ------
 def run_plan(
     work: Path,
-    gpu_memory_gb: float = 8.0,
+    gpu_memory_gb: float | None = None,
     show: bool = False,
     nnunet_fingerprint: Path | None = None,
     nnunet_dataset_json: Path | None = None,
     console: Console | None = None,
+    preset: str = "default",
 ) -> Plan:
-    """``selfunet plan``: fingerprint (ours or an nnU-Net v2 one) -> WORK/plan.json."""
+    """``selfunet plan``: fingerprint (ours or an nnU-Net v2 one) -> WORK/plan.json.
+
+    ``preset`` names the planner (:mod:`selfunet.planning.presets`); ``gpu_memory_gb`` None means
+    the preset's own target (8 GB for the default planner and ``resenc-m``)."""
+    from selfunet.planning.presets import planner_settings
+
+    settings = planner_settings(preset, gpu_memory_gb)
     workdir = WorkDir(work)
     if nnunet_fingerprint is not None or nnunet_dataset_json is not None:
         if nnunet_fingerprint is None or nnunet_dataset_json is None:
@@ -352,9 +362,7 @@ def run_plan(
         fingerprint = fingerprint_from_nnunet(nnunet_fingerprint, nnunet_dataset_json)
     else:
         fingerprint = Fingerprint.load(workdir.fingerprint)
-    if gpu_memory_gb <= 0:
-        raise SelfUNetError(f"--gpu-memory-gb must be positive, got {gpu_memory_gb}.")
-    plan = plan_experiment(fingerprint, PlannerSettings(gpu_memory_gb=gpu_memory_gb))
+    plan = plan_experiment(fingerprint, settings)
     plan.save(workdir.plan)
     log.info("wrote %s (%s)", workdir.plan, ", ".join(plan.configurations))
     if show:

@@ -48,8 +48,17 @@ class ResamplingSettings(_Frozen):
     """a case is anisotropic when max spacing / min spacing exceeds this."""
 
 
+Architecture = Literal["plain", "residual_encoder"]
+
+
 class NetworkTopology(_Frozen):
-    """A plain U-Net described by per-stage lists; the network and the memory estimate both read it."""
+    """A U-Net described by per-stage lists; the network and the memory estimate both read it.
+
+    ``architecture`` picks the encoder: ``plain`` stacks ``convs_per_stage_encoder[s]`` conv
+    blocks per stage; ``residual_encoder`` (the residual-encoder presets) puts one conv block (the
+    stem) before stage 0 and ``blocks_per_stage_encoder[s]`` residual blocks (two convs each, so
+    ``convs_per_stage_encoder[s]`` is twice that) per stage. The decoder is the same for both.
+    """
 
     dimension: Literal[2, 3]
     features_per_stage: list[int]
@@ -59,6 +68,9 @@ class NetworkTopology(_Frozen):
     convs_per_stage_encoder: list[int]
     convs_per_stage_decoder: list[int]
     """one entry per decoder stage (stages - 1), deepest first."""
+    architecture: Architecture = "plain"
+    blocks_per_stage_encoder: list[int] | None = None
+    """residual blocks per encoder stage (``residual_encoder`` only; None for ``plain``)."""
 
     @property
     def num_stages(self) -> int:
@@ -91,6 +103,8 @@ class Configuration(_Frozen):
 class PlannerSettings(_Frozen):
     """Every constant of the planning rules, with the SPEC's default."""
 
+    preset: str = "default"
+    """the named preset these settings came from (:mod:`selfunet.planning.presets`)."""
     gpu_memory_gb: float = 8.0
     reference_memory_gb: float = 8.0
     reference_budget_3d: float = 560e6
@@ -101,6 +115,15 @@ class PlannerSettings(_Frozen):
     max_features_3d: int = 320
     max_features_2d: int = 512
     convs_per_stage: int = 2
+    """plain encoder: conv blocks per stage; also the decoder's unless ``decoder_convs_per_stage`` is set."""
+    decoder_convs_per_stage: int | None = None
+    architecture: Architecture = "plain"
+    residual_blocks_per_stage: list[int] = [1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6]
+    """residual encoder: blocks of stage s (a network deeper than this list repeats its last entry)."""
+    budget_per_reference_batch: bool = True
+    """True (default planner): the budget holds the reference batch, so the estimate of one sample
+    is compared after scaling to two samples (``estimate / reference_batch * 2``); False (residual
+    presets): the estimate of one sample is compared with the budget directly."""
     min_feature_map_edge: int = 4
     initial_patch_voxels_3d: int = 256**3
     initial_patch_voxels_2d: int = 2048**2
@@ -119,8 +142,12 @@ class PlannerSettings(_Frozen):
 
 
 class Plan(Artifact):
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+    """2: topologies name their architecture (plain or residual encoder); version-1 plans are
+    plain U-Nets and load unchanged."""
     PRODUCED_BY: ClassVar[str] = "`selfunet plan WORK`"
+
+    schema_version: int = 2
 
     dataset_name: str
     num_input_channels: int

@@ -99,20 +99,29 @@ def derive_topology(
     strides, kernels, pools = _pooling_steps(spacing, patch_size, settings.min_feature_map_edge)
     num_stages = len(strides)
     max_features = settings.max_features_3d if dimension == 3 else settings.max_features_2d
+    decoder_convs = settings.decoder_convs_per_stage or settings.convs_per_stage
+    if settings.architecture == "residual_encoder":
+        table = settings.residual_blocks_per_stage
+        blocks: list[int] | None = [table[min(i, len(table) - 1)] for i in range(num_stages)]
+        encoder_convs = [2 * b for b in blocks]
+    else:
+        blocks, encoder_convs = None, [settings.convs_per_stage] * num_stages
     topology = NetworkTopology(
         dimension=dimension,
         features_per_stage=[min(settings.base_features * 2**i, max_features) for i in range(num_stages)],
         kernel_sizes=kernels,
         strides=strides,
-        convs_per_stage_encoder=[settings.convs_per_stage] * num_stages,
-        convs_per_stage_decoder=[settings.convs_per_stage] * (num_stages - 1),
+        convs_per_stage_encoder=encoder_convs,
+        convs_per_stage_decoder=[decoder_convs] * (num_stages - 1),
+        architecture=settings.architecture,
+        blocks_per_stage_encoder=blocks,
     )
     padded = pad_to_divisor(patch_size, [2**p for p in pools])
     return topology, padded
 
 
 def estimate_feature_map_elements(topology: NetworkTopology, patch_size: Sequence[int], num_classes: int) -> int:
-    """Count the elements of every feature map one forward pass of the plain U-Net produces.
+    """Count the elements of every feature map one forward pass of the U-Net produces.
 
     This is the planner's proxy for activation memory (batch size 1, no deep-supervision heads).
     It counts exactly, and only, these outputs of the module :mod:`selfunet.training.network` builds:
@@ -120,6 +129,8 @@ def estimate_feature_map_elements(topology: NetworkTopology, patch_size: Sequenc
     - encoder stage s (input size x_(s-1), x_(-1) = patch; stride t_s): each of its
       ``convs_per_stage_encoder[s]`` conv blocks outputs F_s x prod(x_s) with
       x_s = floor(x_(s-1) / t_s) (only the first conv is strided; "same" padding);
+    - residual encoder only: the stem conv outputs F_0 x prod(patch), and the shortcut of a
+      stage's first block, when it strides or changes the width, outputs F_s x prod(x_s);
     - decoder stage j (deepest first), working at the skip size x_k of encoder stage
       k = stages - 2 - j with F_k features: its transposed conv outputs F_k x prod(x_k) and each of
       its ``convs_per_stage_decoder[j]`` conv blocks outputs F_k x prod(x_k);
@@ -136,10 +147,18 @@ def estimate_feature_map_elements(topology: NetworkTopology, patch_size: Sequenc
     sizes: list[list[int]] = []
     size = [int(p) for p in patch_size]
     total = 0
+    residual = topology.architecture == "residual_encoder"
+    previous_features = topology.features_per_stage[0]
+    if residual:
+        total += topology.features_per_stage[0] * math.prod(size)  # the stem
     for stage, stride in enumerate(topology.strides):
         size = [x // t for x, t in zip(size, stride)]
         sizes.append(size)
-        total += topology.convs_per_stage_encoder[stage] * topology.features_per_stage[stage] * math.prod(size)
+        features = topology.features_per_stage[stage]
+        total += topology.convs_per_stage_encoder[stage] * features * math.prod(size)
+        if residual and (features != previous_features or any(t != 1 for t in stride)):
+            total += features * math.prod(size)  # the first block's shortcut (pooled / projected)
+        previous_features = features
     for j, convs in enumerate(topology.convs_per_stage_decoder):
         k = topology.num_stages - 2 - j
         maps = topology.features_per_stage[k] * math.prod(sizes[k])

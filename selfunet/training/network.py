@@ -1,7 +1,9 @@
 """The U-Net template (SPEC section 2, "network"), built from a planned :class:`NetworkTopology`.
 
 One class serves 2D and 3D: the dimension only picks the operators (convolution, instance norm,
-transposed convolution). The network also measures itself: :meth:`UNet.count_feature_map_elements`
+transposed convolution); and both encoders: the topology's ``architecture`` picks plain conv
+stages or the residual encoder of :mod:`selfunet.training.resenc_network` (same decoder).
+The network also measures itself: :meth:`UNet.count_feature_map_elements`
 counts the activations the planner's memory estimate counts, by running a weightless twin on the
 ``meta`` device, so a test can check that the planner's arithmetic and the real modules agree;
 :meth:`UNet.conv_flops` gives the convolution work of one forward pass, which turns a measured
@@ -18,9 +20,13 @@ from torch import nn
 
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import NetworkTopology
-
-LEAKY_RELU_SLOPE = 0.01
-INSTANCE_NORM_EPS = 1e-5
+from selfunet.training.resenc_network import (
+    INSTANCE_NORM_EPS,
+    LEAKY_RELU_SLOPE,
+    ResidualBlock,
+    residual_stage,
+    residual_stem,
+)
 
 _OPS: dict[int, tuple[type[nn.Module], type[nn.Module], type[nn.Module]]] = {
     2: (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d),
@@ -96,10 +102,27 @@ def validate_topology(topology: NetworkTopology, source: str = "topology") -> No
         raise SelfUNetError(f"{source}: 'features_per_stage' must be positive, got {topology.features_per_stage}.")
     if any(c < 1 for c in [*topology.convs_per_stage_encoder, *topology.convs_per_stage_decoder]):
         raise SelfUNetError(f"{source}: every stage needs at least one conv block.")
+    blocks = topology.blocks_per_stage_encoder
+    if topology.architecture == "residual_encoder":
+        if blocks is None or len(blocks) != n or any(b < 1 for b in blocks):
+            raise SelfUNetError(
+                f"{source}: a residual_encoder needs 'blocks_per_stage_encoder' with one positive entry per "
+                f"stage ({n}), got {blocks}."
+            )
+        if list(topology.convs_per_stage_encoder) != [2 * b for b in blocks]:
+            raise SelfUNetError(
+                f"{source}: 'convs_per_stage_encoder' {topology.convs_per_stage_encoder} must be twice "
+                f"'blocks_per_stage_encoder' {blocks} (two convs per residual block); edit both together."
+            )
+    elif blocks is not None:
+        raise SelfUNetError(
+            f"{source}: 'blocks_per_stage_encoder' is only for architecture 'residual_encoder'; remove it or "
+            "set the architecture."
+        )
 
 
 class UNet(nn.Module):
-    """A plain U-Net with one segmentation head per decoder stage (deep supervision).
+    """A U-Net (plain or residual encoder) with one segmentation head per decoder stage (deep supervision).
 
     ``forward`` returns a list of logits, full resolution first, while ``deep_supervision`` is
     True (training); set it False for prediction, and ``forward`` returns only the full-resolution
@@ -125,13 +148,18 @@ class UNet(nn.Module):
         conv, transp, _ = _OPS[d]
 
         self.encoder = nn.ModuleList()
-        prev = in_channels
-        for s in range(n):
-            self.encoder.append(
-                _stacked(d, topology.convs_per_stage_encoder[s], prev, feats[s], topology.kernel_sizes[s],
-                         topology.strides[s])
-            )
-            prev = feats[s]
+        self.stem: nn.Module | None = None
+        if topology.architecture == "residual_encoder":
+            self.stem = residual_stem(topology, in_channels)
+            self.encoder.extend(residual_stage(topology, s) for s in range(n))
+        else:
+            prev = in_channels
+            for s in range(n):
+                self.encoder.append(
+                    _stacked(d, topology.convs_per_stage_encoder[s], prev, feats[s], topology.kernel_sizes[s],
+                             topology.strides[s])
+                )
+                prev = feats[s]
 
         # Decoder stage i (deepest first) upsamples stage (n-1-i) to the skip of stage (n-2-i).
         self.upsample = nn.ModuleList()
@@ -147,8 +175,13 @@ class UNet(nn.Module):
             )
             self.seg_heads.append(conv(feats[skip], num_classes, kernel_size=1, stride=1, padding=0, bias=True))
         self.apply(_init_weights)
+        for module in self.modules():
+            if isinstance(module, ResidualBlock):
+                module.zero_init_last_norm()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        if self.stem is not None:
+            x = self.stem(x)
         skips: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
@@ -181,12 +214,16 @@ class UNet(nn.Module):
     def count_feature_map_elements(self, patch_size: Sequence[int]) -> int:
         """Activation elements per sample that the planner's estimate counts (SPEC section 2).
 
-        Measured from the real module outputs: every encoder and decoder conv, every transposed
-        conv, and the full-resolution segmentation output only (no deep-supervision heads).
+        Measured from the real module outputs: every encoder and decoder conv (with a residual
+        encoder also the stem and each shortcut that pools or projects), every transposed conv, and
+        the full-resolution segmentation output only (no deep-supervision heads).
         """
         patch = self._check_patch(patch_size)
         twin = self._meta_twin(deep_supervision=False)
-        counted: list[nn.Module] = [b.conv for stage in (*twin.encoder, *twin.decoder) for b in stage]
+        counted: list[nn.Module] = [] if twin.stem is None else [twin.stem.conv]
+        for stage in (*twin.encoder, *twin.decoder):
+            for block in stage:
+                counted += block.counted_modules() if isinstance(block, ResidualBlock) else [block.conv]
         counted += list(twin.upsample)
         counted.append(twin.seg_heads[-1])
         total = 0
