@@ -80,8 +80,9 @@ def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
         cfg = t.train_config()
         data = "[red]missing[/]" if dataset_problem(t) else (
             "[green]ok[/]" if (t.dataset / "dataset.json").is_file() else "generated on first run")
-        table.add_row(t.name, escape(str(t.source)), escape(_short(t.dataset)),
-                      ", ".join(t.configurations or ["(all planned)"]),
+        configurations = ", ".join(t.configurations or ["(all planned)"]) + (
+            f" (planners: {', '.join(t.planners)})" if t.planners != ["default"] else "")
+        table.add_row(t.name, escape(str(t.source)), escape(_short(t.dataset)), escape(configurations),
                       str(cfg.num_folds), f"{t.budget.preset}: {cfg.epochs} x {cfg.iterations_per_epoch}", data)
     Console().print(table)
 

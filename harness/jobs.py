@@ -10,6 +10,12 @@ above, in WORK; every further seed has its own ``train-...-seed<s>``, ``crossval
 ``select-seed<s>`` in ``WORK/seeds/<s>/``, and the ``seeds`` job selects by the mean over seeds
 (:mod:`harness.seeds`).
 
+With several planners (descriptor key ``planners``), each preset P adds its own chain
+``plan@P -> preprocess@P -> train-<config>@P-fold<k> -> crossval-<config>@P`` in the work
+directory ``WORK/planners/P`` (same fingerprint, the default one's splits copied in; for a further
+seed, ``WORK/seeds/<s>/planners/P`` linked to it like the seed's own work directory), and
+``select`` ranks the configurations of every planner together (members named ``<config>@P``).
+
 The configurations exist only once ``plan.json`` does, and the folds once ``splits.json`` does, so
 the graph grows as jobs finish (:meth:`TaskGraph.expand`). A job's hash is computed when it becomes
 ready, from: its own inputs (the descriptor fields it reads), the hashes of the jobs it depends on
@@ -33,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.tasks import TaskDescriptor
-from selfunet.artifacts import atomic_write_json
+from selfunet.artifacts import atomic_write_bytes, atomic_write_json
 from selfunet.errors import SelfUNetError
+from selfunet.workdir import WorkDir, member_name
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +238,19 @@ class TaskGraph:
         if self.train_config.seed != self.seeds[0]:
             self.train_config = self.train_config.model_copy(update={"seed": self.seeds[0]})
         self.configurations: list[str] = []
+        """member names of every planner's configurations (``3d_fullres``, ``3d_fullres@resenc-m``)."""
         self.num_folds = 0
-        self._expanders: dict[str, Callable[[], list[Job]]] = {
-            "plan": self._after_plan, "preprocess": self._after_preprocess,
-        }
+        self.planners = list(task.planners)
+        if len(self.seeds) > 1 and "default" not in self.planners:
+            raise SelfUNetError(f"task '{task.name}': several seeds need the default planner among 'planners' "
+                                "(the seeds' work directories share its files); add `default` to planners.")
+        self._by_planner: dict[str, list[str]] = {}
+        self._trained: set[str] = set()
+        self._expanders: dict[str, Callable[[], list[Job]]] = {}
+        for planner in self.planners:
+            sfx = self._suffix(planner)
+            self._expanders[f"plan{sfx}"] = functools.partial(self._after_plan, planner)
+            self._expanders[f"preprocess{sfx}"] = functools.partial(self._after_preprocess, planner)
         self._overrides: dict[str, Any] | None = None
 
     # --- helpers
@@ -244,6 +260,15 @@ class TaskGraph:
 
     def _w(self, name: str) -> Path:
         return self.work / name
+
+    @staticmethod
+    def _suffix(planner: str) -> str:
+        """"" for the default planner, "@<preset>" otherwise (job ids and member names)."""
+        return member_name("", planner)
+
+    def _planner_work(self, planner: str, work: Path | None = None) -> Path:
+        base = work or self.work
+        return base if planner == "default" else WorkDir(base).planner(planner).root
 
     def initial_jobs(self) -> list[Job]:
         t, data = self.task, str(self.task.dataset)
@@ -266,10 +291,19 @@ class TaskGraph:
             Job("check", "check", ("check", data, *self._p), first_deps, dataset_inputs, read_only=(t.dataset,)),
             Job("fingerprint", "fingerprint", ("fingerprint", data, "--work", str(self.work), *self._p), ("check",),
                 dataset_inputs, outputs=(self._w("fingerprint.json"),), read_only=(t.dataset,)),
-            Job("plan", "plan", ("plan", str(self.work), "--gpu-memory-gb", str(t.gpu_memory_gb)), ("fingerprint",),
-                {"gpu_memory_gb": t.gpu_memory_gb}, artifacts=(self._w("fingerprint.json"),),
-                outputs=(self._w("plan.json"),)),
         ]
+        for planner in self.planners:
+            if planner == "default":
+                jobs.append(Job("plan", "plan", ("plan", str(self.work), "--gpu-memory-gb", str(t.gpu_memory_gb)),
+                                ("fingerprint",), {"gpu_memory_gb": t.gpu_memory_gb},
+                                artifacts=(self._w("fingerprint.json"),), outputs=(self._w("plan.json"),)))
+                continue
+            # a preset plans for its own GPU memory target (8 / 24 / 40 GB), from the shared fingerprint
+            work = self._planner_work(planner)
+            jobs.append(Job(f"plan{self._suffix(planner)}", "plan",
+                            ("plan", str(work), "--preset", planner, "--fingerprint", str(self._w("fingerprint.json"))),
+                            ("fingerprint",), {"preset": planner}, artifacts=(self._w("fingerprint.json"),),
+                            outputs=(work / "plan.json",)))
         return jobs
 
     def expand(self, job_id: str) -> list[Job]:
@@ -277,20 +311,35 @@ class TaskGraph:
         expander = self._expanders.get(job_id)
         return expander() if expander else []
 
-    def _after_plan(self) -> list[Job]:
+    def _after_plan(self, planner: str = "default") -> list[Job]:
         from selfunet.pipeline import choose_configurations
         from selfunet.planning.plan_types import Plan
 
-        plan = Plan.load(self._w("plan.json"))
+        work, sfx = self._planner_work(planner), self._suffix(planner)
+        plan = Plan.load(work / "plan.json")
         requested = tuple(self.task.configurations) if self.task.configurations else None
-        self.configurations = choose_configurations(plan, requested)
-        argv = ["preprocess", str(self.work)]
-        for name in self.configurations:
+        if requested is not None and planner != "default":
+            # a preset may plan fewer configurations (e.g. no cascade): it trains those it has
+            requested = tuple(c for c in requested if c in plan.configurations) or None
+        configurations = choose_configurations(plan, requested)
+        self._by_planner[planner] = configurations
+        self.configurations = [member_name(c, p) for p in self.planners for c in self._by_planner.get(p, [])]
+        argv = ["preprocess", str(work)]
+        for name in configurations:
             argv += ["-c", name]
-        return [Job("preprocess", "preprocess", (*argv, *self._p), ("plan",), {"configurations": self.configurations},
-                    artifacts=(self._w("plan.json"),), read_only=(self.task.dataset,))]
+        return [Job(f"preprocess{sfx}", "preprocess", (*argv, *self._p), (f"plan{sfx}",),
+                    {"configurations": configurations}, artifacts=(work / "plan.json",),
+                    read_only=(self.task.dataset,))]
 
-    def _make_splits(self) -> int:
+    def _copy_splits(self, planner: str) -> None:
+        """A preset's work directory gets the default one's splits, so every candidate is
+        cross-validated on the same folds (pairs across planners need that)."""
+        target = self._planner_work(planner) / "splits.json"
+        content = self._w("splits.json").read_bytes()
+        if not target.is_file() or target.read_bytes() != content:
+            atomic_write_bytes(target, content)
+
+    def _make_splits(self, planner: str = "default") -> int:
         """Write WORK/splits.json (what ``selfunet train`` would write on first use) before any training,
         so train hashes can cover it; a file with another fold count than the task asks for is
         replaced (the descriptor decides the folds; a hand-edited file with the right count wins).
@@ -298,12 +347,21 @@ class TaskGraph:
         The task's ``holdout`` cases are left out of every fold: ``selfunet train`` and ``crossval``
         read the folds from this file, so those cases are never trained on nor used to select the
         model, and ``harness score`` can test on them. (They are still preprocessed, and the
-        fingerprint's dataset statistics include them: the plan sees their images, not how they score.)"""
+        fingerprint's dataset statistics include them: the plan sees their images, not how they score.)
+        A preset's work directory gets a copy of WORK's splits (the first planner to finish
+        preprocessing writes them)."""
+        wanted = self._write_splits(planner)
+        if planner != "default":
+            self._copy_splits(planner)
+        return wanted
+
+    def _write_splits(self, planner: str) -> int:
         from selfunet.planning.plan_types import Plan
         from selfunet.training.splits import load_splits, make_splits, save_splits
 
-        plan = Plan.load(self._w("plan.json"))
-        data = self.work / "preprocessed" / plan.configurations[self.configurations[0]].data_identifier
+        work = self._planner_work(planner)
+        plan = Plan.load(work / "plan.json")
+        data = work / "preprocessed" / plan.configurations[self._by_planner[planner][0]].data_identifier
         case_ids = sorted(p.stem for p in data.glob("*.json") if not p.name.startswith(("dataset", ".")))
         if not case_ids:
             raise SelfUNetError(f"{data}: no preprocessed cases; rerun the preprocess job.")
@@ -351,54 +409,70 @@ class TaskGraph:
             argv += [on if value else off] if isinstance(value, bool) else [on, str(value)]
         return tuple(argv)
 
-    def _after_preprocess(self) -> list[Job]:
+    def _after_preprocess(self, planner: str = "default") -> list[Job]:
+        """This planner's training and cross-validation jobs for every seed; once every planner's
+        are known, the selections (which rank all planners' configurations) and what follows."""
         from harness.seeds import link_seed_work, seed_work, select_by_seed_mean
 
-        self.num_folds = self._make_splits()
+        self.num_folds = self._make_splits(planner)
         jobs = []
         for seed in self.seeds:
             work = seed_work(self.work, self.seeds, seed)
             if work != self.work:
-                link_seed_work(self.work, work)
-            jobs += self._seed_jobs(work, "" if work == self.work else f"-seed{seed}",
-                                    None if work == self.work else seed)
+                link_seed_work(self._planner_work(planner), self._planner_work(planner, work))
+            jobs += self._train_jobs(planner, work, "" if work == self.work else f"-seed{seed}",
+                                     None if work == self.work else seed)
+        self._trained.add(planner)
+        if self._trained != set(self.planners):
+            return jobs  # select waits until every planner's jobs are known
+        for seed in self.seeds:
+            work = seed_work(self.work, self.seeds, seed)
+            jobs.append(self._select_job(work, "" if work == self.work else f"-seed{seed}"))
         if len(self.seeds) > 1:
             jobs.append(Job("seeds", "select", (), ("select", *(f"select-seed{s}" for s in self.seeds[1:])),
                             {"seeds": self.seeds}, outputs=(self._w("seeds.json"),),
                             action=functools.partial(select_by_seed_mean, self.work, self.seeds)))
         return jobs + self._prediction_jobs()
 
-    def _seed_jobs(self, work: Path, suffix: str, seed: int | None) -> list[Job]:
-        """Training, cross-validation and selection of one seed in ``work`` (job ids end in ``suffix``)."""
+    def _train_jobs(self, planner: str, seed_dir: Path, suffix: str, seed: int | None) -> list[Job]:
+        """Training and cross-validation of one planner's configurations for one seed (the seed's
+        work directory ``seed_dir``; job ids end in ``suffix``)."""
         from selfunet.planning.plan_types import Plan
 
-        plan = Plan.load(self._w("plan.json"))
+        shared, work = self._planner_work(planner), self._planner_work(planner, seed_dir)
+        plan = Plan.load(shared / "plan.json")
         overrides = self._train_overrides() | ({"seed": seed} if seed is not None else {})
         jobs = []
-        for name in self.configurations:
+        for name in self._by_planner[planner]:
+            member = member_name(name, planner)
             previous = plan.configurations[name].previous_stage
+            previous_member = member_name(previous, planner) if previous else None
             fold_ids = []
             for fold in range(self.num_folds):
-                job_id = f"train-{name}-fold{fold}{suffix}"
-                deps = ("preprocess", *(f"train-{previous}-fold{k}{suffix}" for k in range(self.num_folds)
-                                        if previous))
+                job_id = f"train-{member}-fold{fold}{suffix}"
+                deps = (f"preprocess{self._suffix(planner)}",
+                        *(f"train-{previous_member}-fold{k}{suffix}" for k in range(self.num_folds) if previous))
                 argv = self._train_argv(name, fold, work, seed)
+                inputs = {"configuration": name, "fold": fold, "train_config": overrides}
                 jobs.append(Job(job_id, "train", (*argv, "--resume"), deps,
-                                {"configuration": name, "fold": fold, "train_config": overrides},
-                                artifacts=(self._w("plan.json"), self._w("splits.json")),
+                                inputs if planner == "default" else {**inputs, "planner": planner},
+                                artifacts=(shared / "plan.json", shared / "splits.json"),
                                 outputs=(work / "train" / name / f"fold_{fold}" / "checkpoint_final.pt",),
                                 restart_argv=(*argv, "--restart"), uses_gpu=True))
                 fold_ids.append(job_id)
             argv = ["crossval", str(work), "-c", name, *self._metric_flags(), *self._p]
-            jobs.append(Job(f"crossval-{name}{suffix}", "crossval", tuple(argv), tuple(fold_ids),
+            jobs.append(Job(f"crossval-{member}{suffix}", "crossval", tuple(argv), tuple(fold_ids),
                             {"metrics": self.task.metrics.model_dump()}, read_only=(self.task.dataset,)))
+        return jobs
+
+    def _select_job(self, work: Path, suffix: str) -> Job:
+        """Selection over every planner's configurations of one seed."""
         argv = ["select", str(work)]
         for name in self.configurations:
             argv += ["-c", name]
-        jobs.append(Job(f"select{suffix}", "select", (*argv, *self._p),
-                        tuple(f"crossval-{n}{suffix}" for n in self.configurations),
-                        {"configurations": self.configurations}, outputs=(work / "selection.json",)))
-        return jobs
+        return Job(f"select{suffix}", "select", (*argv, *self._p),
+                   tuple(f"crossval-{n}{suffix}" for n in self.configurations),
+                   {"configurations": self.configurations}, outputs=(work / "selection.json",))
 
     def _metric_flags(self) -> list[str]:
         m = self.task.metrics

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selfunet.errors import SelfUNetError, clip, quote
+from selfunet.planning.presets import PRESETS
 from selfunet.training.budgets import BUDGETS, budget_config
 from selfunet.training.train_config import TrainConfig
 
@@ -164,6 +165,10 @@ class TaskDescriptor(_Strict):
     (5 for ``full``)."""
     budget: Budget = Field(default_factory=Budget)
     gpu_memory_gb: float = Field(default=8.0, gt=0)
+    """the default planner's GPU memory target; the residual-encoder presets keep their own."""
+    planners: list[str] = Field(default_factory=lambda: ["default"])
+    """planner presets to plan, train and select across (``default``, ``resenc-m``, ``resenc-l``,
+    ``resenc-xl``); each preset's configurations are candidates named ``<config>@<preset>``."""
     metrics: Metrics = Field(default_factory=Metrics)
     seed: int = 0
     export: Export = Field(default_factory=Export)
@@ -197,6 +202,18 @@ class TaskDescriptor(_Strict):
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 raise ValueError(f"unknown configuration '{name}'; {hint}choose from {', '.join(KNOWN_CONFIGURATIONS)}")
         return sorted(dict.fromkeys(value), key=KNOWN_CONFIGURATIONS.index)
+
+    @field_validator("planners")
+    @classmethod
+    def _known_planners(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("empty list; leave the key out to use the default planner only")
+        for name in value:
+            if name not in PRESETS:
+                close = difflib.get_close_matches(name, list(PRESETS), n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ValueError(f"unknown planner '{name}'; {hint}choose from {', '.join(PRESETS)}")
+        return list(dict.fromkeys(value))
 
     # -- derived ----------------------------------------------------------------------------------
     def train_config(self) -> TrainConfig:

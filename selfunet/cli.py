@@ -162,6 +162,9 @@ def plan(
         Optional[Path], typer.Option(help="transfer OTHER/plan.json to this dataset (keeps architecture, patch "
                                           "and spacing; normalization from this dataset's fingerprint)")
     ] = None,
+    fingerprint: Annotated[
+        Optional[Path], typer.Option(help="read the fingerprint from this file (copied into WORK) instead of WORK's")
+    ] = None,
 ) -> None:
     """Derive the plan (SPEC section 2) from WORK/fingerprint.json into WORK/plan.json."""
     from selfunet.planning.plan import run_plan
@@ -181,6 +184,7 @@ def plan(
         nnunet_fingerprint=nnunet_fingerprint,
         nnunet_dataset_json=nnunet_dataset_json,
         console=console,
+        fingerprint_file=fingerprint,
     )
 
 

@@ -1,6 +1,9 @@
 """``selfunet select``: pick the best configuration or pair of configurations (SPEC section 4).
 
-Candidates are every configuration whose cross-validation is complete and every pair of them.
+Candidates are every configuration whose cross-validation is complete and every pair of them; a
+configuration planned by another planner preset (``WORK/planners/<preset>/``) is a candidate
+named ``<configuration>@<preset>`` (e.g. ``3d_fullres@resenc-m``), so a residual-encoder model
+competes with, and pairs with, the default ones.
 A pair's prediction for a case is the argmax of the mean of its two members' out-of-fold
 probabilities, averaged in the original *crop* space (the same grid for every configuration, see
 :mod:`selfunet.preprocessing.revert`) and then un-cropped; it is written to ``WORK/ensembles/<a>+<b>/`` (labels;
@@ -59,7 +62,7 @@ from selfunet.evaluation.crossval import (
 )
 from selfunet.evaluation.postprocess_selection import determine_postprocessing
 from selfunet.inference.postprocess import PostprocessingRule
-from selfunet.workdir import WorkDir
+from selfunet.workdir import WorkDir, member_name, split_member
 
 if TYPE_CHECKING:
     from selfunet.evaluation.summary import EvaluationSummary
@@ -106,8 +109,13 @@ class Selection(Artifact):
 
 
 # -- ranking --------------------------------------------------------------------------------------
-def configuration_sort_key(name: str) -> tuple[int, str]:
-    return (CONFIGURATION_ORDER.index(name), "") if name in CONFIGURATION_ORDER else (len(CONFIGURATION_ORDER), name)
+def configuration_sort_key(name: str) -> tuple[int, str, int, str]:
+    """Configuration order first, then the planner: the default one before the presets (a member of
+    another planner is ``3d_fullres@resenc-m``, :func:`selfunet.workdir.split_member`)."""
+    configuration, preset = split_member(name)
+    rank = CONFIGURATION_ORDER.index(configuration) if configuration in CONFIGURATION_ORDER else len(
+        CONFIGURATION_ORDER)
+    return (rank, "" if rank < len(CONFIGURATION_ORDER) else configuration, 0 if preset is None else 1, preset or "")
 
 
 def _simplicity(candidate: CandidateScore) -> tuple:
@@ -191,7 +199,7 @@ def build_ensemble(work: WorkDir, members: Sequence[str], case_ids: Sequence[str
     with _progress(console) as progress:
         task = progress.add_task(f"ensemble {pair_name(members)}", total=len(case_ids))
         for case_id in case_ids:
-            sources = [crossval_dir(work, m) / f"{case_id}.npz" for m in members]
+            sources = [crossval_dir(*work.member(m)) / f"{case_id}.npz" for m in members]
             missing = [str(s) for s in sources if not s.is_file()]
             if missing:
                 raise SelfUNetError(f"probabilities missing: {', '.join(missing)}; run `selfunet crossval` first.")
@@ -234,10 +242,16 @@ def _evaluate_ensemble(work: WorkDir, out: Path, references: References, case_id
 
 
 def discover_configurations(work: WorkDir) -> list[str]:
-    """Configurations under ``WORK/train`` whose every fold has its validation predictions."""
+    """Configurations under ``WORK/train`` (and ``WORK/planners/<preset>/train``, as
+    ``<configuration>@<preset>``) whose every fold has its validation predictions."""
     root = work.root / "train"
-    names = sorted((p.name for p in root.iterdir() if p.is_dir()), key=configuration_sort_key) if root.is_dir() else []
-    complete = [n for n in names if is_complete(work, n)]
+    names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    planners = work.root / "planners"
+    for folder in sorted(planners.iterdir()) if planners.is_dir() else []:
+        if (folder / "train").is_dir():
+            names += [member_name(p.name, folder.name) for p in (folder / "train").iterdir() if p.is_dir()]
+    names = sorted(names, key=configuration_sort_key)
+    complete = [n for n in names if is_complete(*work.member(n))]
     for name in sorted(set(names) - set(complete), key=configuration_sort_key):
         log.warning("configuration '%s' skipped: its cross-validation is incomplete (`selfunet crossval %s -c %s` "
                     "says what is missing).", name, work.root, name)
@@ -265,10 +279,12 @@ def select_model(work: Path | WorkDir, configurations: list[str] | None = None, 
     summaries: dict[tuple[str, ...], EvaluationSummary] = {}
     scores: list[CandidateScore] = []
     for name in names:
-        summary = run_crossval(work, name, nsd_tolerance_mm, hd95, processes)
+        member_work, configuration = work.member(name)
+        summary = run_crossval(member_work, configuration, nsd_tolerance_mm, hd95, processes)
         summaries[(name,)] = summary
-        result = load_crossval_result(work, name)
-        scores.append(_candidate(work, (name,), crossval_dir(work, name), summary, references, result.fold_spread))
+        result = load_crossval_result(member_work, configuration)
+        scores.append(_candidate(work, (name,), crossval_dir(member_work, configuration), summary, references,
+                                 result.fold_spread))
     case_sets = {m: sorted(c.case_id for c in s.per_case) for m, s in summaries.items()}
     for a, b in itertools.combinations(names, 2):
         if case_sets[(a,)] != case_sets[(b,)]:

@@ -31,7 +31,7 @@ from selfunet.preprocessing.revert import (
     write_prediction,
 )
 from selfunet.runtime import check_stop
-from selfunet.workdir import WorkDir
+from selfunet.workdir import WorkDir, member_name, split_member
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ def case_probabilities(stage: str, image: np.ndarray, geometry, case_id: str, mo
     plan, configuration = first.plan, first.configuration
     data, properties = preprocess_image_for_inference(image, geometry, plan, configuration, case_id)
     if configuration.previous_stage is not None:
-        previous, _ = case_probabilities(configuration.previous_stage, image, geometry, case_id, models, configs)
+        previous_member = member_name(configuration.previous_stage, split_member(stage)[1])
+        previous, _ = case_probabilities(previous_member, image, geometry, case_id, models, configs)
         extra = previous_stage_channels(plan.label_scheme.to_labels(previous), properties, plan.num_classes)
         data = np.concatenate([data, extra], axis=0)
     probabilities = predict_array(models[stage], data, configs[stage])
@@ -232,11 +233,12 @@ def _load_stage_models(workdir: WorkDir, members: list[str], folds: list[int] | 
         stage = pending.pop()
         if stage in models:
             continue
+        stage_work, configuration = workdir.member(stage)
         models[stage] = [load_trained_model(p, device)
-                         for p in find_checkpoints(workdir, stage, folds, checkpoint_name)]
+                         for p in find_checkpoints(stage_work, configuration, folds, checkpoint_name)]
         previous = models[stage][0].configuration.previous_stage
         if previous is not None:
-            pending.append(previous)
+            pending.append(member_name(previous, split_member(stage)[1]))
     return models
 
 
@@ -248,7 +250,8 @@ def predict_cases(inputs: list[Path], output: Path, work: Path | None, configura
     """Predict every input case and write label maps into ``output``.
 
     ``configurations`` with more than one entry is an ensemble: crop-space probabilities of the
-    members (each averaged over its folds) are averaged. ``postprocessing`` is a
+    members (each averaged over its folds) are averaged; a member ``<configuration>@<preset>``
+    comes from ``WORK/planners/<preset>/`` (:meth:`WorkDir.member`). ``postprocessing`` is a
     :class:`selfunet.inference.postprocess.PostprocessingRule` applied to the final labels.
     ``models`` (configuration -> loaded folds, e.g. from a model.zip) replaces reading the
     checkpoints of ``work``; their device must be ``device``.

@@ -20,6 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from selfunet.artifacts import atomic_write_bytes
 from selfunet.errors import SelfUNetError
 from selfunet.planning.fingerprint_types import Fingerprint
 from selfunet.planning.plan_types import (
@@ -343,11 +344,14 @@ def run_plan(
     nnunet_dataset_json: Path | None = None,
     console: Console | None = None,
     preset: str = "default",
+    fingerprint_file: Path | None = None,
 ) -> Plan:
     """``selfunet plan``: fingerprint (ours or an nnU-Net v2 one) -> WORK/plan.json.
 
     ``preset`` names the planner (:mod:`selfunet.planning.presets`); ``gpu_memory_gb`` None means
-    the preset's own target (8 GB for the default planner and ``resenc-m``)."""
+    the preset's own target (8 GB for the default planner and ``resenc-m``). ``fingerprint_file``
+    reads the fingerprint from another work directory and copies it into WORK, which is how a
+    preset's work directory (``WORK/planners/<preset>``) shares the default one's fingerprint."""
     from selfunet.planning.presets import planner_settings
 
     settings = planner_settings(preset, gpu_memory_gb)
@@ -360,6 +364,11 @@ def run_plan(
         from selfunet.planning.nnunet_compat import fingerprint_from_nnunet
 
         fingerprint = fingerprint_from_nnunet(nnunet_fingerprint, nnunet_dataset_json)
+    elif fingerprint_file is not None:
+        fingerprint = Fingerprint.load(fingerprint_file)
+        content = Path(fingerprint_file).read_bytes()
+        if not workdir.fingerprint.is_file() or workdir.fingerprint.read_bytes() != content:
+            atomic_write_bytes(workdir.fingerprint, content)
     else:
         fingerprint = Fingerprint.load(workdir.fingerprint)
     plan = plan_experiment(fingerprint, settings)

@@ -17,6 +17,8 @@ from selfunet.training.network import build_network, count_parameters, validate_
 from selfunet.training.resenc_network import ResidualBlock
 
 RESENC = planner_settings("resenc-m")
+#: the same rules with narrow stages, for tests that run the network on real tensors
+NARROW = planner_settings("resenc-m", base_features=4)
 
 #: (spacing, patch, input channels, classes): 2D, 3D isotropic, 3D anisotropic (1-wide kernels,
 #: in-plane pooling first), a deep 2D one (stages beyond the block table's 6 -> capped features)
@@ -29,9 +31,8 @@ CASES = [
 ]
 
 
-def _topology(spacing, patch):
-    dim = len(spacing)
-    return derive_topology(spacing, patch, RESENC, dim)
+def _topology(spacing, patch, settings=RESENC):
+    return derive_topology(spacing, patch, settings, len(spacing))
 
 
 @pytest.mark.parametrize(("spacing", "patch", "channels", "classes"), CASES)
@@ -46,7 +47,7 @@ def test_estimate_counts_exactly_the_modules_outputs(spacing, patch, channels, c
 
 
 def test_forward_shapes_and_blocks_start_as_identity():
-    topology, _ = _topology((1.0, 1.0, 1.0), (16, 16, 16))
+    topology, _ = _topology((1.0, 1.0, 1.0), (16, 16, 16), NARROW)
     net = build_network(topology, 2, 3)
     outputs = net(torch.randn(2, 2, 16, 16, 16))
     assert [tuple(o.shape) for o in outputs] == [(2, 3, 16, 16, 16), (2, 3, 8, 8, 8)]
@@ -59,7 +60,7 @@ def test_forward_shapes_and_blocks_start_as_identity():
 
 
 def test_training_step_reaches_every_residual_weight():
-    topology, _ = _topology((1.0, 1.0), (32, 32))
+    topology, _ = _topology((1.0, 1.0), (32, 32), NARROW)
     net = build_network(topology, 1, 2)
     loss = sum(o.mean() for o in net(torch.randn(2, 1, 32, 32)))
     loss.backward()
