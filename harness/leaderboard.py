@@ -280,7 +280,8 @@ def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol
 
 def _fold_cases(work: Path) -> list[list[str]]:
     """Validation cases of each fold, from any configuration's crossval.json (all share splits.json)."""
-    paths = sorted((work / "crossval").glob("*/crossval.json")) + sorted(work.glob("planners/*/crossval/*/crossval.json"))
+    paths = [*sorted((work / "crossval").glob("*/crossval.json")),
+             *sorted(work.glob("planners/*/crossval/*/crossval.json"))]
     for path in paths:
         try:
             raw = json.loads(path.read_text())
