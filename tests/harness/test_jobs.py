@@ -65,6 +65,7 @@ class FakeSandbox(Sandbox):
             work.mkdir(parents=True, exist_ok=True)
             (work / "fingerprint.json").write_text("{}")
         elif stage == "plan":
+            work.mkdir(parents=True, exist_ok=True)  # a preset's work dir (WORK/planners/P) is new
             (work / "plan.json").write_text(self.plan_json)
         elif stage == "preprocess":
             plan = json.loads((work / "plan.json").read_text())
@@ -417,3 +418,24 @@ def test_holdout_cases_are_in_no_fold_and_a_leaking_splits_file_is_replaced(setu
     records, _ = run(task(holdout={"cases": held}))
     assert json.loads((work / "splits.json").read_text()) == folds  # the same folds as the first run: no retraining
     assert not {j for j in statuses(records, "succeeded") if j.startswith("train-")}
+
+
+def test_each_planner_gets_its_own_work_dir_and_select_ranks_them_all(setup) -> None:
+    task, run, work = setup
+    records, sandbox = run(task(planners=["default", "resenc-m"]))
+    assert set(statuses(records, "succeeded")) == set(records)
+    assert {"plan", "plan@resenc-m", "preprocess", "preprocess@resenc-m", "train-3d_fullres@resenc-m-fold0",
+            "train-3d_fullres@resenc-m-fold1", "crossval-3d_fullres@resenc-m", "crossval-3d_fullres"} <= set(records)
+    preset_work = work / "planners" / "resenc-m"
+    plan_call = next(c for c in sandbox.calls if c[0] == "plan" and "--preset" in c)
+    assert plan_call[1] == str(preset_work) and plan_call[plan_call.index("--preset") + 1] == "resenc-m"
+    assert plan_call[plan_call.index("--fingerprint") + 1] == str(work / "fingerprint.json")
+    assert (preset_work / "splits.json").read_text() == (work / "splits.json").read_text()
+    assert (preset_work / "train" / "3d_fullres" / "fold_1" / "checkpoint_final.pt").is_file()
+    select = next(c for c in sandbox.calls if c[0] == "select")
+    members = [select[i + 1] for i, a in enumerate(select) if a == "-c"]
+    assert "3d_fullres" in members and "3d_fullres@resenc-m" in members
+    crossvals = [i for i, c in enumerate(sandbox.calls) if c[0] == "crossval"]
+    assert len(crossvals) == len(members) and max(crossvals) < sandbox.calls.index(select)
+    again, sandbox = run(task(planners=["default", "resenc-m"]))
+    assert sandbox.calls == [] and statuses(again, "skipped") == set(again)

@@ -45,6 +45,9 @@ def test_minimal_descriptor_defaults_and_relative_dataset(tmp_path: Path, datase
     assert task.dataset == dataset.resolve()
     assert task.budget.preset == "full" and task.num_folds == 5
     assert task.configurations is None and task.metrics.hd95 is False
+    assert task.planners == ["default"]
+    assert load_task(write(tmp_path / "tasks" / "p.yaml", good("planners: [default, resenc-m, resenc-l]\n"))).planners \
+        == ["default", "resenc-m", "resenc-l"]
     assert task.export_folder == "Task99_Fake"
     assert dataset_problem(task) is None
 
@@ -61,6 +64,8 @@ def test_minimal_descriptor_defaults_and_relative_dataset(tmp_path: Path, datase
         (good("gpu_memory_gb: -1\n"), "key 'gpu_memory_gb': Input should be greater than 0"),
         (good("budget: huge\n"), "unknown budget preset 'huge'; choose one of full, ci"),
         (good("configurations: [3d_fulres]\n"), "unknown configuration '3d_fulres'; did you mean '3d_fullres'?"),
+        (good("planners: [default, resenc-n]\n"), "unknown planner 'resenc-n'; did you mean 'resenc-m'?"),
+        (good("planners: []\n"), "key 'planners': empty list"),
         (good("metrics: [dice]\n"), "key 'metrics': Input should be a valid dictionary"),
         (good("export:\n  format: zip\n"), "key 'export.format': Input should be 'msd' or 'none'"),
         (good("name: has space\n").replace("name: fake\n", ""), "key 'name': String should match pattern"),
