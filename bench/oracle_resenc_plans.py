@@ -53,13 +53,16 @@ FIELDS = ("spacing", "strides", "kernels", "features", "blocks", "patch_size", "
 
 _REFERENCE_SNIPPET = """
 import json, sys, io, contextlib, warnings
+import torch
 warnings.simplefilter("ignore")
 import nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners as r
 out = {}
 classes = sys.argv[1].split(",")
 for name in sys.argv[2:]:
     for cls in classes:
-        with contextlib.redirect_stdout(io.StringIO()):
+        # the planner instantiates a network per candidate patch only to count its feature maps;
+        # on the meta device that count is the same and no weights are allocated or initialised
+        with contextlib.redirect_stdout(io.StringIO()), torch.device("meta"):
             planner = getattr(r, cls)(name)
             plans = planner.plan_experiment()
             channels = len(planner.dataset_json['channel_names'])
