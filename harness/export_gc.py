@@ -54,6 +54,7 @@ import SimpleITK as sitk
 from harness.gc_case import output_files, read_inputs_json, write_case
 from harness.sandboxes.algorithm import is_root
 from selfunet.errors import SelfUNetError
+from selfunet.workdir import WorkDir, member_name, split_member
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,9 @@ def model_files(work: Path) -> list[tuple[Path, str]]:
     from selfunet.planning.plan_types import Plan
 
     selection = Selection.load(work / "selection.json")
-    plan = Plan.load(work / "plan.json")
-    files = [(work / "plan.json", "plan.json"), (work / "selection.json", "selection.json")]
+    files = [(work / "selection.json", "selection.json")]
+    if (work / "plan.json").is_file() or not any("@" in m for m in selection.members):
+        files.insert(0, (work / "plan.json", "plan.json"))
     if (work / "fingerprint.json").is_file():
         files.append((work / "fingerprint.json", "fingerprint.json"))
     stages, pending = [], list(selection.members)
@@ -257,16 +259,22 @@ def model_files(work: Path) -> list[tuple[Path, str]]:
         stage = pending.pop(0)
         if stage in stages:
             continue
-        if stage not in plan.configurations:
-            raise SelfUNetError(f"{work}/selection.json: member '{stage}' is not a configuration of plan.json.")
+        # a member of another planner (3d_fullres@resenc-m) lives in WORK/planners/<preset>
+        stage_work, configuration = WorkDir(work).member(stage)
+        stage_plan = Plan.load(stage_work.plan)
+        if configuration not in stage_plan.configurations:
+            raise SelfUNetError(f"{work}/selection.json: member '{stage}' is not a configuration of "
+                                f"{stage_work.plan}.")
         stages.append(stage)
-        previous = plan.configurations[stage].previous_stage
+        previous = stage_plan.configurations[configuration].previous_stage
         if previous:
-            pending.append(previous)
+            pending.append(member_name(previous, split_member(stage)[1]))
     for stage in stages:
-        checkpoints = sorted((work / "train" / stage).glob(f"fold_*/{CHECKPOINT}"))
+        stage_work, configuration = WorkDir(work).member(stage)
+        checkpoints = sorted((stage_work.root / "train" / configuration).glob(f"fold_*/{CHECKPOINT}"))
         if not checkpoints:
-            raise SelfUNetError(f"{work}/train/{stage}: no {CHECKPOINT}; train every fold of '{stage}' first.")
+            raise SelfUNetError(f"{stage_work.root}/train/{configuration}: no {CHECKPOINT}; train every fold of "
+                                f"'{stage}' first.")
         files += [(c, c.relative_to(work).as_posix()) for c in checkpoints]
     return files
 
