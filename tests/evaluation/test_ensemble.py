@@ -211,3 +211,25 @@ def test_crossval_command_names_the_missing_fold(tmp_path):
     result = CliRunner().invoke(app, ["crossval", str(work.root), "-c", "2d"])
     assert result.exit_code == 1
     assert "fold 2" in result.output
+
+
+def test_select_ranks_and_pairs_configurations_across_planners(tmp_path):
+    """A preset's work dir (WORK/planners/resenc-m: same fingerprint and splits) is found by
+    discovery; its configuration is the candidate 3d_fullres@resenc-m and pairs with WORK's."""
+    import shutil
+
+    work = build_work(tmp_path)
+    preset = work.planner("resenc-m")
+    preset.root.mkdir(parents=True)
+    shutil.copy(work.fingerprint, preset.fingerprint)
+    shutil.copy(work.splits, preset.splits)
+    write_validation(work, "2d", organ_sure_lesion_unsure)
+    write_validation(preset, "3d_fullres", lesion_sure_organ_unsure)
+    selection = select_model(work)
+    names = [c.name for c in selection.candidates]
+    assert sorted(names) == ["2d", "2d+3d_fullres@resenc-m", "3d_fullres@resenc-m"]
+    assert selection.selected == "2d+3d_fullres@resenc-m"
+    assert selection.members == ["2d", "3d_fullres@resenc-m"]
+    resenc = next(c for c in selection.candidates if c.name == "3d_fullres@resenc-m")
+    assert resenc.prediction_dir == "planners/resenc-m/crossval/3d_fullres" and resenc.fold_spread is not None
+    assert len(list((work.root / "ensembles" / "2d+3d_fullres@resenc-m").glob("*.nii.gz"))) == 6
