@@ -67,6 +67,8 @@ class FakeSandbox(Sandbox):
         elif stage == "plan":
             work.mkdir(parents=True, exist_ok=True)  # a preset's work dir (WORK/planners/P) is new
             (work / "plan.json").write_text(self.plan_json)
+            if "--fingerprint" in argv:  # `selfunet plan --fingerprint F` copies F into WORK
+                (work / "fingerprint.json").write_text(Path(argv[argv.index("--fingerprint") + 1]).read_text())
         elif stage == "preprocess":
             plan = json.loads((work / "plan.json").read_text())
             for name in argv[3::2][: argv.count("-c")]:

@@ -130,3 +130,28 @@ def test_seed_stats_skip_a_seed_without_a_rule() -> None:
     mean, std = seed_stats(scores, "a", postprocessed=False)
     assert mean == {"fg": pytest.approx(0.6), "1": pytest.approx(0.6)} and std["fg"] == pytest.approx(0.1)
     assert seed_stats(scores, "a", postprocessed=True) is None
+
+
+def test_seeds_times_planners_each_seed_has_each_planners_work_dir(tmp_path: Path, demo_root: Path,
+                                                                    demo_fingerprint) -> None:
+    case_ids = sorted(json.loads((demo_root / "dataset.json").read_text())["training"][i]["image"].split("/")[-1]
+                      .removesuffix(".nii.gz") for i in range(6))
+    task = TaskDescriptor.model_validate({"name": "t", "dataset": str(demo_root), "budget": "ci",
+                                          "configurations": ["3d_fullres"], "planners": ["default", "resenc-m"]})
+    sandbox = SeedSandbox(plan_experiment(demo_fingerprint).model_dump_json(), case_ids)
+    work = tmp_path / "work"
+    with LocalExecutor(sandbox, gpus=0) as executor:
+        records = Runner([TaskGraph(task, work, tmp_path / "results", [0, 1])], executor, version="test",
+                         progress=False).run()
+    assert all(r.status == "succeeded" for r in records), {r.job: r.status for r in records}
+    jobs = {r.job for r in records}
+    assert {"train-3d_fullres@resenc-m-fold1", "train-3d_fullres@resenc-m-fold1-seed1",
+            "crossval-3d_fullres@resenc-m-seed1", "select-seed1"} <= jobs
+    preset_seed = work / "seeds" / "1" / "planners" / "resenc-m"
+    assert (preset_seed / "plan.json").is_symlink() and (preset_seed / "splits.json").resolve() == (
+        work / "planners" / "resenc-m" / "splits.json").resolve()
+    assert (preset_seed / "train" / "3d_fullres" / "fold_0" / "checkpoint_final.pt").is_file()
+    select = next(c for c in sandbox.calls if c[0] == "select" and c[1] == str(work / "seeds" / "1"))
+    assert [select[i + 1] for i, a in enumerate(select) if a == "-c"] == ["3d_fullres", "3d_fullres@resenc-m"]
+    with pytest.raises(SelfUNetError, match="add `default` to planners"):
+        TaskGraph(task.model_copy(update={"planners": ["resenc-m"]}), work, tmp_path / "results", [0, 1])
