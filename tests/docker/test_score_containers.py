@@ -30,6 +30,8 @@ pytestmark = [pytest.mark.docker]
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BASE = "selfunet-base:bookworm"
+#: algorithm image tags of this run (the engine may be shared with another test run at the same time)
+OURS = f"selfunet-gc-score-test-{os.getpid()}"
 THRESHOLD = "selfunet-test-threshold"
 MODES = ("ok", "crash", "sleep", "oom", "missing", "wrong-geometry")
 
@@ -115,7 +117,7 @@ def _dice(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
 
 def test_exported_model_scores_like_selfunet_predict_beside_an_independent_container(
         engine, project_image, threshold_images, trained, task, tmp_path) -> None:
-    context = gc.export_gc(trained, tmp_path / "gc", image=project_image, tag="selfunet-gc-score-test:latest",
+    context = gc.export_gc(trained, tmp_path / "gc", image=project_image, tag=f"{OURS}:latest",
                            mirroring=False)
     for name in ("Dockerfile", "inference.py", "gc.json", "do_build.sh", "do_test_run.sh", "do_save.sh",
                  "model/plan.json", "model/selection.json", "test/input/inputs.json"):
@@ -132,7 +134,7 @@ def test_exported_model_scores_like_selfunet_predict_beside_an_independent_conta
 
     results = tmp_path / "results"
     started = time.perf_counter()
-    out = score_task(task, [parse_submission("ours=selfunet-gc-score-test:latest"),
+    out = score_task(task, [parse_submission(f"ours={OURS}:latest"),
                             parse_submission(f"threshold={threshold_images['ok']}")], trained, results,
                      ScoreOptions(selfunet_mirroring=False))
     wall = time.perf_counter() - started
@@ -157,7 +159,7 @@ def test_exported_model_scores_like_selfunet_predict_beside_an_independent_conta
     per_case = ", ".join(f"{n} {float(r['seconds_per_case']):.1f} s" for n, r in board.items())
     print(f"scoring {len(out['ours'])} demo test cases with two containers and selfunet's model: {wall:.1f} s "
           f"(per case: {per_case})")
-    engine.images.remove("selfunet-gc-score-test:latest", force=True)
+    engine.images.remove(f"{OURS}:latest", force=True)
 
 
 def test_socket_per_channel_and_model_tarball_with_the_phase_inputs_json(
@@ -168,7 +170,7 @@ def test_socket_per_channel_and_model_tarball_with_the_phase_inputs_json(
          "image": {"name": "a.mha"}},
         {"interface": {"slug": "t2-mri", "kind": "Image", "super_kind": "Image", "relative_path": "images/t2-mri"},
          "image": {"name": "b.mha"}}]))
-    context = gc.export_gc(trained, tmp_path / "gc", image=project_image, tag="selfunet-gc-score-test2:latest",
+    context = gc.export_gc(trained, tmp_path / "gc", image=project_image, tag=f"{OURS}-sockets:latest",
                         model_tarball=True, inputs_json=phase, mirroring=False)
     assert (context / "test" / "input" / "inputs.json").read_text() == phase.read_text()
     assert [p.parent.name for p in sorted((context / "test" / "input" / "images").glob("*/*.mha"))] == [
@@ -213,7 +215,7 @@ def test_a_root_base_image_is_refused_before_the_build(engine, placeholder_work,
 
     with pytest.raises(SelfUNetError, match="runs as root"):
         gc.check_non_root(engine, BASE)
-    context = gc.export_gc(placeholder_work, tmp_path / "gc", image=BASE, tag="selfunet-gc-root-test:latest")
+    context = gc.export_gc(placeholder_work, tmp_path / "gc", image=BASE, tag=f"{OURS}-root:latest")
     built = subprocess.run(["bash", str(context / "do_build.sh")], capture_output=True, text=True, timeout=120,
                            env={**os.environ})
     assert built.returncode == 1 and "runs as root" in built.stderr, built.stdout + built.stderr
