@@ -127,6 +127,18 @@ def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) 
     assert {j["status"] for j in again["jobs"]} == {"skipped"}
     assert seconds < 30, f"a rerun with nothing to do took {seconds:.1f} s"
 
+    # the interrupted and resumed run has the leaderboard of an uninterrupted one: the same rows
+    # (candidates x postprocessing) as the committed baseline, and (below) the same scores within
+    # the CI tolerance (the ci budget trains without --deterministic, so not bit for bit)
+    def rows(path: Path) -> list[tuple[str, str]]:
+        import csv
+
+        with open(path, newline="") as handle:
+            return sorted((r["candidate"], r["members"]) for r in csv.DictReader(handle))
+
+    assert rows(tmp_path / "results" / "demo" / "leaderboard.csv") == rows(
+        REPO / "results" / "baselines" / "demo" / "leaderboard.csv")
+
     # the CI regression check: the demo's selected model against the committed baseline
     compared = CliRunner().invoke(app, ["compare", str(tmp_path / "results"), "--baseline",
                                         str(REPO / "results" / "baselines"), "--max-drop", "0.05"],
