@@ -48,24 +48,6 @@ log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 50
 
 
-@functools.cache
-def train_options() -> dict[str, tuple[str, str]]:
-    """TrainConfig field -> (option, negated option) of ``selfunet train``, read off the command itself,
-    so a field gains a flag here the moment the command grows one."""
-    import typer.main
-
-    from selfunet.cli import app
-
-    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
-    renamed = {"lr": "initial_lr"}
-    options = {}
-    for param in command.params:
-        if param.opts and param.opts[0].startswith("--"):
-            off = param.secondary_opts[0] if getattr(param, "secondary_opts", None) else ""
-            options[renamed.get(param.name, param.name)] = (param.opts[0], off)
-    return options
-
-
 @dataclass(frozen=True)
 class Job:
     """One node of the graph: a ``selfunet`` CLI call (``argv``) or, rarely, an in-process ``action``.
@@ -383,31 +365,23 @@ class TaskGraph:
         return wanted
 
     def _train_overrides(self) -> dict[str, Any]:
-        """TrainConfig fields that differ from the defaults and that ``selfunet train`` can take."""
-        if self._overrides is not None:
-            return self._overrides
-        flags = train_options()
-        defaults = type(self.train_config)()
-        passed = {}
-        for key, value in self.train_config.model_dump(mode="json").items():
-            if value == getattr(defaults, key):
-                continue
-            if key not in flags:
-                log.warning("task '%s': `selfunet train` has no option for '%s' = %r; the train jobs run with its "
-                            "default (%r).", self.task.name, key, value, getattr(defaults, key))
-                continue
-            passed[key] = value
-        self._overrides = passed
-        return passed
+        """TrainConfig fields that differ from the defaults (augmentation ones nested), as JSON: what
+        the train jobs' hashes cover. ``selfunet train`` has an option for every one of them."""
+        if self._overrides is None:
+            defaults = type(self.train_config)().model_dump(mode="json")
+            current = self.train_config.model_dump(mode="json")
+            passed = {k: v for k, v in current.items() if k != "augmentation" and v != defaults[k]}
+            augmentation = {k: v for k, v in current["augmentation"].items() if v != defaults["augmentation"][k]}
+            if augmentation:
+                passed["augmentation"] = augmentation
+            self._overrides = passed
+        return self._overrides
 
     def _train_argv(self, name: str, fold: int, work: Path | None = None, seed: int | None = None) -> tuple[str, ...]:
-        argv = ["train", str(work or self.work), "-c", name, "-f", str(fold)]
-        flags = train_options()
-        overrides = self._train_overrides() | ({"seed": seed} if seed is not None else {})
-        for key, value in overrides.items():
-            on, off = flags[key]
-            argv += [on if value else off] if isinstance(value, bool) else [on, str(value)]
-        return tuple(argv)
+        from selfunet.cli_options import train_argv
+
+        config = self.train_config if seed is None else self.train_config.model_copy(update={"seed": seed})
+        return ("train", str(work or self.work), "-c", name, "-f", str(fold), *train_argv(config))
 
     def _after_preprocess(self, planner: str = "default") -> list[Job]:
         """This planner's training and cross-validation jobs for every seed; once every planner's

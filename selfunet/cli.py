@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from selfunet.cli_options import AUGMENTATION, INFERENCE, TRAIN, Given, config_options
 from selfunet.errors import SelfUNetError, clip, os_error_message
 
 app = typer.Typer(
@@ -107,8 +108,8 @@ def _device_name(value: Optional[str]) -> Optional[str]:
 #: the closed sets of the command line, validated as choices when it is parsed.
 AmpChoice = Literal["auto", "off", "bf16", "fp16"]
 BudgetChoice = Literal["full", "ci", "demo"]  # the keys of selfunet.training.budgets.BUDGETS (a test checks)
-DeviceOpt = Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N", callback=_device_name)]
-AmpOpt = Annotated[Optional[AmpChoice], typer.Option(help="mixed precision: auto | off | bf16 | fp16")]
+#: checks of generated config options at parse time, by field name
+CALLBACKS = {"device": _device_name}
 
 DatasetArg = Annotated[Path, typer.Argument(help="dataset folder (MSD or nnU-Net v2 layout)")]
 WorkArg = Annotated[Path, typer.Argument(help="work directory")]
@@ -223,55 +224,35 @@ def demo_data(
 
 @app.command()
 @user_errors
+@config_options(TRAIN, AUGMENTATION, INFERENCE, callbacks=CALLBACKS)
 def train(
     work: WorkArg,
     configuration: Annotated[str, typer.Option("--configuration", "-c", help="e.g. 3d_fullres, 2d")],
     fold: Annotated[int, typer.Option("--fold", "-f", help="cross-validation fold")],
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    iterations_per_epoch: Annotated[Optional[int], typer.Option(min=1)] = None,
-    validation_iterations: Annotated[Optional[int], typer.Option(min=0)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="initial learning rate")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    num_folds: Annotated[Optional[int], typer.Option(min=2, help="cross-validation folds (>= 2)")] = None,
-    amp: AmpOpt = None,
-    device: DeviceOpt = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="epochs between checkpoints")] = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--nondeterministic")] = None,
-    predict_validation: Annotated[Optional[bool], typer.Option("--predict-validation/--no-predict-validation")] = None,
-    validation_mirroring: Annotated[
-        Optional[bool], typer.Option("--validation-mirroring/--no-validation-mirroring",
-                                     help="mirror TTA for the out-of-fold validation predictions")
-    ] = None,
-    max_voxels_per_batch: Annotated[Optional[int], typer.Option(
-        min=1, help="small budgets: shrink batch, then patch, to at most this many voxels per batch")] = None,
-    pretrained_weights: Annotated[
-        Optional[Path], typer.Option(help="initialise every layer but the segmentation heads from this checkpoint "
-                                          "or state dict (fine-tuning)")
-    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from checkpoint_latest.pt")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="discard this fold's checkpoints and start over")] = False,
+    given: Given = Given(),
 ) -> None:
-    """Train one configuration on one fold (SPEC section 3); every option overrides a TrainConfig field."""
+    """Train one configuration on one fold (SPEC section 3); every TrainConfig and AugmentationConfig field is
+    an option, and the InferenceConfig options apply to the out-of-fold validation predictions. --resume
+    continues with the checkpoint's settings."""
     from selfunet.pipeline import run_training
+    from selfunet.training.train import config_to_resume
     from selfunet.training.train_config import TrainConfig
 
-    overrides = {
-        "epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
-        "validation_iterations": validation_iterations, "initial_lr": lr, "seed": seed, "num_folds": num_folds,
-        "amp": amp, "device": device, "compile": compile, "channels_last": channels_last,
-        "checkpoint_every": checkpoint_every, "deterministic": deterministic,
-        "predict_validation": predict_validation, "validation_mirroring": validation_mirroring,
-        "max_voxels_per_batch": max_voxels_per_batch,
-        "pretrained_weights": str(pretrained_weights.resolve()) if pretrained_weights else None,
-    }
-    config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None}, source="command line")
-    run_training(work, configuration, fold, config, resume=resume, restart=restart, console=console)
+    overrides = given.train_overrides()
+    if overrides.get("pretrained_weights"):  # relative to where the command runs, not to the job's folder
+        overrides["pretrained_weights"] = str(Path(overrides["pretrained_weights"]).resolve())
+    config = config_to_resume(work, configuration, fold, overrides) if resume and not restart else None
+    if config is None:
+        config = TrainConfig.from_dict(overrides, source="command line")
+    run_training(work, configuration, fold, config, resume=resume, restart=restart, inference=given.inference,
+                 console=console)
 
 
 @app.command()
 @user_errors
+@config_options(INFERENCE, callbacks=CALLBACKS)
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="image files and/or folders (MSD or nnU-Net v2 naming)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the label maps")],
@@ -289,12 +270,15 @@ def predict(
     ] = None,
     folds: Annotated[Optional[list[int]], typer.Option("--fold", "-f", help="folds to average (default: all)")] = None,
     checkpoint: Annotated[str, typer.Option(help="checkpoint file name in each fold folder")] = "checkpoint_final.pt",
-    mirroring: Annotated[bool, typer.Option("--mirroring/--no-mirroring", help="mirror TTA")] = True,
+    mirroring: Annotated[bool, typer.Option("--mirroring/--no-mirroring",
+                                            help="mirror TTA (--no-mirroring = --mirror-axes none)")] = True,
     amp: Annotated[AmpChoice, typer.Option(help="mixed precision: auto | off | bf16 | fp16")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N", callback=_device_name)] = "auto",
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="also write <case>.npz")] = False,
+    given: Given = Given(),
 ) -> None:
-    """Predict images with trained folds (sliding window, mirror TTA, fold and ensemble averaging)."""
+    """Predict images with trained folds (sliding window, mirror TTA, fold and ensemble averaging); every
+    InferenceConfig field is an option."""
     from selfunet.inference.predict import predict_cases
 
     if (work is None) == (model is None):
@@ -317,7 +301,7 @@ def predict(
         members = members or list(chosen.members)
         rule = chosen.postprocessing
     predict_cases(inputs, output, work, members or ["3d_fullres"], folds or None, checkpoint, mirroring, amp,
-                  device, save_probabilities, postprocessing=rule, console=console)
+                  device, save_probabilities, postprocessing=rule, inference=given.inference, console=console)
 
 
 @app.command("export-model")
@@ -337,34 +321,33 @@ def export_model(
 
 @app.command()
 @user_errors
+@config_options(TRAIN, AUGMENTATION, INFERENCE, callbacks=CALLBACKS)
 def run(
     dataset: DatasetArg,
     work: Annotated[Path, typer.Option("--work", "-w", help="work directory (created if missing)")],
     configurations: Annotated[
         Optional[list[str]], typer.Option("--configuration", "-c", help="repeat; default: all the plan makes")
     ] = None,
-    budget: Annotated[BudgetChoice, typer.Option(help="full (SPEC: 1000 x 250) | ci | demo")] = "full",
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    iterations_per_epoch: Annotated[Optional[int], typer.Option(min=1)] = None,
-    num_folds: Annotated[Optional[int], typer.Option(min=2, help="cross-validation folds (>= 2)")] = None,
+    budget: Annotated[BudgetChoice, typer.Option(
+        help="full (SPEC: 1000 x 250) | ci | demo; the options below override it")] = "full",
     preset: PresetOpt = "default",
     gpu_memory_gb: GpuMemoryOpt = None,
     processes: ProcessesOpt = 2,
     nsd_tolerance_mm: Annotated[Optional[float], typer.Option(help="also compute NSD at this tolerance")] = None,
     hd95: Annotated[bool, typer.Option("--hd95", help="also compute HD95")] = False,
-    device: DeviceOpt = None,
-    amp: AmpOpt = None,
+    given: Given = Given(),
 ) -> None:
-    """The whole pipeline for one dataset; a rerun resumes where the last one stopped."""
+    """The whole pipeline for one dataset; a rerun resumes where the last one stopped. Every TrainConfig,
+    AugmentationConfig and InferenceConfig field is an option (a shown default is the field's; --budget
+    presets change some)."""
     from selfunet.pipeline import RunOptions, run_pipeline
     from selfunet.planning.presets import planner_settings
     from selfunet.training.budgets import budget_config
 
-    config = budget_config(budget, epochs=epochs, iterations_per_epoch=iterations_per_epoch,
-                           num_folds=num_folds, device=device, amp=amp)
+    config = budget_config(budget, **given.train_overrides())
     options = RunOptions(
         configurations=tuple(configurations) if configurations else None, train=config,
-        planner=planner_settings(preset, gpu_memory_gb), processes=processes,
+        inference=given.inference, planner=planner_settings(preset, gpu_memory_gb), processes=processes,
         nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
     )
     run_pipeline(dataset, work, options, console=console)

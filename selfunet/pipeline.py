@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -34,6 +36,8 @@ class RunOptions:
     folds: tuple[int, ...] | None = None
     """folds to train (default: all); selection needs every fold of a configuration."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: dict[str, Any] = field(default_factory=dict)
+    """InferenceConfig field overrides for the out-of-fold and test predictions (``--step-fraction`` ...)."""
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     processes: int = 2
     nsd_tolerance_mm: float | None = None
@@ -153,7 +157,7 @@ def _run_pipeline(dataset: Path, work: Path, options: RunOptions, console: Conso
             done = checkpoint_problem(out / CHECKPOINT_FINAL) is None and _validation_complete(workdir, name, fold)
             stages.run(f"train {name} fold {fold}", done,
                        lambda n=name, f=fold: run_training(workdir.root, n, f, options.train, resume=True,
-                                                           console=console))
+                                                           inference=options.inference, console=console))
 
     full_cv = options.folds is None
     if not full_cv:
@@ -231,12 +235,13 @@ def _predict_test(workdir: WorkDir, dataset: Path, selection_path: Path, options
     stages.run("test predictions", done, lambda: predict_cases(
         files, out, workdir.root, list(selection.members), postprocessing=selection.postprocessing,
         mirroring=options.train.validation_mirroring, amp=options.train.amp, device=options.train.device,
-        console=console))
+        inference=options.inference, console=console))
     report.test_predictions = out
 
 
 def run_training(work: Path, configuration: str, fold: int, config: TrainConfig, resume: bool = False,
-                 restart: bool = False, console: Console | None = None) -> Path:
+                 restart: bool = False, inference: Mapping[str, Any] | None = None,
+                 console: Console | None = None) -> Path:
     """Train one fold, then (optionally) predict its validation cases for model selection.
 
     This lives here, above both stages, because training must not import inference.
@@ -244,6 +249,7 @@ def run_training(work: Path, configuration: str, fold: int, config: TrainConfig,
     One writer per fold: a second ``selfunet train`` of the same fold (or a ``selfunet run`` training
     it) exits saying who holds it. A stop signal (SIGTERM, SIGINT, SIGHUP) is answered within one
     iteration, validation batch or prediction window, in training and in the validation prediction.
+    ``inference`` holds InferenceConfig field overrides for the validation predictions.
     """
     from selfunet.locks import exclusive
     from selfunet.runtime import stop_on_signals
@@ -259,8 +265,9 @@ def run_training(work: Path, configuration: str, fold: int, config: TrainConfig,
         if config.predict_validation and trainer.val_ids:
             from selfunet.inference.predict import predict_validation_cases
 
-            predict_validation_cases(trainer.work, trainer.configuration.name, fold, trainer.val_ids,
-                                     final, mirroring=config.validation_mirroring, console=trainer.console)
+            predict_validation_cases(trainer.work, trainer.configuration.name, fold, trainer.val_ids, final,
+                                     mirroring=config.validation_mirroring, amp=config.amp, device=config.device,
+                                     inference=inference, console=trainer.console)
         write_cost(trainer.out, trainer.device, trained - started, time.perf_counter() - trained,
                    len(trainer.val_ids) if config.predict_validation else 0, resumed=resume)
     return final

@@ -10,8 +10,10 @@ predictions use the same chain on the already preprocessed arrays, and keep thei
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,11 +62,13 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> TrainedModel:
 
 
 def inference_config(configuration: Configuration, mirroring: bool, amp_dtype: torch.dtype | None,
-                     device: torch.device, windows_per_batch: int = 4) -> InferenceConfig:
-    return InferenceConfig(
-        mirror_axes=None if mirroring else (), amp_dtype=amp_dtype, device=device,
-        windows_per_batch=windows_per_batch,
-    )
+                     device: torch.device, overrides: Mapping[str, Any] | None = None) -> InferenceConfig:
+    """The sliding-window settings: the given field overrides (``--step-fraction`` ...), then the
+    run-time ones; ``mirroring=False`` turns TTA off whatever ``mirror_axes`` says."""
+    values = {**(overrides or {}), "amp_dtype": amp_dtype, "device": device}
+    if not mirroring:
+        values["mirror_axes"] = ()
+    return InferenceConfig(**values)
 
 
 def predict_array(models: list[TrainedModel], data: np.ndarray, config: InferenceConfig) -> np.ndarray:
@@ -83,7 +87,8 @@ def _progress(console: Console) -> Progress:
 
 
 def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_ids: list[str], checkpoint: Path,
-                             mirroring: bool = True, amp: str = "auto", console: Console | None = None) -> Path:
+                             mirroring: bool = True, amp: str = "auto", device: str = "auto",
+                             inference: Mapping[str, Any] | None = None, console: Console | None = None) -> Path:
     """Out-of-fold predictions of one fold: labels (original geometry) + crop-space probabilities.
 
     Already finished cases (label and probabilities present) are skipped, so an interrupted
@@ -92,9 +97,9 @@ def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_
     from selfunet.runtime import resolve_amp, resolve_device
 
     console = console or Console(stderr=True)
-    device = resolve_device("auto")
-    model = load_trained_model(checkpoint, device)
-    config = inference_config(model.configuration, mirroring, resolve_amp(amp, device), device)
+    torch_device = resolve_device(device)
+    model = load_trained_model(checkpoint, torch_device)
+    config = inference_config(model.configuration, mirroring, resolve_amp(amp, torch_device), torch_device, inference)
     folder = work.preprocessed(model.configuration.data_identifier)
     if model.configuration.previous_stage is not None:
         from selfunet.training.cascade import cascade_data_identifier
@@ -246,7 +251,8 @@ def predict_cases(inputs: list[Path], output: Path, work: Path | None, configura
                   folds: list[int] | None = None, checkpoint_name: str = "checkpoint_final.pt",
                   mirroring: bool = True, amp: str = "auto", device: str = "auto",
                   save_probabilities_files: bool = False, postprocessing=None,
-                  console: Console | None = None, models: dict[str, list[TrainedModel]] | None = None) -> list[Path]:
+                  inference: Mapping[str, Any] | None = None, console: Console | None = None,
+                  models: dict[str, list[TrainedModel]] | None = None) -> list[Path]:
     """Predict every input case and write label maps into ``output``.
 
     ``configurations`` with more than one entry is an ensemble: crop-space probabilities of the
@@ -271,7 +277,7 @@ def predict_cases(inputs: list[Path], output: Path, work: Path | None, configura
     if missing:
         raise SelfUNetError(f"configuration(s) {', '.join(missing)} not in the model; it has {', '.join(models)}.")
     amp_dtype = resolve_amp(amp, torch_device)
-    configs = {stage: inference_config(m[0].configuration, mirroring, amp_dtype, torch_device)
+    configs = {stage: inference_config(m[0].configuration, mirroring, amp_dtype, torch_device, inference)
                for stage, m in models.items()}
     plan = models[configurations[0]][0].plan
     cases = discover_inputs(inputs, plan.num_input_channels)

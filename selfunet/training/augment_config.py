@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from selfunet.errors import SelfUNetError
+
+if TYPE_CHECKING:  # annotations only: the command line reads this config without loading torch
+    import torch
 
 Range = tuple[float, float]
 

@@ -38,7 +38,7 @@ from selfunet.runtime import (
     stop_on_signals,
     stop_requested,
 )
-from selfunet.training.train_config import TrainConfig
+from selfunet.training.train_config import RESUMABLE_FIELDS, TrainConfig
 from selfunet.training.training_log import append_log, plot_log, read_log, truncate_log
 from selfunet.workdir import WorkDir
 
@@ -74,6 +74,33 @@ def _center_crop(tensor: torch.Tensor, patch: list[int]) -> torch.Tensor:
         start = (size - target) // 2
         slices.append(slice(start, start + target))
     return tensor[tuple(slices)]
+
+
+def _flat(config: TrainConfig) -> dict[str, object]:
+    values = config.model_dump(mode="json")
+    augmentation = values.pop("augmentation")
+    return {**values, **{f"augmentation.{k}": v for k, v in augmentation.items()}}
+
+
+def settings_changed(saved: TrainConfig, now: TrainConfig) -> list[str]:
+    """``"field=saved (now value)"`` for each setting that changes what a resumed run computes."""
+    old, new = _flat(saved), _flat(now)
+    return [f"{key}={old[key]!r} (now {new[key]!r})" for key in old
+            if key not in RESUMABLE_FIELDS and old[key] != new.get(key)]
+
+
+def config_to_resume(work: Path, configuration: str, fold: int, overrides: dict) -> TrainConfig | None:
+    """The config a resumed fold continues with: the checkpoint's, with ``overrides`` (the options
+    given on the command line; augmentation ones nested under ``augmentation``) on top. None when
+    the fold has no latest checkpoint (a fresh start). A changed setting that alters the results
+    is refused later, by :meth:`Trainer.run`, naming the setting."""
+    latest = WorkDir(work).training(configuration, fold) / CHECKPOINT_LATEST
+    if not latest.is_file():
+        return None
+    saved = load_checkpoint(latest)["train_config"]
+    merged = {**saved, **{k: v for k, v in overrides.items() if k != "augmentation"}}
+    merged["augmentation"] = {**saved.get("augmentation", {}), **overrides.get("augmentation", {})}
+    return TrainConfig.from_dict(merged, source=f"{latest} with the command line's options")
 
 
 class Trainer:
@@ -134,7 +161,7 @@ class Trainer:
 
     # -- construction -------------------------------------------------------------------------
     def _build(self) -> None:
-        from selfunet.training.augment import AugmentationConfig, Augmenter
+        from selfunet.training.augment import Augmenter
         from selfunet.training.batches import TrainBatchSource, pinned
         from selfunet.training.loss import build_loss
         from selfunet.training.network import build_network
@@ -173,7 +200,7 @@ class Trainer:
         self.patch = patch
         # channels normalized inside the non-zero mask go back to 0 outside it after augmentation
         mask_channels = [i for i, n in enumerate(self.configuration.normalization) if n.use_nonzero_mask]
-        augmentation = dict(config=AugmentationConfig(), patch_size=patch, dimension=self.configuration.dimension,
+        augmentation = dict(config=cfg.augmentation, patch_size=patch, dimension=self.configuration.dimension,
                             intensity_channels=self.plan.num_input_channels, mask_channels=mask_channels)
         self.augmenter = Augmenter(device=self.device, **augmentation)
         ignore = self.plan.label_scheme.ignore_label  # never a foreground centre
@@ -291,11 +318,11 @@ class Trainer:
 
     def _restore(self, payload: dict) -> LoopState:
         saved = TrainConfig.from_dict(payload["train_config"], source="checkpoint")
-        if saved.epochs != self.config.epochs or saved.iterations_per_epoch != self.config.iterations_per_epoch:
+        changed = settings_changed(saved, self.config)
+        if changed:
             raise SelfUNetError(
-                f"{self.out / CHECKPOINT_LATEST} was made with {saved.epochs} epochs x "
-                f"{saved.iterations_per_epoch} iterations, now {self.config.epochs} x "
-                f"{self.config.iterations_per_epoch}; resume with the same budget or start over with --restart."
+                f"{self.out / CHECKPOINT_LATEST} was made with {'; '.join(changed)}; resume with the same "
+                "settings (or without those options) or start over with --restart."
             )
         self.network.load_state_dict(payload["network"])
         self.optimizer.load_state_dict(payload["optimizer"])

@@ -239,7 +239,7 @@ def test_existing_run_needs_resume_or_restart_and_same_budget(tiny_work: Path) -
     (out / CHECKPOINT_FINAL).unlink()  # as if killed after the last 'latest'
     other_budget = cli_train(tiny_work, "-f", "0", "--epochs", "5", "--resume", *SHORT)
     assert other_budget.exit_code == 1
-    assert "2 epochs x 2 iterations" in other_budget.output and "--restart" in other_budget.output
+    assert "epochs=2 (now 5)" in other_budget.output and "--restart" in other_budget.output
 
     restarted = cli_train(tiny_work, "-f", "0", "--epochs", "1", "--restart", *SHORT)
     assert restarted.exit_code == 0, restarted.output
@@ -313,3 +313,30 @@ def test_fp16_trains_with_a_gradient_scaler(tiny_work: Path) -> None:
     assert scaler["_growth_tracker"] > 0 or scaler["scale"] < 2.0**16
     assert json.loads((out / "training_summary.json").read_text())["amp"] == "torch.float16"
     assert all(math.isfinite(r["train_loss"]) for r in read_log(out / "log.jsonl"))
+
+
+def test_config_options_reach_the_trainer_and_a_resume_keeps_them(tiny_work: Path) -> None:
+    options = ["--momentum", "0.9", "--weight-decay", "0.001", "--aug-p-rotation", "0", "--aug-scale-range", "0.9",
+               "1.1", "--oversample-foreground", "1.0", "--split-seed", "3"]
+    result = cli_train(tiny_work, "-f", "0", "--epochs", "2", "--checkpoint-every", "1", *options, *SHORT)
+    assert result.exit_code == 0, result.output
+    out = fold_dir(tiny_work)
+    payload = load_checkpoint(out / CHECKPOINT_FINAL)
+    group = payload["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.9 and group["weight_decay"] == 0.001  # in the optimizer, not only the config
+    saved = payload["train_config"]
+    assert saved["augmentation"]["p_rotation"] == 0 and saved["augmentation"]["scale_range"] == [0.9, 1.1]
+    assert saved["oversample_foreground"] == 1.0 and saved["split_seed"] == 3
+
+    # a resume without the options continues with the checkpoint's settings, not the defaults
+    (out / CHECKPOINT_FINAL).unlink()
+    resumed = cli_train(tiny_work, "-f", "0", "--resume", *SHORT)
+    assert resumed.exit_code == 0, resumed.output
+    again = load_checkpoint(out / CHECKPOINT_FINAL)["train_config"]
+    assert again["momentum"] == 0.9 and again["epochs"] == 2 and again["augmentation"]["scale_range"] == [0.9, 1.1]
+
+    # and refuses an option that would change what it computes, naming it
+    (out / CHECKPOINT_FINAL).unlink()
+    changed = cli_train(tiny_work, "-f", "0", "--resume", "--aug-p-rotation", "0.5", *SHORT)
+    assert changed.exit_code == 1
+    assert "augmentation.p_rotation=0.0 (now 0.5)" in changed.output and "--restart" in changed.output
