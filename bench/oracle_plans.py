@@ -8,7 +8,9 @@ the reference venv's python, plans the same fingerprint with ``selfunet.planning
 ``selfunet.planning.nnunet_compat``, and compares, for ``2d`` and ``3d_fullres``: target spacing,
 normalization, strides per stage, kernel sizes, patch size and batch size.
 
-    python bench/oracle_plans.py [--reference-python /work/refvenv/bin/python] [--markdown out.md]
+    python bench/oracle_plans.py [--reference-python VENV/bin/python] [--markdown out.md]
+
+(default: ``$SELFUNET_REFERENCE_PYTHON``; ``bench/reference/setup_reference.sh VENV`` installs it).
 
 The reference is only run, never imported into selfunet.
 """
@@ -33,7 +35,6 @@ from selfunet.planning.nnunet_compat import fingerprint_from_nnunet  # noqa: E40
 from selfunet.planning.plan import plan_experiment  # noqa: E402
 from selfunet.planning.plan_types import Plan, PlannerSettings  # noqa: E402
 
-DEFAULT_REFERENCE_PYTHON = "/work/refvenv/bin/python"
 FIELDS = ("spacing", "normalization", "strides", "kernels", "patch_size", "batch_size")
 CONFIGS = ("2d", "3d_fullres")
 
@@ -155,6 +156,10 @@ def craft(task: Task) -> tuple[dict, dict]:
 _REFERENCE_SNIPPET = """
 import json, sys, io, contextlib
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+import torch
+# the planner builds a network per candidate patch only to count its feature maps: on the meta
+# device that needs no weight memory or init (same plans; checked in docs/planning.md's run)
+torch.set_default_device("meta")
 out = {}
 for name in sys.argv[1:]:
     with contextlib.redirect_stdout(io.StringIO()):
@@ -178,8 +183,11 @@ def _folder(task: Task) -> str:
     return f"Dataset{task.dataset_id:03d}_{task.name}"
 
 
-def reference_plans(reference_python: str, crafted: dict[Task, tuple[dict, dict]], tmp: Path) -> dict[str, dict]:
-    """Run the reference default planner (8 GB) on every crafted task in one process.
+def reference_plans(reference_python: str, crafted: dict[Task, tuple[dict, dict]], tmp: Path,
+                    processes: int = 1) -> dict[str, dict]:
+    """Run the reference default planner (8 GB) on every crafted task, tasks dealt out to
+    ``processes`` processes (one imports nnunetv2 once and plans every task: the cheapest in CPU
+    time, which is what a test run on a shared CI machine pays).
 
     Besides the plans, each configuration gets ``_estimate``: the reference network's own
     feature-map count for its patch, to check our arithmetic estimate against.
@@ -193,9 +201,8 @@ def reference_plans(reference_python: str, crafted: dict[Task, tuple[dict, dict]
     res.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
                nnUNet_n_proc_DA="1", OMP_NUM_THREADS="1")
-    # one process per core (the reference spends its time instantiating networks), tasks dealt out
     folders = [_folder(t) for t in crafted]
-    jobs = max(1, min(len(folders), os.cpu_count() or 1))
+    jobs = max(1, min(len(folders), processes))
     procs = [
         subprocess.Popen([reference_python, "-c", _REFERENCE_SNIPPET, *folders[i::jobs]], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -277,12 +284,13 @@ class Comparison:
         return self.reference[name] == self.ours[name]
 
 
-def compare(reference_python: str) -> tuple[list[Comparison], list[Comparison], dict[str, tuple[list, list]]]:
+def compare(reference_python: str, processes: int = 1
+            ) -> tuple[list[Comparison], list[Comparison], dict[str, tuple[list, list]]]:
     """(2d + 3d_fullres with our defaults, 3d_lowres with the reference's cascade constants,
     configuration names per task: reference vs ours with our defaults)."""
     crafted = {task: craft(task) for task in TASKS}
     with tempfile.TemporaryDirectory(prefix="oracle_plans_") as tmp:
-        ref = reference_plans(reference_python, crafted, Path(tmp))
+        ref = reference_plans(reference_python, crafted, Path(tmp), processes)
         ours = our_plans(crafted, Path(tmp), PlannerSettings())
         ours_ref_cascade = our_plans(crafted, Path(tmp) / "refcascade", REFERENCE_CASCADE)
     main, lowres, names = [], [], {}
@@ -362,11 +370,13 @@ def markdown(main: list[Comparison], lowres: list[Comparison], names: dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference-python",
-                        default=os.environ.get("SELFUNET_REFERENCE_PYTHON", DEFAULT_REFERENCE_PYTHON))
+    parser.add_argument("--reference-python", default=os.environ.get("SELFUNET_REFERENCE_PYTHON"),
+                        required="SELFUNET_REFERENCE_PYTHON" not in os.environ)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="reference processes (each imports nnunetv2 once)")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
-    text = markdown(*compare(args.reference_python))
+    text = markdown(*compare(args.reference_python, args.processes))
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

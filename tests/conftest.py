@@ -85,7 +85,7 @@ def tiny_work(tiny_work_template: Path, tmp_path: Path) -> Path:
 
 # ---- the reference implementation (nnU-Net v2) for oracle tests ---------------------------------
 #: a python interpreter with nnunetv2 installed; `.ci/run` installs it with
-#: ../shared/reference/setup_nnunet.sh (or bench/reference/setup_reference.sh) and exports it.
+#: bench/reference/setup_reference.sh and exports it.
 REFERENCE_PYTHON_ENV = "SELFUNET_REFERENCE_PYTHON"
 #: set to 1 (CI does) to make a missing reference a failure instead of a skip.
 REQUIRE_REFERENCE_ENV = "SELFUNET_REQUIRE_REFERENCE"
@@ -106,7 +106,7 @@ def reference_python() -> str:
     found = find_reference_python()
     if found is None:
         message = (f"no python with nnunetv2: set {REFERENCE_PYTHON_ENV} to one "
-                   f"(e.g. after `bash ../shared/reference/setup_nnunet.sh VENV`, VENV/bin/python)")
+                   f"(`bash bench/reference/setup_reference.sh` installs one and prints its path)")
         if os.environ.get(REQUIRE_REFERENCE_ENV) == "1":
             pytest.fail(message + f"; {REQUIRE_REFERENCE_ENV}=1 makes the oracle tests mandatory")
         pytest.skip(message)

@@ -1,52 +1,36 @@
 """Oracle: our planner vs the reference nnU-Net v2 planner on crafted Decathlon-like fingerprints.
 
-Skipped unless a python with nnunetv2 is available (``SELFUNET_REFERENCE_PYTHON`` or
-/work/refvenv/bin/python). The comparison itself lives in bench/oracle_plans.py, which also
-writes the side-by-side table of docs/planning.md.
+Needs the reference (the ``reference_python`` fixture: ``$SELFUNET_REFERENCE_PYTHON``; CI installs
+it with bench/reference/setup_reference.sh and sets ``SELFUNET_REQUIRE_REFERENCE=1``, so a missing
+reference fails there instead of skipping). The comparison itself lives in bench/oracle_plans.py,
+which also writes the side-by-side table of docs/planning.md. One reference process plans every
+fingerprint (nnunetv2 is imported once), shared by the three tests.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "oracle_plans.py"
+pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
 
-def _reference_python() -> str | None:
-    candidate = os.environ.get("SELFUNET_REFERENCE_PYTHON", "/work/refvenv/bin/python")
-    if not Path(candidate).is_file():
-        return None
-    probe = subprocess.run([candidate, "-c", "import nnunetv2"], capture_output=True, timeout=120)
-    return candidate if probe.returncode == 0 else None
-
-
-REFERENCE_PYTHON = _reference_python()
-pytestmark = [
-    pytest.mark.oracle,
-    pytest.mark.slow,
-    pytest.mark.skipif(REFERENCE_PYTHON is None, reason="no python with nnunetv2 (set SELFUNET_REFERENCE_PYTHON)"),
-]
-
-
-@functools.lru_cache(maxsize=1)
 def _bench():
-    spec = importlib.util.spec_from_file_location("oracle_plans", BENCH)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["oracle_plans"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    if "oracle_plans" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("oracle_plans", BENCH)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules["oracle_plans"] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules["oracle_plans"]
 
 
-@functools.lru_cache(maxsize=1)
-def _comparison():
-    return _bench().compare(REFERENCE_PYTHON)
+@pytest.fixture(scope="module")
+def comparison(reference_python: str):
+    return _bench().compare(reference_python, processes=1)
 
 
 def _mismatches(rows, fields) -> list[str]:
@@ -59,18 +43,18 @@ def _mismatches(rows, fields) -> list[str]:
     ]
 
 
-def test_2d_and_fullres_identical_to_reference() -> None:
-    main, _, _ = _comparison()
+def test_2d_and_fullres_identical_to_reference(comparison) -> None:
+    main, _, _ = comparison
     assert len({r.task for r in main}) >= 8
     assert _mismatches(main, _bench().FIELDS) == []
 
 
-def test_memory_estimate_identical_to_reference_network() -> None:
-    main, _, _ = _comparison()
+def test_memory_estimate_identical_to_reference_network(comparison) -> None:
+    main, _, _ = comparison
     assert _mismatches(main, ("estimate",)) == []
 
 
-def test_lowres_identical_with_reference_cascade_constants() -> None:
-    _, lowres, _ = _comparison()
+def test_lowres_identical_with_reference_cascade_constants(comparison) -> None:
+    _, lowres, _ = comparison
     assert any(r.reference is not None for r in lowres), "no crafted task exercises the lowres loop"
     assert _mismatches(lowres, (*_bench().FIELDS, "estimate")) == []

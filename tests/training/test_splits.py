@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +12,6 @@ from selfunet.errors import SelfUNetError
 from selfunet.training.splits import Fold, get_fold, load_or_create_splits, make_splits
 
 CASES = [f"case_{i:03d}" for i in range(23)]
-REF_PYTHON = Path("/work/refvenv/bin/python")
 
 
 def test_every_case_in_exactly_one_validation_fold():
@@ -97,8 +94,7 @@ def test_out_of_range_fold_rejected():
 
 
 @pytest.mark.oracle
-@pytest.mark.skipif(not REF_PYTHON.exists() or shutil.which(str(REF_PYTHON)) is None, reason="no reference venv")
-def test_same_folds_as_reference_kfold():
+def test_same_folds_as_reference_kfold(reference_python: str):
     """The reference splits sorted ids with sklearn's shuffled KFold; we match it fold by fold."""
     script = (
         "import json,sys; from sklearn.model_selection import KFold; import numpy as np\n"
@@ -107,8 +103,8 @@ def test_same_folds_as_reference_kfold():
         "KFold(n_splits=5,shuffle=True,random_state=12345).split(keys)]\n"
         "print(json.dumps(out))"
     )
-    run = subprocess.run([str(REF_PYTHON), "-c", script, json.dumps(CASES)], capture_output=True, text=True)
-    if run.returncode != 0:
-        pytest.skip(f"reference sklearn not usable: {run.stderr[-200:]}")
+    run = subprocess.run([reference_python, "-c", script, json.dumps(CASES)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, f"the reference's KFold failed: {run.stderr[-2000:]}"
     expected = [Fold(**f) for f in json.loads(run.stdout)]
     assert make_splits(CASES, 5, 12345) == expected
