@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 #: SPEC section 3: per class, keep max(min(10000, n), ceil(1% of n)) voxel coordinates.
 FG_SAMPLES_MIN = 10_000
 FG_SAMPLES_FRACTION = 0.01
-#: label value of voxels outside the non-zero mask (excluded from the loss by the sampler).
+#: label value of voxels outside the non-zero mask (training counts it as background, as the reference).
 OUTSIDE_LABEL = -1
 
 

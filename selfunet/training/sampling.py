@@ -7,8 +7,9 @@ Training therefore resumes exactly, and background workers may compute batches i
 Reads are memory-mapped (``np.load(mmap_mode="r")``): only the voxels of the patch are copied,
 so the working set stays flat however large the dataset. Where a patch leaves the image, the
 image is padded with 0 (the value of the normalised background outside the non-zero mask) and
-the label with -1, the *ignore* value that preprocessing also gives voxels outside the crop mask:
-the loss must not count those voxels.
+the label with -1, the value preprocessing also gives voxels outside the non-zero mask. The
+trainer turns -1 into background (0) before the loss, as the reference does: such voxels train as
+background, they are not ignored.
 
 Two ways to read a batch: :meth:`PatchSampler.sample_batch` reads a fixed ``read_patch_size``
 (by default the reference's rule, :func:`selfunet.training.augment_spatial.read_patch_size`) around
