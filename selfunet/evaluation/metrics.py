@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from selfunet.errors import SelfUNetError
-from selfunet.evaluation.surface import image_diagonal_mm, surface_distances
+from selfunet.evaluation.surface import image_diagonal_mm, surface_distances, surfel_distances
 
 EMPTY_MASK_RULE = (
     "Reference and prediction both empty: Dice, IoU, NSD and HD95 are undefined (NaN) and left out "
@@ -124,9 +124,10 @@ def evaluate_arrays(
             elif n_pred == 0 or n_ref == 0:
                 nsd_value, hd95_value = 0.0, worst_hd95
             else:
-                distances = surface_distances(pred, ref, spacing)
-                nsd_value = distances.nsd(nsd_tolerance_mm) if nsd_tolerance_mm is not None else None
-                hd95_value = distances.hd95() if hd95 else None
+                if nsd_tolerance_mm is not None:  # surfel areas, as the Decathlon and FLARE
+                    nsd_value = surfel_distances(pred, ref, spacing).nsd(nsd_tolerance_mm)
+                if hd95:
+                    hd95_value = surface_distances(pred, ref, spacing).hd95()
             if nsd_tolerance_mm is None:
                 nsd_value = None
             if not hd95:

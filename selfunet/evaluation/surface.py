@@ -12,10 +12,17 @@ Definitions (fixed here so that every number selfunet reports means the same thi
   anisotropic voxels (e.g. 3.0 x 0.8 x 0.8 mm) are measured exactly.
 * **HD95** = max of the two directed 95th percentiles (A->B and B->A) of the surface distances
   (``numpy.percentile``'s default linear interpolation between the sorted distances).
-* **NSD** at tolerance ``tau`` = (surface voxels of A within ``tau`` of B's surface + those of B
-  within ``tau`` of A's) / (surface voxels of A + of B). Voxel counts, not areas (DeepMind's
-  ``surface-distance`` package weights each surface element by its area instead, so its NSD can
-  differ slightly on strongly anisotropic grids).
+* **NSD** at tolerance ``tau`` (normalized surface Dice), as the Medical Segmentation Decathlon and
+  FLARE compute it with DeepMind's ``surface-distance`` package: the surface is made of *surface
+  elements* (surfels), one per 2x2x2 (2D: 2x2) block of voxels that holds both object and
+  background; each surfel has the area (2D: length) of the marching-cubes surface through its block,
+  taken from the package's table for the block's configuration and scaled by the spacing. NSD =
+  (area of A's surfels within ``tau`` of B's surfels + area of B's within ``tau`` of A's) / (area of
+  A's + B's). :func:`surfel_distances`; the package's own code is the oracle in the tests. Area
+  weighting makes the number independent of how finely a surface is sampled, which voxel counting
+  is not on anisotropic grids.
+* **voxel-count NSD** (:func:`normalized_surface_dice_voxels`, not what ``selfunet evaluate``
+  reports): the same ratio with each surface voxel counted once, on the face-eroded surfaces above.
 
 Empty masks are *not* handled here (the caller decides the rule, see :mod:`selfunet.evaluation.metrics`);
 :func:`surface_distances` refuses them.
@@ -38,6 +45,7 @@ one-voxel zero margin it pads with), so the surfaces are the same too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -59,11 +67,33 @@ class SurfaceDistances:
     def hd95(self) -> float:
         return float(max(np.percentile(self.a_to_b, 95), np.percentile(self.b_to_a, 95)))
 
-    def nsd(self, tolerance_mm: float) -> float:
-        if tolerance_mm < 0:
-            raise SelfUNetError(f"NSD tolerance must be >= 0 mm, got {tolerance_mm}.")
+    def nsd_voxel_count(self, tolerance_mm: float) -> float:
+        """Share of surface *voxels* within the tolerance (each voxel counts once; see the module doc)."""
+        _check_tolerance(tolerance_mm)
         within = np.count_nonzero(self.a_to_b <= tolerance_mm) + np.count_nonzero(self.b_to_a <= tolerance_mm)
         return float(within / (self.a_to_b.size + self.b_to_a.size))
+
+
+@dataclass(frozen=True)
+class SurfelDistances:
+    """Distances in mm from each surfel of A to B's surfels and back, with each surfel's area (mm^2;
+    mm in 2D)."""
+
+    a_to_b: np.ndarray
+    b_to_a: np.ndarray
+    area_a: np.ndarray
+    area_b: np.ndarray
+
+    def nsd(self, tolerance_mm: float) -> float:
+        """Normalized surface Dice: the surfel area within the tolerance over the total area."""
+        _check_tolerance(tolerance_mm)
+        within = self.area_a[self.a_to_b <= tolerance_mm].sum() + self.area_b[self.b_to_a <= tolerance_mm].sum()
+        return float(within / (self.area_a.sum() + self.area_b.sum()))
+
+
+def _check_tolerance(tolerance_mm: float) -> None:
+    if not tolerance_mm >= 0:
+        raise SelfUNetError(f"NSD tolerance must be >= 0 mm, got {tolerance_mm}.")
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -166,8 +196,60 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> float:
 
 
 def normalized_surface_dice(a: np.ndarray, b: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> float:
-    """Share of both surfaces lying within ``tolerance_mm`` of the other surface (non-empty masks)."""
-    return surface_distances(a, b, spacing).nsd(tolerance_mm)
+    """NSD as the Decathlon and FLARE compute it: surfel area within ``tolerance_mm`` (non-empty masks)."""
+    return surfel_distances(a, b, spacing).nsd(tolerance_mm)
+
+
+def normalized_surface_dice_voxels(a: np.ndarray, b: np.ndarray, spacing: Sequence[float],
+                                   tolerance_mm: float) -> float:
+    """The voxel-count variant: share of surface voxels within ``tolerance_mm`` (non-empty masks)."""
+    return surface_distances(a, b, spacing).nsd_voxel_count(tolerance_mm)
+
+
+# ---------------------------------------------------------------------------------------------
+# surfels (DeepMind's definition)
+
+
+@functools.lru_cache(maxsize=64)
+def _surfel_table(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbourhood-code kernel, area or length per code) of the ``surface-distance`` package."""
+    from surface_distance import lookup_tables
+
+    if len(spacing) == 3:
+        return lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL, lookup_tables.create_table_neighbour_code_to_surface_area(
+            spacing)
+    return lookup_tables.ENCODE_NEIGHBOURHOOD_2D_KERNEL, lookup_tables.create_table_neighbour_code_to_contour_length(
+        spacing)
+
+
+def surfels(mask: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (mm, ``(N, ndim)``; block corners, a fixed half-voxel offset from voxel centres)
+    and areas of the surfels of ``mask``. Everything outside the array counts as background."""
+    spacing = tuple(float(s) for s in spacing)
+    if mask.ndim not in (2, 3) or len(spacing) != mask.ndim:
+        raise SelfUNetError(f"surfels need a 2D or 3D mask with one spacing per axis, got {mask.shape}, {spacing}.")
+    kernel, table = _surfel_table(spacing)
+    # one zero layer on the upper side; correlating with the 2x2(x2) kernel reads the constant 0 below
+    padded = np.pad(np.asarray(mask, dtype=np.uint8), [(0, 1)] * mask.ndim)
+    codes = ndimage.correlate(padded, kernel, mode="constant", cval=0)
+    border = (codes != 0) & (codes != kernel.sum())
+    return np.argwhere(border) * np.asarray(spacing), table[codes[border]]
+
+
+def surfel_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> SurfelDistances:
+    """Surfel-to-surfel distances (mm) between two non-empty boolean masks on one grid, with areas.
+
+    Computed on the bounding box of ``A | B`` (exact: see the module docstring), nearest surfels by
+    k-d tree, so the cost grows with the surface, not with the volume.
+    """
+    spacing = _check(a, b, spacing)
+    box = _union_box(a, b)
+    points_a, area_a = surfels(np.asarray(a[box], dtype=bool), spacing)
+    points_b, area_b = surfels(np.asarray(b[box], dtype=bool), spacing)
+    a_to_b = cKDTree(points_b).query(points_a, workers=-1)[0]
+    b_to_a = cKDTree(points_a).query(points_b, workers=-1)[0]
+    return SurfelDistances(np.asarray(a_to_b, dtype=np.float64), np.asarray(b_to_a, dtype=np.float64),
+                           np.asarray(area_a, dtype=np.float64), np.asarray(area_b, dtype=np.float64))
 
 
 def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:

@@ -17,7 +17,7 @@ from selfunet.errors import SelfUNetError
 from selfunet.evaluation.evaluate import evaluate_folders, parse_labels
 from selfunet.evaluation.metrics import EMPTY_MASK_RULE, evaluate_arrays
 from selfunet.evaluation.summary import CaseMetrics, EvaluationSummary, summarize, write_evaluation
-from selfunet.evaluation.surface import image_diagonal_mm
+from selfunet.evaluation.surface import image_diagonal_mm, normalized_surface_dice
 
 SPACING = (3.0, 0.8, 0.8)  # array order (z, y, x)
 
@@ -100,7 +100,10 @@ def test_surface_metrics_of_a_hand_counted_case():
     m = evaluate_arrays(prediction, reference, [1], (5.0, 1.0, 2.0), nsd_tolerance_mm=1.0, hd95=True)[1]
     # surface distances are [0, 0, 2] both ways (see test_surface.test_hand_counted_line_segments)
     assert m.hd95 == pytest.approx(1.8)
-    assert m.nsd == pytest.approx(4 / 6)
+    # NSD is the surfel-area one (the Decathlon's), not the voxel count (4 / 6 here)
+    expected = normalized_surface_dice(prediction[0] == 1, reference[0] == 1, (1.0, 2.0), 1.0)
+    assert m.nsd == pytest.approx(normalized_surface_dice(prediction == 1, reference == 1, (5.0, 1.0, 2.0), 1.0))
+    assert m.nsd != pytest.approx(4 / 6) and 0 < expected < 1
 
 
 def test_ignore_mask_excludes_voxels_from_the_counts():
