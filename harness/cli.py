@@ -307,6 +307,9 @@ def export_gc_command(
     tag: Annotated[Optional[str], typer.Option(help="algorithm image tag (default selfunet-gc-<task>:latest)")] = None,
     tasks_dir: Annotated[Path, typer.Option("--tasks", help="where task names are looked up")] = Path("tasks"),
     work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
+    dataset: Annotated[Optional[Path], typer.Option(help="dataset folder the test case comes from (default: the "
+                                                    "task descriptor's; needed when TASK is a work directory)")]
+    = None,
 ) -> None:
     """A grand-challenge algorithm container build context for the task's selected model (docs/containers.md)."""
     from harness.export_gc import export_gc, test_container
@@ -319,7 +322,7 @@ def export_gc_command(
         path = found[0].source
     context = export_gc(path, out, image=image, input_slugs=input_slug, output_slug=output_slug,
                         work_root=work_root, tag=tag, model_tarball=model_tarball, inputs_json=inputs_json,
-                        mirroring=mirroring, model=model)
+                        mirroring=mirroring, model=model, dataset=dataset)
     console.print(f"grand-challenge build context: {escape(str(context))} (do_build.sh, do_test_run.sh, do_save.sh)",
                   highlight=False)
     if test:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from harness.gc_case import output_files, read_inputs_json, write_case
+from harness.names import (
+    check_configuration,
+    check_image_reference,
+    check_image_tag,
+    check_slug,
+    image_tag_from,
+)
 from harness.sandboxes.algorithm import is_root
 from selfunet.errors import SelfUNetError
 from selfunet.workdir import WorkDir, member_name, split_member
@@ -107,7 +115,10 @@ def socket_folders():
             interface = item.get("interface") or item.get("socket") or {}
             slug, relative = interface.get("slug"), interface.get("relative_path")
             if slug in folders and relative:
-                folders[slug] = INPUT / relative
+                folder = (INPUT / relative).resolve()
+                if folder != INPUT.resolve() and INPUT.resolve() not in folder.parents:
+                    fail(f"inputs.json: socket '{slug}' names {relative!r}, outside {INPUT}.")
+                folders[slug] = folder
     return folders
 
 
@@ -163,10 +174,10 @@ if __name__ == "__main__":
     main()
 '''
 
-DOCKERFILE = """# grand-challenge algorithm: selfunet model '{selected}' ({members}), exported {date}.
+DOCKERFILE = """# grand-challenge algorithm: selfunet model {selected} ({members}), exported {date}.
 # Build: ./do_build.sh   Test: ./do_test_run.sh   Save for upload: ./do_save.sh
 FROM --platform={platform} {base}
-LABEL org.selfunet.gc.inputs="{inputs}" org.selfunet.gc.output="{output}"
+LABEL org.selfunet.gc.inputs={inputs} org.selfunet.gc.output={output}
 {copy_model}COPY inference.py gc.json {algorithm}/
 ENV GC_DEVICE=auto
 ENTRYPOINT ["python", "{algorithm}/inference.py"]
@@ -178,8 +189,9 @@ BUILD_SH = """#!/usr/bin/env bash
 # needed: everything is in this folder and the base image).
 set -euo pipefail
 cd "$(dirname "$0")"
-TAG=${{1:-{tag}}}
-BASE="{base}"
+DEFAULT_TAG={tag}
+TAG="${{1:-$DEFAULT_TAG}}"
+BASE={base}
 # the platform runs an algorithm as its image's user: refuse a base image that runs as root
 BASE_USER=$(docker image inspect --format '{{{{.Config.User}}}}' "$BASE")
 case "$BASE_USER" in
@@ -196,7 +208,9 @@ TEST_SH = """#!/usr/bin/env bash
 # for voxel.  Usage: ./do_test_run.sh [TAG] [INPUT_FOLDER (default test/input: inputs.json + images)]
 set -euo pipefail
 cd "$(dirname "$0")"
-TAG=${{1:-{tag}}}
+DEFAULT_TAG={tag}
+TAG="${{1:-$DEFAULT_TAG}}"
+OUTPUT_SLUG={output_slug}
 INPUT=$(cd "${{2:-test/input}}" && pwd)
 OUT=$(mktemp -d)
 chmod 777 "$OUT"
@@ -209,11 +223,11 @@ if [ -d test/expected ] && [ -z "${{2:-}}" ]; then
   docker run --rm --network none --entrypoint python -v "$PWD/test/expected:/expected:ro" \\
     -v "$OUT:/output:ro" "$TAG" -c '
 import sys, glob, SimpleITK as sitk
-got = sorted(glob.glob("/output/images/{output_slug}/*.mha")); want = sorted(glob.glob("/expected/*"))
+got = sorted(glob.glob("/output/images/" + sys.argv[1] + "/*.mha")); want = sorted(glob.glob("/expected/*"))
 assert len(got) == 1 and len(want) == 1, (got, want)
 a, b = sitk.GetArrayFromImage(sitk.ReadImage(got[0])), sitk.GetArrayFromImage(sitk.ReadImage(want[0]))
 same = a.shape == b.shape and (a == b).all()
-print("output equals selfunet predict:", same); sys.exit(0 if same else 1)'
+print("output equals selfunet predict:", same); sys.exit(0 if same else 1)' "$OUTPUT_SLUG"
 fi
 """
 
@@ -221,9 +235,11 @@ SAVE_SH = """#!/usr/bin/env bash
 # The files to upload to grand-challenge: the image (docker save | gzip){model_note}.
 set -euo pipefail
 cd "$(dirname "$0")"
-TAG=${{1:-{tag}}}
-docker save "$TAG" | gzip -c > "{archive}"
-{save_model}ls -l "{archive}"{model_listing}
+DEFAULT_TAG={tag}
+TAG="${{1:-$DEFAULT_TAG}}"
+ARCHIVE={archive}
+docker save "$TAG" | gzip -c > "$ARCHIVE"
+{save_model}ls -l "$ARCHIVE"{model_listing}
 """
 
 
@@ -244,11 +260,18 @@ def resolve_work(task: Path, work_root: Path = Path("work")) -> Path:
 
 
 def model_files(work: Path) -> list[tuple[Path, str]]:
-    """(source, path inside model/) of everything inference needs: plan, selection, checkpoints."""
+    """(source, path inside model/) of everything inference needs: plan, selection, checkpoints.
+
+    Configuration names come from files a job wrote (selection.json, plan.json) and become paths
+    and Dockerfile text here, so each is checked against a strict pattern first.
+    """
     from selfunet.evaluation.ensemble import Selection
     from selfunet.planning.plan_types import Plan
 
     selection = Selection.load(work / "selection.json")
+    check_configuration(selection.selected, f"{work}/selection.json: 'selected'")
+    for member in selection.members:
+        check_configuration(member, f"{work}/selection.json: member")
     files = [(work / "selection.json", "selection.json")]
     if (work / "plan.json").is_file() or not any("@" in m for m in selection.members):
         files.insert(0, (work / "plan.json", "plan.json"))
@@ -265,10 +288,11 @@ def model_files(work: Path) -> list[tuple[Path, str]]:
         if configuration not in stage_plan.configurations:
             raise SelfUNetError(f"{work}/selection.json: member '{stage}' is not a configuration of "
                                 f"{stage_work.plan}.")
-        stages.append(stage)
+        stages.append(check_configuration(stage, f"{work}/plan.json: configuration"))
         previous = stage_plan.configurations[configuration].previous_stage
         if previous:
-            pending.append(member_name(previous, split_member(stage)[1]))
+            pending.append(check_configuration(member_name(previous, split_member(stage)[1]),
+                                               f"{stage_work.plan}: previous_stage of '{stage}'"))
     for stage in stages:
         stage_work, configuration = WorkDir(work).member(stage)
         checkpoints = sorted((stage_work.root / "train" / configuration).glob(f"fold_*/{CHECKPOINT}"))
@@ -279,13 +303,21 @@ def model_files(work: Path) -> list[tuple[Path, str]]:
     return files
 
 
-def _test_case(work: Path):
+def _test_case(dataset: Path | None):
+    """The first test (else training) case of the dataset the user named (descriptor or --dataset).
+
+    Never the root recorded in WORK/fingerprint.json: a job wrote that file, and what a job writes
+    must not choose which host files are copied into the image's build context.
+    """
     from selfunet.data.dataset import load_dataset
 
+    if dataset is None:
+        log.warning("no test case for the container: pass the task's descriptor or --dataset DIR to add one "
+                    "(the work directory's fingerprint.json is not trusted to name it).")
+        return None
     try:
-        root = json.loads((work / "fingerprint.json").read_text())["dataset"]["root"]
-        spec = load_dataset(root)
-    except (OSError, ValueError, KeyError, SelfUNetError) as exc:
+        spec = load_dataset(dataset)
+    except SelfUNetError as exc:
         log.warning("no test case for the container (%s)", exc)
         return None
     cases = spec.test or spec.training
@@ -308,11 +340,34 @@ def _pack(folder: Path, archive: Path) -> None:
     tmp.replace(archive)
 
 
+def write_scripts(out: Path, tag: str, output_slug: str, base: str, model_tarball: bool = False) -> None:
+    """do_build.sh, do_test_run.sh, do_save.sh: tag, slug and base checked, then pasted shell-quoted."""
+    check_image_tag(tag, "--tag")
+    check_slug(output_slug, "--output-slug")
+    check_image_reference(base, "--image")
+    archive = tag.replace(":", "_").replace("/", "_") + ".tar.gz"
+    mount = f'EXTRA+=(-v "$PWD/model:{MODEL_MOUNT}:ro")  # the model tarball, as the platform mounts it\n'
+    texts = {"do_build.sh": BUILD_SH, "do_test_run.sh": TEST_SH, "do_save.sh": SAVE_SH}
+    for script, text in texts.items():
+        (out / script).write_text(text.format(
+            tag=shlex.quote(tag), output_slug=shlex.quote(output_slug), archive=shlex.quote(archive),
+            base=shlex.quote(base), platform=PLATFORM, model_mount=mount if model_tarball else "",
+            model_note=" and the model tarball (model.tar.gz)" if model_tarball else "",
+            save_model='tar -C model -czf model.tar.gz .\n' if model_tarball else "",
+            model_listing=' model.tar.gz' if model_tarball else ""))
+        (out / script).chmod(0o755)
+
+
 def export_gc(task: Path | None, out: Path, image: str = "selfunet:latest", input_slugs: list[str] | None = None,
               output_slug: str = DEFAULT_OUTPUT_SLUG, work_root: Path = Path("work"), tag: str | None = None,
               model_tarball: bool = False, inputs_json: Path | None = None, mirroring: bool = True,
-              model: Path | None = None) -> Path:
+              model: Path | None = None, dataset: Path | None = None) -> Path:
     """Write the build context (see the module doc) and return ``out``.
+
+    Every value pasted into the Dockerfile or the scripts is checked (:mod:`harness.names`) before
+    anything is written, and quoted where it is pasted. The test case comes from ``dataset``, else
+    the descriptor's dataset when ``task`` is a descriptor (never from the work directory's
+    fingerprint.json: a job wrote it).
 
     ``model``: a model.zip (``selfunet export-model``) to package instead of a work directory's
     folds; it is verified and laid out as the context's ``model/``. ``task`` is then optional and
@@ -324,23 +379,33 @@ def export_gc(task: Path | None, out: Path, image: str = "selfunet:latest", inpu
     ``input_slugs``: one slug (all channels in one image) or one per channel; default the image
     sockets of ``inputs_json`` (the phase's example), else ``image``.
     """
+    for slug in input_slugs or []:
+        check_slug(slug, "--input-slug")
+    check_slug(output_slug, "--output-slug")
+    check_image_reference(image, "--image")
+    if tag is not None:
+        check_image_tag(tag, "--tag")
+    if dataset is None and task is not None and Path(task).is_file():
+        from harness.tasks import load_tasks
+
+        dataset = load_tasks([Path(task)])[0].dataset
     if model is None and task is None:
         raise SelfUNetError("export gc: name a task (or work directory), or give --model model.zip.")
     if model is None:
         return _export_gc(resolve_work(task, work_root), out, image, input_slugs, output_slug, tag, model_tarball,
-                          inputs_json, mirroring, None, None)
+                          inputs_json, mirroring, None, None, dataset)
     from selfunet.model_archive import unpack_model_archive
 
     source = resolve_work(task, work_root) if task is not None else None
     with tempfile.TemporaryDirectory(prefix="selfunet-gc-model-") as staged:
         work = unpack_model_archive(Path(model), Path(staged) / Path(model).stem)
         return _export_gc(work, out, image, input_slugs, output_slug, tag, model_tarball, inputs_json, mirroring,
-                          source, Path(model).resolve())
+                          source, Path(model).resolve(), dataset)
 
 
 def _export_gc(work: Path, out: Path, image: str, input_slugs: list[str] | None, output_slug: str, tag: str | None,
                model_tarball: bool, inputs_json: Path | None, mirroring: bool, source: Path | None,
-               archive_path: Path | None) -> Path:
+               archive_path: Path | None, dataset: Path | None = None) -> Path:
     """``export_gc`` on a work directory ``work`` (a staged archive when ``archive_path`` is set, with
     ``source`` the work directory that supplies the test case, if any)."""
     if inputs_json is not None and not Path(inputs_json).is_file():
@@ -365,9 +430,9 @@ def _export_gc(work: Path, out: Path, image: str, input_slugs: list[str] | None,
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
         target.chmod(0o644)  # artifacts are written 0600; the algorithm runs as another (non-root) user
-    case_work = work if archive_path is None else source  # a staged archive has no dataset: the task's
-    name = tag or f"selfunet-gc-{(case_work or work).name.lower()}:latest"
-    case = _test_case(case_work) if case_work is not None else None
+    case_work = work if archive_path is None else source  # the work directory predictions are compared with
+    name = tag or image_tag_from(f"selfunet-gc-{(case_work or work).name}")
+    case = _test_case(dataset)
     config = {"input_slugs": input_slugs, "output_slug": output_slug, "selected": selection.selected,
               "members": list(selection.members), "postprocessing": selection.postprocessing.model_dump(mode="json"),
               "source_work": None if case_work is None else str(case_work),
@@ -378,22 +443,13 @@ def _export_gc(work: Path, out: Path, image: str, input_slugs: list[str] | None,
     (out / "gc.json").write_text(json.dumps(config, indent=2))
     (out / "inference.py").write_text(INFERENCE_PY)
     (out / "Dockerfile").write_text(DOCKERFILE.format(
-        selected=selection.selected, members="+".join(selection.members), date=config["exported"], base=image,
-        algorithm=ALGORITHM_DIR, platform=PLATFORM, inputs=",".join(input_slugs), output=output_slug,
+        selected=json.dumps(selection.selected), members=json.dumps("+".join(selection.members)),
+        date=config["exported"], base=image, algorithm=ALGORITHM_DIR, platform=PLATFORM,
+        inputs=json.dumps(",".join(input_slugs)), output=json.dumps(output_slug),
         copy_model="" if model_tarball else f"COPY model {ALGORITHM_DIR}/model\n"))
     ignored = ["test", "*.tar.gz", *(["model"] if model_tarball else [])]
     (out / ".dockerignore").write_text("\n".join(ignored) + "\n")
-    archive = name.replace(":", "_").replace("/", "_") + ".tar.gz"
-    mount = f'EXTRA+=(-v "$PWD/model:{MODEL_MOUNT}:ro")  # the model tarball, as the platform mounts it\n'
-    texts = {"do_build.sh": BUILD_SH, "do_test_run.sh": TEST_SH, "do_save.sh": SAVE_SH}
-    for script, text in texts.items():
-        (out / script).write_text(text.format(
-            tag=name, output_slug=output_slug, archive=archive, base=image, platform=PLATFORM,
-            model_mount=mount if model_tarball else "",
-            model_note=" and the model tarball (model.tar.gz)" if model_tarball else "",
-            save_model='tar -C model -czf model.tar.gz .\n' if model_tarball else "",
-            model_listing=' model.tar.gz' if model_tarball else ""))
-        (out / script).chmod(0o755)
+    write_scripts(out, name, output_slug, image, model_tarball)
     if model_tarball:
         _pack(out / "model", out / "model.tar.gz")
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
@@ -404,10 +460,26 @@ def _export_gc(work: Path, out: Path, image: str, input_slugs: list[str] | None,
     return out
 
 
+def read_config(context: Path) -> dict:
+    """``gc.json`` with its slugs, tag and base checked again (the file may have been edited since)."""
+    path = context / "gc.json"
+    try:
+        config = json.loads(path.read_text())
+        for slug in config["input_slugs"]:
+            check_slug(slug, f"{path}: input_slugs")
+        check_slug(config["output_slug"], f"{path}: output_slug")
+        check_image_tag(config["tag"], f"{path}: tag")
+        check_image_reference(config["base_image"], f"{path}: base_image")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SelfUNetError(f"{path}: not a readable export config ({exc}); export again with `harness export gc`."
+                            ) from None
+    return config
+
+
 def host_prediction(context: Path, work: Path | None, dest: Path) -> Path:
     """``selfunet predict --selection`` (``--model`` for an exported archive) on the host for the
     context's test case (the reference)."""
-    config = json.loads((context / "gc.json").read_text())
+    config = read_config(context)
     dest.mkdir(parents=True, exist_ok=True)
     source = (("--model", config["source_model"]) if config.get("source_model") else
               ("-w", str(work), "--selection", str(work / "selection.json")))
@@ -452,9 +524,9 @@ def test_container(context: Path, client=None, keep_image: bool = True) -> dict:
     from harness.image import docker_client
 
     client = client or docker_client()
-    config = json.loads((context / "gc.json").read_text())
+    config = read_config(context)
     if not (context / "test" / "input" / "inputs.json").is_file() or not config.get("test_case"):
-        raise SelfUNetError(f"{context}/test/input: no test case (the work directory's dataset was not found).")
+        raise SelfUNetError(f"{context}/test/input: no test case; export with the task's descriptor or --dataset DIR.")
     user = check_non_root(client, config["base_image"])
     work = Path(config["source_work"]) if config.get("source_work") else None
     expected_dir = context / "test" / "expected"

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from harness.names import check_relative_inside, check_slug
 from selfunet.errors import SelfUNetError
 
 #: image endings an algorithm may write (the platform converts to .mha/.tif itself).
@@ -82,7 +83,10 @@ def read_inputs_json(path: Path) -> list[tuple[str, str]]:
         interface = (item.get("interface") or item.get("socket") or {}) if isinstance(item, dict) else {}
         slug = interface.get("slug")
         if slug and (interface.get("super_kind") or interface.get("kind", "Image")).lower() == "image":
-            sockets.append((slug, interface.get("relative_path") or f"images/{slug}"))
+            # both become paths under the case folder: nothing in the file may point elsewhere
+            check_slug(slug, f"{path}: socket slug")
+            sockets.append((slug, check_relative_inside(interface.get("relative_path") or f"images/{slug}",
+                                                        f"{path}: relative_path of socket '{slug}'")))
     if not sockets:
         raise SelfUNetError(f"{path}: no image socket found (expected a list of {{\"interface\": {{\"slug\": ..., "
                             "\"relative_path\": ...}}}}).")
@@ -97,7 +101,8 @@ def write_case(folder: Path, images: Sequence[Path], input_slugs: Sequence[str],
     the relative paths it names, in its socket order; otherwise the listing is written from
     ``input_slugs``. File names are UUIDs derived from the source path (stable across runs).
     """
-    sockets = read_inputs_json(inputs_json) if inputs_json else [(s, f"images/{s}") for s in input_slugs]
+    sockets = read_inputs_json(inputs_json) if inputs_json else [
+        (check_slug(s, "--input-slug"), f"images/{s}") for s in input_slugs]
     slugs = [s for s, _ in sockets]
     listing, written = [], []
     for (slug, relative), image in zip(sockets, socket_images(images, slugs)):
@@ -115,7 +120,7 @@ def write_case(folder: Path, images: Sequence[Path], input_slugs: Sequence[str],
 
 
 def output_files(output: Path, slug: str) -> list[Path]:
-    folder = output / "images" / slug
+    folder = output / "images" / check_slug(slug, "output socket slug")
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(OUTPUT_ENDINGS))

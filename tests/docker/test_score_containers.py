@@ -118,7 +118,7 @@ def _dice(rows: list[dict[str, str]]) -> dict[tuple[str, str], str]:
 def test_exported_model_scores_like_selfunet_predict_beside_an_independent_container(
         engine, project_image, threshold_images, trained, task, tmp_path) -> None:
     context = gc.export_gc(trained, tmp_path / "gc", image=project_image, tag=f"{OURS}:latest",
-                           mirroring=False)
+                           mirroring=False, dataset=task.dataset)
     for name in ("Dockerfile", "inference.py", "gc.json", "do_build.sh", "do_test_run.sh", "do_save.sh",
                  "model/plan.json", "model/selection.json", "test/input/inputs.json"):
         assert (context / name).is_file(), name
@@ -171,7 +171,7 @@ def test_socket_per_channel_and_model_tarball_with_the_phase_inputs_json(
         {"interface": {"slug": "t2-mri", "kind": "Image", "super_kind": "Image", "relative_path": "images/t2-mri"},
          "image": {"name": "b.mha"}}]))
     context = gc.export_gc(trained, tmp_path / "gc", image=project_image, tag=f"{OURS}-sockets:latest",
-                        model_tarball=True, inputs_json=phase, mirroring=False)
+                        model_tarball=True, inputs_json=phase, mirroring=False, dataset=task.dataset)
     assert (context / "test" / "input" / "inputs.json").read_text() == phase.read_text()
     assert [p.parent.name for p in sorted((context / "test" / "input" / "images").glob("*/*.mha"))] == [
         "t1-mri", "t2-mri"]
@@ -210,12 +210,13 @@ def test_failing_cases_are_recorded_scored_as_the_worst_case_and_scoring_goes_on
     assert not engine.containers.list(all=True, filters={"label": "selfunet.algorithm"})
 
 
-def test_a_root_base_image_is_refused_before_the_build(engine, placeholder_work, tmp_path) -> None:
+def test_a_root_base_image_is_refused_before_the_build(engine, placeholder_work, demo_root, tmp_path) -> None:
     from selfunet.errors import SelfUNetError
 
     with pytest.raises(SelfUNetError, match="runs as root"):
         gc.check_non_root(engine, BASE)
-    context = gc.export_gc(placeholder_work, tmp_path / "gc", image=BASE, tag=f"{OURS}-root:latest")
+    context = gc.export_gc(placeholder_work, tmp_path / "gc", image=BASE, tag=f"{OURS}-root:latest",
+                           dataset=demo_root)
     built = subprocess.run(["bash", str(context / "do_build.sh")], capture_output=True, text=True, timeout=120,
                            env={**os.environ})
     assert built.returncode == 1 and "runs as root" in built.stderr, built.stdout + built.stderr

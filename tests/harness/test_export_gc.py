@@ -2,7 +2,8 @@
 
 The image is built, run and compared with `selfunet predict --selection` in
 tests/docker/test_score_containers.py; here the context's files are checked on a work directory
-whose checkpoints are placeholders (nothing here loads them).
+whose checkpoints are placeholders (nothing here loads them). The test case comes from the dataset
+named explicitly (``dataset=``): the work directory's fingerprint.json was written by a job.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def work(tiny_work_template: Path, tmp_path: Path) -> Path:
     return work
 
 
-def test_context_has_the_template_scripts_platform_and_socket_labels(work: Path, tmp_path: Path) -> None:
-    out = gc.export_gc(work, tmp_path / "gc", image="selfunet:latest")
+def test_context_has_the_template_scripts_platform_and_socket_labels(work: Path, demo_root: Path,
+                                                                      tmp_path: Path) -> None:
+    out = gc.export_gc(work, tmp_path / "gc", dataset=demo_root, image="selfunet:latest")
     for script in gc.SCRIPTS:
         assert (out / script).stat().st_mode & stat.S_IXUSR, script
     assert not any((out / name).exists() for name in ("build.sh", "test.sh", "save.sh"))
@@ -55,8 +57,8 @@ def test_context_has_the_template_scripts_platform_and_socket_labels(work: Path,
     assert config["model_in_image"] and config["test_case"]["id"] and config["platform"] == "linux/amd64"
 
 
-def test_one_socket_per_channel_and_a_model_tarball(work: Path, tmp_path: Path) -> None:
-    out = gc.export_gc(work, tmp_path / "gc", input_slugs=["t1", "t2"], model_tarball=True)
+def test_one_socket_per_channel_and_a_model_tarball(work: Path, demo_root: Path, tmp_path: Path) -> None:
+    out = gc.export_gc(work, tmp_path / "gc", dataset=demo_root, input_slugs=["t1", "t2"], model_tarball=True)
     import SimpleITK as sitk
 
     for slug in ("t1", "t2"):
@@ -71,21 +73,21 @@ def test_one_socket_per_channel_and_a_model_tarball(work: Path, tmp_path: Path) 
     assert {"plan.json", "selection.json", "train/3d_fullres/fold_0/checkpoint_final.pt"} <= names
 
 
-def test_socket_count_must_be_one_or_the_channel_count(work: Path, tmp_path: Path) -> None:
+def test_socket_count_must_be_one_or_the_channel_count(work: Path, demo_root: Path, tmp_path: Path) -> None:
     with pytest.raises(SelfUNetError, match="one per channel"):
-        gc.export_gc(work, tmp_path / "gc", input_slugs=["a", "b", "c"])
+        gc.export_gc(work, tmp_path / "gc", dataset=demo_root, input_slugs=["a", "b", "c"])
 
 
-def test_the_phase_inputs_json_lays_out_the_test_case(work: Path, tmp_path: Path) -> None:
+def test_the_phase_inputs_json_lays_out_the_test_case(work: Path, demo_root: Path, tmp_path: Path) -> None:
     phase = tmp_path / "inputs.json"
     phase.write_text(json.dumps([{"interface": {"slug": "mr", "kind": "Image", "relative_path": "images/mr-scan"},
                                   "image": {"name": "x.mha"}}]))
-    out = gc.export_gc(work, tmp_path / "gc", inputs_json=phase)
+    out = gc.export_gc(work, tmp_path / "gc", dataset=demo_root, inputs_json=phase)
     assert (out / "test" / "input" / "inputs.json").read_text() == phase.read_text()
     assert len(list((out / "test" / "input" / "images" / "mr-scan").glob("*.mha"))) == 1
     assert json.loads((out / "gc.json").read_text())["input_slugs"] == ["mr"]
     with pytest.raises(SelfUNetError, match=r"inputs\.json"):
-        gc.export_gc(work, tmp_path / "gc2", inputs_json=tmp_path / "missing.json")
+        gc.export_gc(work, tmp_path / "gc2", dataset=demo_root, inputs_json=tmp_path / "missing.json")
 
 
 def test_gpu_detection_follows_a_working_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
