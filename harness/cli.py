@@ -132,8 +132,14 @@ def run(
     = None,
     cpus: Annotated[Optional[float], typer.Option(help="--sandbox docker: CPUs per job (overrides resources.cpus)")]
     = None,
-    memory_gb: Annotated[Optional[float], typer.Option(help="--sandbox docker: memory limit per job in GB")] = None,
-    job_timeout: Annotated[Optional[float], typer.Option(help="--sandbox docker: kill a job after SECONDS")] = None,
+    memory_gb: Annotated[Optional[float], typer.Option(
+        help="--sandbox docker: memory limit per job in GB (default: resources.memory_gb, else 75% of the host's)")]
+    = None,
+    job_timeout: Annotated[Optional[float], typer.Option(
+        help="--sandbox docker: kill a job after SECONDS (overrides the descriptor's container.timeout_s)")] = None,
+    container_user: Annotated[Optional[str], typer.Option(
+        help="--sandbox docker: UID:GID jobs run as (default: yours; as root: the image's user 1000:1000; "
+        "0:0 runs them as root, on purpose only)")] = None,
     work_root: Annotated[Path, typer.Option(help="work directories go to DIR/<task>")] = Path("work"),
     results: Annotated[Path, typer.Option(help="results go to DIR/<task>")] = Path("results"),
     data_root: DataRootOpt = None,
@@ -160,9 +166,9 @@ def run(
     problems = [p for p in (dataset_problem(t) or folds_problem(t) for t in loaded) if p]
     if problems:
         raise SelfUNetError("\n".join(problems))
-    options = {"image": image, "cpus": cpus, "memory_gb": memory_gb, "timeout_s": job_timeout}
+    options = {"image": image, "cpus": cpus, "memory_gb": memory_gb, "timeout_s": job_timeout, "user": container_user}
     if sandbox != "docker" and any(v is not None for v in options.values()):
-        raise SelfUNetError("--image/--cpus/--memory-gb/--job-timeout apply to --sandbox docker only.")
+        raise SelfUNetError("--image/--cpus/--memory-gb/--job-timeout/--container-user apply to --sandbox docker only.")
     if executor == "local" and jobs is None:
         from harness.executors.local import default_cpu_jobs
 

@@ -200,8 +200,10 @@ class Runner:
         task = graph.task
         request = SandboxRequest(
             job_id=f"{rec.task}-{job.id}", argv=argv, log_path=graph.markers.log(job.id),
-            read_only=job.read_only, read_write=(graph.work,), cpus=task.resources.cpus,
-            memory_gb=task.resources.memory_gb,
+            # the dataset path comes from the descriptor only, never from a file a job wrote
+            read_only=tuple(dict.fromkeys((*job.read_only, task.dataset))), read_write=(graph.work,),
+            cpus=task.resources.cpus, memory_gb=task.resources.memory_gb,
+            container=task.container, timeout_s=task.container.timeout_for(job.stage),
         )
         self.executor.submit(key, request, uses_gpu=job.uses_gpu)
         return "submitted"

@@ -25,6 +25,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.sandboxes.policy import ContainerPolicy
 from selfunet.errors import SelfUNetError, clip, quote
 from selfunet.planning.presets import PRESETS
 from selfunet.training.budgets import BUDGETS, budget_config
@@ -98,7 +99,8 @@ class Export(_Strict):
 
 class Resources(_Strict):
     """What one job of this task may use; the process sandbox passes ``cpus`` as worker processes,
-    container sandboxes will also enforce the limits."""
+    the Docker sandbox enforces both (without ``memory_gb``: a fraction of the host's memory,
+    :data:`harness.sandboxes.policy.DEFAULT_MEMORY_FRACTION`)."""
 
     cpus: int = Field(default=2, ge=1)
     memory_gb: Optional[float] = Field(default=None, gt=0)
@@ -173,6 +175,8 @@ class TaskDescriptor(_Strict):
     seed: int = 0
     export: Export = Field(default_factory=Export)
     resources: Resources = Field(default_factory=Resources)
+    container: ContainerPolicy = Field(default_factory=ContainerPolicy)
+    """``--sandbox docker``: hardened by default; each field loosens one setting (docs/containers.md)."""
     test_labels: Optional[Path] = None
     """folder of the test cases' reference label maps (named like the cases), for ``harness score``;
     absolute after loading."""

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.sandboxes.policy import ContainerPolicy
+
 #: how long stopped jobs get to save their state before they are killed.
 STOP_GRACE_S = 10.0
 
@@ -33,7 +35,8 @@ class SandboxRequest:
     ``argv`` are the arguments of the ``selfunet`` command (without the program name). The paths
     tell a container sandbox what to mount: ``read_only`` (the dataset) and ``read_write`` (the
     work directory); the process sandbox ignores them. ``cpus``/``memory_gb`` are limits a
-    container enforces and a process uses as a hint.
+    container enforces and a process uses as a hint; ``container`` and ``timeout_s`` apply to
+    containers only.
     """
 
     job_id: str
@@ -44,6 +47,10 @@ class SandboxRequest:
     cpus: int | None = None
     memory_gb: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: how tightly a container is shut in (the task's ``container:`` section; None = all hardened defaults).
+    container: ContainerPolicy | None = None
+    #: seconds the job may run (the task's ``container.timeout_s`` for this stage); None = no limit.
+    timeout_s: float | None = None
 
 
 class Sandbox(ABC):
