@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.sandboxes.docker import ROOT_HOST_JOB_USER
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -91,16 +92,25 @@ def test_docker_leaderboard_equals_the_process_one(demo_runs) -> None:
 
 
 def test_work_files_are_not_written_by_another_user(demo_runs) -> None:
+    """Jobs write as the harness's user; a harness running as root hands the work directory to the
+    image's unprivileged user instead (containers never run as uid 0)."""
     work = demo_runs["root"] / "work_docker" / "demo"
-    owners = {p.stat().st_uid for p in work.rglob("*")}
-    assert owners == {os.getuid()}
+    owners = {p.lstat().st_uid for p in work.rglob("*")}
+    if os.getuid() == 0:
+        job_uid = int(ROOT_HOST_JOB_USER.split(":")[0])
+        assert job_uid in owners and owners <= {0, job_uid}
+        trained = list(work.rglob("checkpoint_final.pt"))
+        assert trained and {p.stat().st_uid for p in trained} == {job_uid}  # written inside, not as root
+    else:
+        assert owners == {os.getuid()}
 
 
 def test_grand_challenge_container_matches_selfunet_predict(demo_runs, engine, project_image, tmp_path) -> None:
     from harness.export_gc import export_gc, test_container
 
     work = demo_runs["root"] / "work_docker" / "demo"
-    context = export_gc(work, tmp_path / "gc", image=project_image, tag="selfunet-gc-test:latest")
+    context = export_gc(work, tmp_path / "gc", image=project_image, tag="selfunet-gc-test:latest",
+                        dataset=demo_runs["root"] / "data" / "demo")
     for name in ("Dockerfile", "inference.py", "gc.json", "do_build.sh", "do_test_run.sh", "do_save.sh",
                  "model/plan.json", "model/selection.json", "test/input/inputs.json"):
         assert (context / name).is_file(), name
