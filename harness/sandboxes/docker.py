@@ -63,12 +63,20 @@ def hand_over(folder: Path, uid: int, gid: int | None) -> int:
     there; entries already owned are left alone, links are not followed. Returns how many changed."""
     changed = 0
     for current, dirs, files in os.walk(folder):
-        for entry in (current, *(os.path.join(current, n) for n in (*dirs, *files))):
-            st = os.lstat(entry)
-            if st.st_uid != uid or (gid is not None and st.st_gid != gid):
-                os.lchown(entry, uid, -1 if gid is None else gid)
-                changed += 1
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(current, d))]
+        for entry in (current, *(os.path.join(current, n) for n in files)):
+            try:
+                st = os.lstat(entry)
+                if st.st_uid != uid or (gid is not None and st.st_gid != gid):
+                    os.lchown(entry, uid, -1 if gid is None else gid)
+                    changed += 1
+            except FileNotFoundError:  # a temp file another job renamed meanwhile
+                continue
+        for name in dirs:  # links to folders: the link itself (os.walk does not descend into it)
+            entry = os.path.join(current, name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.islink(entry) and os.lstat(entry).st_uid != uid:
+                    os.lchown(entry, uid, -1 if gid is None else gid)
+                    changed += 1
     return changed
 
 
