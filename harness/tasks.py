@@ -173,6 +173,10 @@ class TaskDescriptor(_Strict):
     ``resenc-xl``); each preset's configurations are candidates named ``<config>@<preset>``."""
     metrics: Metrics = Field(default_factory=Metrics)
     seed: int = 0
+    training: dict[str, Any] = Field(default_factory=dict)
+    """TrainConfig fields the train jobs run with, over the budget preset (``momentum: 0.9``;
+    augmentation ones under ``augmentation:``, e.g. ``{p_rotation: 0.0}``): every ``selfunet train``
+    option by its field name."""
     export: Export = Field(default_factory=Export)
     resources: Resources = Field(default_factory=Resources)
     container: ContainerPolicy = Field(default_factory=ContainerPolicy)
@@ -192,6 +196,20 @@ class TaskDescriptor(_Strict):
         if self.test_labels is not None and self.holdout is not None:
             raise ValueError("'test_labels' and 'holdout' both given; a task has one held-out test set: keep one")
         return self
+
+    @field_validator("training")
+    @classmethod
+    def _training_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        elsewhere = {"epochs": "budget.epochs", "iterations_per_epoch": "budget.iterations_per_epoch",
+                     "validation_iterations": "budget.validation_iterations", "num_folds": "folds", "seed": "seed"}
+        for key in value:
+            if key in elsewhere:
+                raise ValueError(f"'{key}' is set by the descriptor's `{elsewhere[key]}` key, not under training")
+        try:
+            TrainConfig.from_dict(value, source="training")
+        except SelfUNetError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("configurations")
     @classmethod
@@ -224,7 +242,8 @@ class TaskDescriptor(_Strict):
         """The TrainConfig the train jobs run with (preset, then this file's overrides)."""
         b = self.budget
         return budget_config(b.preset, epochs=b.epochs, iterations_per_epoch=b.iterations_per_epoch,
-                             validation_iterations=b.validation_iterations, num_folds=self.folds, seed=self.seed)
+                             validation_iterations=b.validation_iterations, num_folds=self.folds, seed=self.seed,
+                             **self.training)
 
     @property
     def num_folds(self) -> int:
@@ -267,8 +286,12 @@ class TaskDescriptor(_Strict):
         return self.model_copy(update=update)
 
     def content(self) -> dict:
-        """Everything that affects results, as plain JSON (what the descriptor hash covers)."""
-        return json.loads(self.model_dump_json())
+        """Everything that affects results, as plain JSON (what the descriptor hash covers). An empty
+        ``training`` is left out, so descriptors written before it existed keep their hash."""
+        content = json.loads(self.model_dump_json())
+        if not content.get("training"):
+            content.pop("training", None)
+        return content
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()

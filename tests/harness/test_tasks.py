@@ -164,6 +164,32 @@ def test_budget_override_and_data_root(tmp_path: Path, dataset: Path) -> None:
         task.with_budget("tiny")
 
 
+def test_training_section_reaches_the_train_config_and_the_train_jobs(tmp_path: Path, dataset: Path) -> None:
+    from selfunet.cli_options import train_argv
+
+    plain = load_task(write(tmp_path / "tasks" / "plain.yaml", good()))
+    assert "training" not in plain.content()  # older descriptors keep their hash
+    task = load_task(write(tmp_path / "tasks" / "t.yaml", good(
+        "budget: ci\ntraining:\n  momentum: 0.9\n  oversample_foreground: 0.5\n"
+        "  augmentation:\n    p_rotation: 0.0\n    scale_range: [0.8, 1.25]\n")))
+    config = task.train_config()
+    assert config.momentum == 0.9 and config.oversample_foreground == 0.5 and config.epochs == 3  # over ci
+    assert config.augmentation.p_rotation == 0.0 and config.augmentation.scale_range == (0.8, 1.25)
+    argv = train_argv(config)
+    assert argv[argv.index("--momentum") + 1] == "0.9" and "--aug-p-rotation" in argv
+    assert task.content()["training"]["momentum"] == 0.9 and task.digest() != plain.digest()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("training:\n  momentun: 0.9\n", "momentun"),
+    ("training:\n  momentum: 2\n", "momentum"),
+    ("training:\n  augmentation:\n    p_rotation: 3\n", "p_rotation"),
+    ("training:\n  epochs: 3\n", "budget.epochs"),
+])
+def test_bad_training_section_names_the_field(tmp_path: Path, dataset: Path, text: str, expected: str) -> None:
+    assert expected in load_error(write(tmp_path / "tasks" / "t.yaml", good(text)))
+
+
 def test_shipped_descriptors_all_load() -> None:
     tasks = load_tasks([REPO / "tasks"])
     names = [t.name for t in tasks]
