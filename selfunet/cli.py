@@ -286,6 +286,9 @@ def predict(
     rule = None
     members = list(configurations or [])
     if model is not None:
+        if selection is not None or checkpoint != "checkpoint_final.pt":
+            raise SelfUNetError("predict --model takes its members, folds and postprocessing from the archive; "
+                                "leave out --selection and --checkpoint (use -c/--fold to choose among them).")
         from selfunet.model_archive import load_model_archive
         from selfunet.runtime import resolve_device
 
