@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +125,19 @@ def test_killed_run_leftovers_are_not_trusted(tmp_path, demo_fingerprint, demo_p
     files = case_files(folder, victim)
     files["properties"].unlink()
     files["data"].write_bytes(b"torn")  # as if a non-atomic writer had died here
-    stale = folder / f".{victim}.npy.abc123.tmp"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead_pid = int(finished.stdout)  # a writer that is gone
+    stale = folder / f".{victim}.npy.{dead_pid}.0123abcd.tmp"
     stale.write_bytes(b"half an array")
+    live = folder / f".{victim}_seg.npy.{os.getppid()}.89abcdef.tmp"  # a live writer's temp file: not ours to delete
+    live.write_bytes(b"being written")
 
     redone = run_preprocess(work, ["3d_fullres"], processes=1)
     assert redone == {"3d_fullres": [victim]}
     assert not stale.exists()
+    assert live.exists()
+    live.unlink()
     reference = case_files(WorkDir(serial_work).preprocessed("3d_fullres"), victim)
     np.testing.assert_array_equal(np.load(files["data"]), np.load(reference["data"]))
     assert PreprocessedCase.load(files["properties"]) == PreprocessedCase.load(reference["properties"])
