@@ -1,9 +1,10 @@
 """A grand-challenge algorithm container on one case, in the Docker job sandbox.
 
-Same engine code, limits and failure reporting as the harness's own jobs
-(:class:`~harness.sandboxes.docker.DockerSandbox`: no network, CPU and memory limits, an OOM kill
-and a timeout named in the log and returned as their own exit codes, the container always
-removed), with the platform's contract instead of ``selfunet ARGV``:
+Same engine code, hardening, limits and failure reporting as the harness's own jobs
+(:class:`~harness.sandboxes.docker.DockerSandbox`: no network, all capabilities dropped,
+``no-new-privileges``, a pids limit, a read-only root with a tmpfs ``/tmp``, CPU and memory
+limits, an OOM kill and a timeout named in the log and returned as their own exit codes, the
+container always removed), with the platform's contract instead of ``selfunet ARGV``:
 
 - the case folder is mounted read-only at ``/input`` and a fresh folder read-write at
   ``/output`` (the request's one ``read_only`` and one ``read_write`` path);
