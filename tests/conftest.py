@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import convert_msd_to_nnunetv2
+from helpers import convert_msd_to_nnunetv2, make_tiny_work
 
 from selfunet.data.dataset import DatasetSpec, load_dataset
 from selfunet.data.demo import make_demo_dataset
@@ -41,34 +41,6 @@ def demo_root(demo_dataset: DatasetSpec) -> Path:
 
 
 # ---- H9 (training / prediction tests): a tiny plan on the demo task, preprocessed once ----------
-def make_tiny_work(demo_root: Path, work: Path, preset: str = "default") -> Path:
-    """A work directory over ``demo_root`` whose 3d_fullres configuration is shrunk (patch
-    16x32x32, 3 stages of 8/16/32 features) so a training iteration takes a fraction of a second.
-    Preprocessing does not depend on patch or topology, so the data is the real plan's.
-    ``preset`` plans with that planner preset; a residual-encoder preset keeps its architecture
-    (stem + 1/3/4 residual blocks, one decoder conv per stage) in the tiny topology."""
-    from selfunet.planning.fingerprint import run_fingerprint
-    from selfunet.planning.plan import run_plan
-    from selfunet.planning.plan_types import NetworkTopology
-    from selfunet.preprocessing.preprocess import run_preprocess
-
-    run_fingerprint(demo_root, work, processes=1)
-    plan = run_plan(work, preset=preset)
-    full = plan.configurations["3d_fullres"]
-    shared = dict(dimension=3, features_per_stage=[8, 16, 32], kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]],
-                  strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]])
-    if full.topology.architecture == "residual_encoder":
-        topology = NetworkTopology(**shared, architecture="residual_encoder", blocks_per_stage_encoder=[1, 3, 4],
-                                   convs_per_stage_encoder=[2, 6, 8], convs_per_stage_decoder=[1, 1])
-    else:
-        topology = NetworkTopology(**shared, convs_per_stage_encoder=[2, 2, 2], convs_per_stage_decoder=[2, 2])
-    tiny = full.model_copy(update={"patch_size": [16, 32, 32], "batch_size": 2, "topology": topology})
-    plan = plan.model_copy(update={"configurations": {"3d_fullres": tiny}})
-    plan.save(work / "plan.json")
-    run_preprocess(work, ["3d_fullres"], processes=1)
-    return work
-
-
 @pytest.fixture(scope="session")
 def tiny_work_template(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fingerprint + tiny plan + preprocessed demo data. Read-only: copy it (``tiny_work``)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_tiny_work
+from helpers import make_tiny_work
 from typer.testing import CliRunner
 
 from selfunet.cli import app

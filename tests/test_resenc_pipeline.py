@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import make_tiny_work
+from helpers import make_tiny_work
 from typer.testing import CliRunner
 
 from selfunet.cli import app

@@ -40,8 +40,3 @@ def project_image(engine) -> str:
         pytest.skip(f"image {ref} not built: `harness image build --base-image selfunet-base:bookworm` "
                     "(or .ci/docker-tests.sh)")
     return ref
-
-
-def job_containers(client, job_id: str) -> list:
-    """Containers (running or not) a sandbox made for ``job_id``: must be none once it returned."""
-    return client.containers.list(all=True, filters={"label": f"selfunet.job={job_id}"})

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import job_containers
+from docker_helpers import job_containers
 
 from harness.sandboxes.base import SandboxRequest, Slot
 from harness.sandboxes.docker import EXIT_TIMEOUT, ROOT_HOST_JOB_USER, DockerSandbox

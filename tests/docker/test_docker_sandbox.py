@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import job_containers
+from docker_helpers import job_containers
 
 from harness.sandboxes.base import SandboxRequest, Slot
 from harness.sandboxes.docker import EXIT_OOM, EXIT_TIMEOUT, DockerSandbox
