@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal, Optional, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -52,7 +51,7 @@ def errors_to(target: Console) -> Callable[[F], F]:
             except OSError as exc:
                 target.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
-            except (typer.Exit, typer.Abort, click.ClickException):
+            except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors: typer reports them
                 raise
             except Exception as exc:  # a bug, not the user's input: one line, the traceback only with -v
                 if VERBOSE:

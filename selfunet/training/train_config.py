@@ -79,8 +79,10 @@ class TrainConfig(Artifact):
     """every probability and range of the data augmentation (``--aug-*`` options)."""
 
 
-#: fields a resumed run may change: where and how fast it runs, not what it computes.
+#: fields a resumed run may change: where and how fast it runs, not what it trains. The number of
+#: validation batches only sets how closely the pseudo-Dice is estimated (training batches are
+#: seeded by their index, so the weights do not depend on it).
 RESUMABLE_FIELDS = frozenset({
     "device", "amp", "compile", "channels_last", "deterministic", "checkpoint_every", "prefetch_batches",
-    "loader_workers", "loader_mode", "predict_validation", "validation_mirroring",
+    "loader_workers", "loader_mode", "predict_validation", "validation_mirroring", "validation_iterations",
 })
