@@ -51,10 +51,11 @@ def errors_to(target: Console) -> Callable[[F], F]:
             except OSError as exc:
                 target.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
-            except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors: typer reports them
+            except (typer.Exit, typer.Abort):
                 raise
             except Exception as exc:  # a bug, not the user's input: one line, the traceback only with -v
-                if VERBOSE:
+                # click-style usage errors (from typer's copy of click or click itself) are typer's to report
+                if VERBOSE or hasattr(exc, "show"):
                     raise
                 target.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(clip(str(exc)))} (a bug, "
                              "not your input: please report it with the command; `-v` prints the traceback)",

@@ -47,7 +47,16 @@ def field_defaults(group: OptionGroup) -> dict[str, Any]:
 
 def help_rows(command: str) -> dict[str, str]:
     """``--option`` -> the whole text of its row in ``selfunet COMMAND --help`` (wrapped lines joined)."""
-    result = runner.invoke(app, [command, "--help"], env={"TERMINAL_WIDTH": "240", "NO_COLOR": "1"})
+    import typer.rich_utils
+
+    # typer reads TERMINAL_WIDTH once, when rich_utils is first imported (maybe by an earlier test):
+    # set the width it uses directly, so the rows do not depend on the order tests run in
+    width = typer.rich_utils.MAX_WIDTH
+    typer.rich_utils.MAX_WIDTH = 240
+    try:
+        result = runner.invoke(app, [command, "--help"], env={"TERMINAL_WIDTH": "240", "NO_COLOR": "1"})
+    finally:
+        typer.rich_utils.MAX_WIDTH = width
     assert result.exit_code == 0, result.output
     rows: dict[str, str] = {}
     current = None
