@@ -269,7 +269,8 @@ def model_files(work: Path) -> list[tuple[Path, str]]:
     from selfunet.planning.plan_types import Plan
 
     selection = Selection.load(work / "selection.json")
-    check_configuration(selection.selected, f"{work}/selection.json: 'selected'")
+    for part in selection.selected.split("+"):  # a pair or ensemble is named "a+b"
+        check_configuration(part, f"{work}/selection.json: 'selected'")
     for member in selection.members:
         check_configuration(member, f"{work}/selection.json: member")
     files = [(work / "selection.json", "selection.json")]
