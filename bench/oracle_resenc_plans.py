@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from oracle_plans import (  # noqa: E402
-    DEFAULT_REFERENCE_PYTHON,
     TASKS,
     Comparison,
     _folder,
@@ -153,8 +152,8 @@ def markdown(rows: dict[str, list[Comparison]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference-python",
-                        default=os.environ.get("SELFUNET_REFERENCE_PYTHON", DEFAULT_REFERENCE_PYTHON))
+    parser.add_argument("--reference-python", default=os.environ.get("SELFUNET_REFERENCE_PYTHON"),
+                        required="SELFUNET_REFERENCE_PYTHON" not in os.environ)
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
     rows, seconds = compare(args.reference_python)

@@ -17,16 +17,19 @@ from ray_fakes import fake_program
 from harness.executors.ray import RayExecutor
 from harness.jobs import Job, Markers
 from harness.runner import Runner
+from harness.sandboxes.policy import ContainerPolicy
 from harness.sandboxes.process import ProcessSandbox
 
 
 class FakeGraph:
-    """What the Runner needs of a TaskGraph: a task name and resources, markers, the jobs."""
+    """What the Runner needs of a TaskGraph: a task (name, dataset, resources, container policy),
+    markers, the jobs."""
 
     def __init__(self, work: Path, jobs: int, seconds: float) -> None:
         self.work = work
         self.markers = Markers(work)
-        self.task = SimpleNamespace(name="fake", resources=SimpleNamespace(cpus=None, memory_gb=None))
+        self.task = SimpleNamespace(name="fake", dataset=work, resources=SimpleNamespace(cpus=None, memory_gb=None),
+                                    container=ContainerPolicy())
         self.count, self.seconds = jobs, seconds
 
     def _job(self, job_id: str, deps: tuple[str, ...] = ()) -> Job:
