@@ -22,9 +22,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.descriptor_yaml import load_raw
 from harness.sandboxes.policy import ContainerPolicy
 from selfunet.errors import SelfUNetError, clip, quote
 from selfunet.planning.presets import PRESETS
@@ -298,110 +298,6 @@ class TaskDescriptor(_Strict):
 
 
 # -- loading --------------------------------------------------------------------------------------
-#: a descriptor is a few hundred bytes; anything this big is not one (and would be slow to parse).
-MAX_DESCRIPTOR_BYTES = 256 * 1024
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe loading without aliases (``*name``): a handful of nested aliases expands to billions of
-    nodes (the "billion laughs"), and a descriptor shares values through ``include:`` instead."""
-
-    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"found the alias *{clip(str(event.anchor), 50)}; YAML aliases are not allowed in "
-                "descriptors (write the value out, or share it through `include:`)", event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
-        """PyYAML keeps the last of two equal keys without a word; a descriptor must not lose one silently."""
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if first != key_node.start_mark.line + 1:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {quote(key, 60)} appears twice (line {first} and line "
-                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_yaml(path: Path, included_from: Path | None) -> dict:
-    if not path.is_file():
-        where = f" (included from {included_from})" if included_from else ""
-        raise SelfUNetError(f"{path}: descriptor not found{where}; fix the path (includes are relative to the "
-                            "including file) or create the file.")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SelfUNetError(f"{path}: cannot read the descriptor ({exc.strerror or exc}); check its permissions.") \
-            from None
-    if len(data) > MAX_DESCRIPTOR_BYTES:
-        raise SelfUNetError(f"{path}: {len(data)} bytes is too big for a task descriptor (at most "
-                            f"{MAX_DESCRIPTOR_BYTES}); is it the right file?")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise SelfUNetError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); save the file "
-                            "as UTF-8.") from None
-    try:
-        raw = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = clip(str(getattr(exc, "problem", None) or exc))
-        raise SelfUNetError(f"{path}: not valid YAML{at} ({problem}); fix the syntax.") from None
-    except RecursionError:
-        raise SelfUNetError(f"{path}: not valid YAML (nested too deeply); a descriptor is a flat mapping of a few "
-                            "keys.") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SelfUNetError(f"{path}: a descriptor must be a mapping of keys (name: ..., dataset: ...), "
-                            f"not a {type(raw).__name__}.")
-    return raw
-
-
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """The merged mapping of ``path`` and its includes (recursively), relative dataset resolved."""
-    path = path.resolve()
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path))
-        raise SelfUNetError(f"{chain[-1]}: key 'include': include cycle {cycle}; remove one of these includes.")
-    raw = _read_yaml(path, chain[-1] if chain else None)
-    includes = raw.pop("include", [])
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise SelfUNetError(f"{path}: key 'include': expected a file path or a list of file paths, got "
-                            f"{quote(includes)}.")
-    merged: dict = {}
-    for include in includes:
-        merged = _merge(merged, _load_raw(path.parent / include, (*chain, path)))
-    if raw.get("dataset") == "":
-        raise SelfUNetError(f"{path}: key 'dataset': empty; set it to the dataset folder (relative to {path.parent}).")
-    for key in ("dataset", "test_labels"):
-        if isinstance(raw.get(key), str):
-            try:
-                raw[key] = str((path.parent / Path(raw[key]).expanduser()).resolve())
-            except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
-                raise SelfUNetError(f"{path}: key '{key}': {quote(raw[key])} is not a usable path ({exc}); "
-                                    "set it to a folder.") from None
-    return _merge(merged, raw)
-
-
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The sub-model that holds the key at ``loc`` (for the did-you-mean of nested keys)."""
     for part in loc:
@@ -446,7 +342,7 @@ def _describe(err: dict, path: Path) -> str:
 def load_task(path: Path) -> TaskDescriptor:
     """Read, include, merge and validate one descriptor; every problem in one error."""
     path = Path(path)
-    raw = _load_raw(path)
+    raw = load_raw(path)
     try:
         task = TaskDescriptor.model_validate(raw)
     except ValidationError as exc:

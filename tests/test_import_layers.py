@@ -140,3 +140,13 @@ def test_every_stage_package_says_what_it_takes_and_gives() -> None:
         init = ROOT / "selfunet" / stage / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and " out" in doc, f"{init}: the docstring must say what the stage takes in and gives out"
+
+
+#: the size guideline (STYLE.md, ~500 lines): a module past this has more than one concept in it.
+MAX_MODULE_LINES = 550
+
+
+def test_no_module_outgrows_the_size_guideline() -> None:
+    too_long = {str(p.relative_to(ROOT)): n for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+                if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not too_long, f"split these by concept (over {MAX_MODULE_LINES} lines): {too_long}"
