@@ -115,7 +115,9 @@ def test_close_cancels_running_jobs_and_their_processes_stop(ray_address: str, t
         time.sleep(0.2)
     start = time.time()
     executor.close()  # what the runner's Ctrl-C ends in
-    assert time.time() - start < 20
+    # the gentle cancel usually ends in seconds; after a long suite it has been seen to need the
+    # whole grace period, then the forced cancel follows: either way close() must not hang
+    assert time.time() - start < executor.cancel_grace_s + 15
     for out in outs:
         events = attempts(out)
         assert events[-1]["event"] == "terminated", events  # SIGTERM from the sandbox: a chance to checkpoint
