@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from selfunet.artifacts import read_user_text
 from selfunet.errors import SelfUNetError, clip, quote
 
 #: a descriptor is a few hundred bytes; anything this big is not one (and would be slow to parse).
@@ -53,20 +54,7 @@ def _read_yaml(path: Path, included_from: Path | None) -> dict:
         where = f" (included from {included_from})" if included_from else ""
         raise SelfUNetError(f"{path}: descriptor not found{where}; fix the path (includes are relative to the "
                             "including file) or create the file.")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SelfUNetError(f"{path}: cannot read the descriptor ({exc.strerror or exc}); check its permissions.") \
-            from None
-    if len(data) > MAX_DESCRIPTOR_BYTES:
-        raise SelfUNetError(f"{path}: {len(data)} bytes is too big for a task descriptor (at most "
-                            f"{MAX_DESCRIPTOR_BYTES}); is it the right file?")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise SelfUNetError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); save the file "
-                            "as UTF-8.") from None
+    text = read_user_text(path, "a task descriptor", MAX_DESCRIPTOR_BYTES, "save the file as UTF-8.")
     try:
         raw = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
     except yaml.YAMLError as exc:

@@ -75,6 +75,24 @@ class Artifact(BaseModel):
 A = TypeVar("A", bound=Artifact)
 
 
+def read_user_text(path: Path, what: str, max_bytes: int, utf8_fix: str) -> str:
+    """A small text file a user wrote (a descriptor, a dataset.json), read defensively: unreadable,
+    far too large for what it claims to be, or not UTF-8 (the line is named) are clean errors."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SelfUNetError(f"{path}: cannot read {what} ({exc.strerror or exc}); check its permissions.") from None
+    if len(data) > max_bytes:
+        raise SelfUNetError(f"{path}: {len(data)} bytes is too big for {what} (at most {max_bytes}); is it the right "
+                            "file?")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SelfUNetError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); {utf8_fix}") \
+            from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

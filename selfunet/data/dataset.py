@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from selfunet.artifacts import read_user_text
 from selfunet.data.io import ImageGeometry, file_ending, read_image, strip_ending
 from selfunet.data.labels import LabelScheme, scheme_from_declaration
 from selfunet.errors import SelfUNetError, clip, quote
@@ -100,19 +101,8 @@ def load_dataset(root: str | Path) -> DatasetSpec:
         raise SelfUNetError(
             f"{descriptor} not found: a dataset folder needs a dataset.json (MSD or nnU-Net v2 layout)."
         )
-    try:
-        data = descriptor.read_bytes()
-    except OSError as exc:
-        raise SelfUNetError(f"{descriptor}: cannot read it ({exc.strerror or exc}); check its permissions.") from None
-    if len(data) > MAX_DATASET_JSON_BYTES:
-        raise SelfUNetError(f"{descriptor}: {len(data)} bytes is too big for a dataset.json (at most "
-                            f"{MAX_DATASET_JSON_BYTES}); is it the right file?")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise SelfUNetError(f"{descriptor}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); save it as "
-                            "UTF-8 (JSON files are UTF-8).") from None
+    text = read_user_text(descriptor, "a dataset.json", MAX_DATASET_JSON_BYTES,
+                          "save it as UTF-8 (JSON files are UTF-8).")
     try:
         raw = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
