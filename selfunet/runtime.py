@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from selfunet import cpu_precision
 from selfunet.artifacts import atomic_path, write_failure
 from selfunet.errors import SelfUNetError, quote
 
@@ -38,36 +39,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-#: x86 CPU flags (``/proc/cpuinfo``) of instructions that compute bf16 products natively. Without
-#: them oneDNN emulates bf16 with fp32 arithmetic plus conversions, which is slower than plain fp32;
-#: with ``avx512_bf16`` training measured 2.3x faster than fp32 (docs/benchmarks.md, "Training").
-NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: the first CUDA compute capability with bf16 tensor cores (Ampere); older GPUs (T4 = 7.5,
 #: V100 = 7.0) report bf16 as "supported" but emulate it, so they get fp16 with a gradient scaler.
 NATIVE_BF16_CUDA_CAPABILITY = (8, 0)
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere: no bf16 on such CPUs)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
 def cpu_supports_bf16() -> bool:
-    """Whether bf16 autocast is worth it on this CPU: only with native bf16 instructions.
+    """Whether bf16 autocast is worth it on this CPU: native bf16 instructions and measured faster
+    than fp32 (once per machine, cached; :mod:`selfunet.cpu_precision`)."""
+    return cpu_precision.cpu_bf16_decision().use_bf16
 
-    A rule rather than a run-time measurement: the measurement would cost seconds per start and
-    be noisy on a shared machine, while the instruction set decides the outcome (emulated bf16 is
-    slower than fp32; native bf16 doubles the multiply-adds per instruction).
-    """
-    return bool(cpu_flags() & NATIVE_BF16_CPU_FLAGS)
+
+def precision_reason(dtype: torch.dtype | None, mode: str, device: torch.device) -> str:
+    """One line for the training log: which precision and why."""
+    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    if mode != "auto":
+        return f"{name} (--amp {mode})"
+    if device.type == "cpu":
+        return f"{name} (--amp auto: {cpu_precision.cpu_bf16_decision().describe()})"
+    if device.type == "cuda":
+        return f"{name} (--amp auto: compute capability {'.'.join(map(str, cuda_capability(device)))})"
+    return f"{name} (--amp auto)"
 
 
 def cuda_capability(device: torch.device) -> tuple[int, int]:
@@ -80,7 +72,7 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
 
     ``auto``: on CUDA, bf16 on GPUs with native bf16 (compute capability >= 8.0), else fp16 (the
     trainer then scales the loss with a ``GradScaler``); on CPUs, bf16 where
-    :func:`cpu_supports_bf16`, else fp32. ``fp16`` on a CPU is allowed when asked for explicitly
+    :func:`cpu_supports_bf16` (native bf16 and measured faster), else fp32. ``fp16`` on a CPU is allowed when asked for explicitly
     (it exercises the gradient-scaler path; it is slower than fp32 on most CPUs).
     """
     if mode == "off":

@@ -18,7 +18,8 @@ PACKAGES = ("selfunet", "harness")
 #: pipeline order inside ``selfunet``; a stage may import only stages before it (and itself).
 STAGES = ("data", "planning", "preprocessing", "training", "inference", "evaluation")
 #: shared by every stage: they may import nothing of the stages.
-SHARED = {"selfunet.artifacts", "selfunet.errors", "selfunet.workdir", "selfunet.runtime", "selfunet.locks"}
+SHARED = {"selfunet.artifacts", "selfunet.errors", "selfunet.workdir", "selfunet.runtime", "selfunet.locks",
+          "selfunet.cpu_precision"}
 
 
 def _module_name(path: Path) -> str:

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Real-data parity run: selfunet vs the reference nnU-Net v2 on the same folds and budget.
 # Usage: bench/parity/run_parity.sh [OUT=/tmp/parity]
-#   env: EPOCHS (1) ITERS (250) VAL_ITERS (50) FOLDS (3) REFPY (/work/refvenv/bin/python)
+#   env: EPOCHS (1) ITERS (250) VAL_ITERS (50) FOLDS (3)
+#        REFPY (the reference venv's python; default $SELFUNET_REFERENCE_PYTHON)
 #        SOURCE (TotalSegmentator reference_files folder)
+#        AMP (off): ours' --amp; the reference trains fp32 on a CPU, so fp32 is compared with fp32.
+#          A bf16 row of ours goes into another OUT (it reuses nothing of the fp32 run).
 # Ours and the reference train at the same time (same machine load for both), each side's folds in turn;
 # both sides' out-of-fold predictions are then scored by `selfunet evaluate` against the
 # same labels. Wall times go to OUT/timings.tsv, results to OUT/results.md.
 set -euo pipefail
 OUT=${1:-/tmp/parity}
 EPOCHS=${EPOCHS:-1}; ITERS=${ITERS:-250}; VAL_ITERS=${VAL_ITERS:-50}; FOLDS=${FOLDS:-3}
-REFPY=${REFPY:-/work/refvenv/bin/python}; REFBIN=$(dirname "$REFPY")
+REFPY=${REFPY:-${SELFUNET_REFERENCE_PYTHON:-/work/refvenv/bin/python}}; AMP=${AMP:-off}; REFBIN=$(dirname "$REFPY")
 SOURCE=${SOURCE:-/tmp/ts/totalsegmentator-2.18.0/tests/reference_files}
 HERE=$(cd "$(dirname "$0")" && pwd)
 DS=Dataset501_TSCTSlabs; TR=nnUNetTrainer_Parity
@@ -53,7 +56,7 @@ ours_chain() {
   for f in $(seq 0 $((FOLDS - 1))); do
     [ -f "$OUT/ours/train/3d_fullres/fold_$f/checkpoint_final.pt" ] || timed ours "train_fold$f" \
       selfunet train "$OUT/ours" -c 3d_fullres -f "$f" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" \
-        --validation-iterations "$VAL_ITERS" --num-folds "$FOLDS" --predict-validation
+        --validation-iterations "$VAL_ITERS" --num-folds "$FOLDS" --predict-validation --amp "$AMP"
   done
 }
 ref_chain() {

@@ -32,6 +32,7 @@ from selfunet.planning.plan_types import Configuration, Plan
 from selfunet.runtime import (
     checkpoint_problem,
     load_checkpoint,
+    precision_reason,
     resolve_amp,
     resolve_device,
     save_checkpoint,
@@ -361,6 +362,8 @@ class Trainer:
         elif log_path.exists():
             log_path.unlink()
         cfg.save(self.out / "train_config.json")
+        precision = precision_reason(self.amp_dtype, cfg.amp, self.device)
+        self.console.print(escape(f"precision: {precision}"), highlight=False)
         iterations = cfg.iterations_per_epoch
         from selfunet.training.loader import open_loader
 
@@ -426,6 +429,7 @@ class Trainer:
             "final_pseudo_dice_ema": state.ema, "best_pseudo_dice_ema": state.best_ema,
             "train_cases": self.train_ids, "validation_cases": self.val_ids,
             "device": str(self.device), "amp": str(self.amp_dtype),
+            "precision": precision_reason(self.amp_dtype, cfg.amp, self.device),
         })
         return final
 
