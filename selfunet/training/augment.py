@@ -30,7 +30,6 @@ from selfunet.training.augment_config import AugmentationConfig, AugmentationPar
 from selfunet.training.augment_intensity import apply_intensity, zero_outside_mask
 from selfunet.training.augment_spatial import (
     crop_slices,
-    mirror,
     needed_boxes,
     read_patch_size,
     read_region,
@@ -234,9 +233,10 @@ class Augmenter:
                 out_label = torch.empty((len(images), 1, *self.patch_size), dtype=torch.int64, device=self.device)
             n_images = self.image_channels(image.shape[0])
             matrix = params.matrix[b] if bool(params.spatial[b]) else None
+            flips = torch.nonzero(params.mirror[b]).flatten().tolist()
             warp_sample(image, label, [int(v) for v in lowers[b]], matrix, self.patch_size, self.per_slice,
-                        n_images, out_image[b], out_label[b])
-        image, label = mirror(out_image, out_label, params.mirror)
+                        n_images, out_image[b], out_label[b], flips)
+        image, label = out_image, out_label
         n = n_images
         parts = [apply_intensity(image[:, :n], params, self.per_slice)]
         if n < image.shape[1]:

@@ -181,6 +181,7 @@ def warp_sample(
     intensity_channels: int,
     out_image: torch.Tensor,
     out_label: torch.Tensor,
+    mirror_axes: Sequence[int] = (),
 ) -> None:
     """One sample: image [C, *box] float, label [1, *box] integer, the box's lower corner relative
     to the patch's lower corner, and the affine ``matrix`` [k, k] (None: no rotation/scaling).
@@ -188,18 +189,29 @@ def warp_sample(
     Writes ``out_image`` [C, *patch] and ``out_label`` [1, *patch] (int64; a batch's slots, so no
     sample is copied twice). Channels from ``intensity_channels`` on (the cascade's one-hot
     segmentation) are moved like the label: nearest, zero outside.
+
+    ``mirror_axes`` (spatial axes) flips the result along them without a pass of its own: a
+    cropped sample is copied from a reversed view (numpy's negative strides, on the CPU), a warped
+    one samples with the matrix's columns negated (the patch's offsets from its centre are
+    symmetric, so output voxel ``i`` then samples where voxel ``P-1-i`` did).
     """
     patch = tuple(int(p) for p in patch)
+    flips = sorted({int(a) for a in mirror_axes})
     if matrix is None:
         sl = tuple(slice(-int(lo), -int(lo) + p) for lo, p in zip(lower, patch))
         if any(s.start < 0 or s.stop > n for s, n in zip(sl, image.shape[1:])):
             raise SelfUNetError(
                 f"augmentation: input box {tuple(image.shape[1:])} at {list(lower)} does not hold the patch {patch}."
             )
-        out_image.copy_(image[(slice(None), *sl)])
-        out_label.copy_(label[(slice(None), *sl)])
+        _copy_flipped(out_image, image[(slice(None), *sl)], flips)
+        _copy_flipped(out_label, label[(slice(None), *sl)], flips)
         return
     device = image.device
+    in_plane = [a for a in flips if not (per_slice and a == 0)]
+    if in_plane:
+        sign = torch.ones(matrix.shape[-1], dtype=matrix.dtype)
+        sign[[a - 1 if per_slice else a for a in in_plane]] = -1
+        matrix = matrix * sign.to(matrix.device)[None, :]
     n = intensity_channels
     # nearest-sampled part: label + 1 (so the zero padding reads as -1) and the one-hot channels
     discrete = torch.cat([label.to(torch.float32) + 1, image[n:]], 0)
@@ -222,14 +234,17 @@ def warp_sample(
     moved = run(discrete, "nearest")
     out_label.copy_(torch.round(moved[:1]) - 1)
     out_image[n:] = moved[1:]
+    if per_slice and 0 in flips:  # across slices: the in-plane matrix cannot express it
+        out_image.copy_(out_image.flip(1))
+        out_label.copy_(out_label.flip(1))
 
 
-def mirror(image: torch.Tensor, label: torch.Tensor, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip sample ``b`` along spatial axis ``a`` where ``flags[b, a]`` ([B, d] bool), in place
-    (one flip per sample over all its axes)."""
-    for b, row in enumerate(flags.tolist()):
-        dims = [axis + 1 for axis, flip in enumerate(row) if flip]
-        if dims:
-            image[b] = image[b].flip(dims)
-            label[b] = label[b].flip(dims)
-    return image, label
+def _copy_flipped(out: torch.Tensor, source: torch.Tensor, axes: Sequence[int]) -> None:
+    """out[...] = source flipped along spatial ``axes`` (dims 1..), in one pass on the CPU."""
+    if not axes:
+        out.copy_(source)
+    elif out.device.type == "cpu" and source.device.type == "cpu":
+        target = out.numpy()
+        target[...] = np.flip(source.numpy(), [a + 1 for a in axes])  # casts while copying
+    else:
+        out.copy_(source.flip([a + 1 for a in axes]))

@@ -259,10 +259,8 @@ class PatchSampler:
             size = tuple(int(s) for s in boxes[i, :, 1] - boxes[i, :, 0])
             image = allocate((self.num_channels, *size), torch.float32)
             label = allocate((1, *size), label_dtype)
-            image_np, label_np = image.numpy(), label.numpy()
-            image_np.fill(0)
-            label_np.fill(IGNORE_LABEL)
-            self._read(case, self._box_corner(patch_corner, boxes[i, :, 0]), size, image_np, label_np)
+            self._read(case, self._box_corner(patch_corner, boxes[i, :, 0]), size, image.numpy(), label.numpy(),
+                       prefilled=False)
             images.append(image)
             labels.append(label)
             corners[i] = patch_corner
@@ -305,9 +303,13 @@ class PatchSampler:
         return corner
 
     def _read(
-        self, case: _Case, corner: np.ndarray, size: Sequence[int], image_out: np.ndarray, label_out: np.ndarray
+        self, case: _Case, corner: np.ndarray, size: Sequence[int], image_out: np.ndarray, label_out: np.ndarray,
+        prefilled: bool = True,
     ) -> None:
-        """Copy the part of the box (``size`` at ``corner``) inside the case into the pre-padded outputs."""
+        """Copy the part of the box (``size`` at ``corner``) inside the case into the outputs; where
+        the box leaves the case, the outputs must hold the padding (0, and the ignore label): they
+        already do when ``prefilled``, else they are filled here, and only then (a box inside the
+        case is written once, not cleared first)."""
         image = np.load(self.folder / f"{case.case_id}.npy", mmap_mode="r")
         seg = np.load(self.folder / f"{case.case_id}_seg.npy", mmap_mode="r")
         if self.dimension == 2:
@@ -317,11 +319,19 @@ class PatchSampler:
             source_prefix = (slice(None),)
             lows, shape = corner, case.shape
         src, dst = [], []
+        inside = True
         for low, extent, read in zip(lows, shape, size):
             a, b = max(int(low), 0), min(int(low) + int(read), extent)
+            inside = inside and (a, b) == (int(low), int(low) + int(read))
             if a >= b:
+                if not prefilled:
+                    image_out.fill(0)
+                    label_out.fill(IGNORE_LABEL)
                 return  # the patch misses the image on this axis: all padding
             src.append(slice(a, b))
             dst.append(slice(a - int(low), b - int(low)))
+        if not inside and not prefilled:
+            image_out.fill(0)
+            label_out.fill(IGNORE_LABEL)
         image_out[(slice(None), *dst)] = image[(*source_prefix, *src)]
         label_out[(slice(None), *dst)] = seg[(*source_prefix, *src)]

@@ -69,6 +69,58 @@ def test_mirroring_is_exact_flip() -> None:
     assert torch.equal(out_label, crop_label.flip(2, 3, 4))
 
 
+@pytest.mark.parametrize("patch", [(6, 10, 12), (5, 40, 40), (20, 24)], ids=["3d", "per-slice 3d", "2d"])
+def test_mirroring_folded_into_the_warp_equals_flipping_afterwards(patch) -> None:
+    """Mirroring costs no pass of its own (a reversed copy, or negated matrix columns): the result
+    must be the unmirrored augmentation flipped, for cropped and rotated/scaled samples alike."""
+    cfg = dataclasses.replace(SPATIAL, p_rotation=0.5, p_scaling=0.5, p_mirror=1.0)
+    aug = Augmenter(cfg, patch, len(patch))
+    read = aug.read_patch_size
+    torch.manual_seed(1)
+    image = torch.randn(6, 2, *read)
+    label = blocky(read, 3).repeat(6, 1, *([1] * len(patch))).to(torch.int8)
+    params = aug.draw(6, 2, torch.Generator().manual_seed(3))
+    assert params.spatial.any() and not params.spatial.all()  # both kinds of sample
+    mirrored_image, mirrored_label = aug.apply(image, label, params)
+    plain_image, plain_label = aug.apply(image, label, dataclasses.replace(params, mirror=torch.zeros_like(params.mirror)))
+    assert params.mirror.any()
+    for b in range(6):
+        dims = [a + 1 for a in torch.nonzero(params.mirror[b]).flatten().tolist()]
+        expected_image = plain_image[b].flip(dims) if dims else plain_image[b]
+        expected_label = plain_label[b].flip(dims) if dims else plain_label[b]
+        assert torch.equal(mirrored_label[b], expected_label), f"sample {b}, axes {dims}"
+        assert torch.allclose(mirrored_image[b], expected_image, atol=1e-5), f"sample {b}, axes {dims}"
+
+
+def _reference_gamma(x: torch.Tensor, gamma: float, invert: bool) -> torch.Tensor:
+    """The reference's gamma on one channel, written out plainly (float64)."""
+    x = x.double()
+    if invert:
+        x = -x
+    mean, std = x.mean(), x.std()
+    lo, span = x.min(), x.max() - x.min()
+    x = ((x - lo) / (span + 1e-7)) ** gamma * (span + 1e-7) + lo
+    x = (x - x.mean()) / (x.std() + 1e-7) * std + mean
+    return -x if invert else x
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_in_place_gamma_matches_the_plain_formula(invert) -> None:
+    patch = (6, 12, 12)
+    key = "p_inverted_gamma" if invert else "p_gamma"
+    aug = Augmenter(dataclasses.replace(OFF, **{key: 1.0}), patch, 3)
+    image = torch.randn(3, 2, *patch) * torch.tensor([1.0, 5.0]).view(1, 2, 1, 1, 1) + 2
+    image[2, 1] = 4.0  # a constant channel stays constant
+    params = aug.draw(3, 2, torch.Generator().manual_seed(7))
+    out = aug.apply(image, torch.zeros(3, 1, *patch, dtype=torch.int8), params)[0]
+    values = params.inverted_gamma_value if invert else params.gamma_value
+    for b in range(3):
+        for c in range(2):
+            expected = _reference_gamma(image[b, c], float(values[b, c]), invert)
+            assert torch.allclose(out[b, c].double(), expected, atol=2e-4), (b, c)
+    assert torch.equal(out[2, 1], image[2, 1])
+
+
 def test_no_augmentation_is_exact_center_crop_and_input_untouched() -> None:
     image = np.random.default_rng(0).standard_normal((2, 1, 10, 12, 14)).astype(np.float32)
     label = np.zeros((2, 1, 10, 12, 14), dtype=np.int8)
