@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from harness.names import check_relative_inside, check_slug
+from selfunet.data.io import save_image
 from selfunet.errors import SelfUNetError
 
 #: image endings an algorithm may write (the platform converts to .mha/.tif itself).
@@ -109,7 +110,7 @@ def write_case(folder: Path, images: Sequence[Path], input_slugs: Sequence[str],
         name = f"{uuid.uuid5(uuid.NAMESPACE_URL, f'{images[0]}#{slug}')}.mha"
         target = folder / relative / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(image, str(target), True)
+        save_image(target, image)
         written.append(target)
         listing.append(socket_entry(slug, name, relative))
     text = Path(inputs_json).read_text() if inputs_json else json.dumps(listing, indent=2)

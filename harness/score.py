@@ -57,7 +57,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.gc_case import clean_metadata, geometry_problem, output_files, write_case
 from harness.tasks import TaskDescriptor
 from selfunet.artifacts import atomic_write_json, atomic_write_text
-from selfunet.data.io import SUPPORTED_ENDINGS, strip_ending
+from selfunet.data.io import SUPPORTED_ENDINGS, save_image, strip_ending
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -293,10 +293,12 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
             if result.status == OK:
                 kept = predictions / f"{case.case_id}.mha"
                 try:
-                    sitk.WriteImage(clean_metadata(sitk.ReadImage(str(produced[0]))), str(kept), True)
+                    output_image = clean_metadata(sitk.ReadImage(str(produced[0])))
                 except RuntimeError as exc:
                     kept = None
                     result.fail("unreadable", f"{produced[0].name}: {str(exc).strip().splitlines()[-1][:200]}")
+                else:  # a failed write (full disk) is the harness's problem, not the container's
+                    save_image(kept, output_image)
             results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
             progress.advance(bar)
     record = {"kind": "container", "ref": sub.ref, "image": image.id, "tags": image.tags,
@@ -342,7 +344,7 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
                 written = prediction_file(out, case.case_id)
                 if written is not None:
                     kept = predictions / f"{case.case_id}.mha"
-                    sitk.WriteImage(clean_metadata(sitk.ReadImage(str(written))), str(kept), True)
+                    save_image(kept, clean_metadata(sitk.ReadImage(str(written))))
             results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
             progress.advance(bar)
     return results, {"kind": SELFUNET, "ref": str(selection), "selection": json.loads(selection.read_text()),
