@@ -14,7 +14,7 @@ dataset (``DatasetNNN_Name/imagesTr/<case>_0000.nii.gz``) for the reference.
 Usage::
 
     python bench/parity/build_dataset.py --source /tmp/ts/totalsegmentator-2.18.0/tests/reference_files \
-        --out /tmp/parity --slabs 6
+        --out /tmp/parity --slabs 6 [--downsample 2]
 """
 
 from __future__ import annotations
@@ -51,13 +51,35 @@ def slab_bounds(depth: int, slabs: int) -> list[tuple[int, int]]:
     return [(int(edges[i]), int(edges[i + 1])) for i in range(slabs)]
 
 
-def build(source: Path, out: Path, slabs: int) -> dict:
+def downsample(image: sitk.Image, ct: np.ndarray, lab: np.ndarray, factor: int
+               ) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """Coarser voxels by an integer ``factor`` per axis: the CT block-averaged (no aliasing), the
+    labels by majority per block; the grid keeps its direction, its origin moves to the first
+    block's centre. Why: on a 2-core CPU one training iteration at the source's 3 mm plan
+    (20x112x128 patch) takes ~15 s, which puts 3 folds x 250 iterations x 2 implementations out
+    of reach of a session; at 6 mm the plan's patch has ~8x fewer voxels."""
+    if factor == 1:
+        return image, ct, lab
+    z, y, x = (n // factor * factor for n in ct.shape)
+    blocks = (z // factor, factor, y // factor, factor, x // factor, factor)
+    ct_small = ct[:z, :y, :x].reshape(blocks).mean(axis=(1, 3, 5)).round().astype(np.int16)
+    votes = np.stack([(lab[:z, :y, :x] == v).reshape(blocks).sum(axis=(1, 3, 5)) for v in range(len(MERGED_CLASSES) + 1)])
+    lab_small = votes.argmax(0).astype(np.uint8)
+    grid = sitk.GetImageFromArray(ct_small)
+    grid.SetSpacing([s * factor for s in image.GetSpacing()])
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([(factor - 1) / 2] * 3))
+    return grid, ct_small, lab_small
+
+
+def build(source: Path, out: Path, slabs: int, factor: int = 1) -> dict:
     image = sitk.ReadImage(str(source / "example_ct.nii.gz"))
     seg = sitk.ReadImage(str(source / "example_seg_fast_force_split.nii.gz"))
     if image.GetSize() != seg.GetSize() or not np.allclose(image.GetOrigin(), seg.GetOrigin()):
         raise SystemExit("image and label geometry differ")
     ct = sitk.GetArrayFromImage(image).astype(np.int16)  # (z, y, x); HU fits int16
     lab = merge_labels(sitk.GetArrayFromImage(seg))
+    image, ct, lab = downsample(image, ct, lab, factor)
 
     msd = out / "msd"
     raw = out / "nnunet_raw" / NNUNET_DATASET
@@ -117,8 +139,10 @@ def main() -> None:
                                      "reference_files"))
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "parity")
     parser.add_argument("--slabs", type=int, default=6)
+    parser.add_argument("--downsample", type=int, default=1,
+                        help="integer factor of coarser voxels (2: 3 mm -> 6 mm; see downsample())")
     args = parser.parse_args()
-    stats = build(args.source, args.out, args.slabs)
+    stats = build(args.source, args.out, args.slabs, args.downsample)
     print(json.dumps(stats, indent=1))
 
 

@@ -4,6 +4,7 @@
 #   env: EPOCHS (1) ITERS (250) VAL_ITERS (50) FOLDS (3)
 #        REFPY (the reference venv's python; default $SELFUNET_REFERENCE_PYTHON)
 #        SOURCE (TotalSegmentator reference_files folder)
+#        DOWNSAMPLE (1): coarser voxels for the dataset (build_dataset.py --downsample)
 #        AMP (off): ours' --amp; the reference trains fp32 on a CPU, so fp32 is compared with fp32.
 #          A bf16 row of ours goes into another OUT (it reuses nothing of the fp32 run).
 # Ours and the reference train at the same time (same machine load for both), each side's folds in turn;
@@ -28,7 +29,7 @@ timed() {  # side step cmd...
   return $rc
 }
 
-[ -f "$OUT/msd/dataset.json" ] || python "$HERE/build_dataset.py" --source "$SOURCE" --out "$OUT"
+[ -f "$OUT/msd/dataset.json" ] || python "$HERE/build_dataset.py" --source "$SOURCE" --out "$OUT" --downsample "${DOWNSAMPLE:-1}"
 
 # planning + preprocessing, both sides at once
 [ -f "$OUT/ours/plan.json" ] || timed ours plan_preprocess bash -c \

@@ -7,6 +7,7 @@ different sigmas / zoom factors per channel cost nothing extra.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -52,18 +53,26 @@ def _lowres_matrices(zoom: torch.Tensor, length: int) -> torch.Tensor:
 def _apply_along_axes(x: torch.Tensor, mats: list[torch.Tensor | None]) -> torch.Tensor:
     """x [K, *spatial]; mats[a] [K, L_a, L_a] (or None = identity) applied along spatial axis a.
 
-    One ``bmm`` per axis on a [K, rest, L] view (a broadcasting ``matmul`` would materialise the
-    matrix once per row).
+    Each axis is one batched product on a view of the contiguous volume, never a transposed copy:
+    ``M @ x`` on [K, L, rest] for the first axis, ``x @ M^T`` on [K, rest, L] for the last, and
+    ``M @ x`` on [K, pre, L, post] for a middle one (there the matrix is broadcast over ``pre``,
+    as small as the volume, instead of the volume being transposed twice).
     """
     k = x.shape[0]
     for axis, mat in enumerate(mats):
         if mat is None:
             continue
-        moved = x.movedim(axis + 1, -1)
-        shape = moved.shape
-        rows = moved.reshape(k, -1, shape[-1])
-        out = torch.bmm(rows, mat.to(device=x.device, dtype=x.dtype).transpose(1, 2))
-        x = out.reshape(shape).movedim(-1, axis + 1)
+        m = mat.to(device=x.device, dtype=x.dtype)
+        shape = x.shape
+        length = shape[axis + 1]
+        pre, post = math.prod(shape[1 : axis + 1]), math.prod(shape[axis + 2 :])
+        x = x.contiguous()
+        if pre == 1:
+            x = torch.bmm(m, x.view(k, length, post)).view(shape)
+        elif post == 1:
+            x = torch.bmm(x.view(k, pre, length), m.transpose(1, 2)).view(shape)
+        else:
+            x = torch.matmul(m[:, None], x.view(k, pre, length, post)).view(shape)
     return x
 
 
@@ -180,7 +189,13 @@ def zero_outside_mask(image: torch.Tensor, label: torch.Tensor, channels: tuple[
     label is negative (outside the mask, or outside the image), as the reference does."""
     if not channels:
         return image
-    outside = label[:, 0] < 0  # [B, *spatial]
-    for c in channels:
-        image[:, c].masked_fill_(outside, 0.0)
+    # a multiplication by a 0/1 mask: three times faster than masked_fill_ on a CPU (finite values,
+    # so 0 * x is 0; the sign of a negative zero does not matter)
+    keep = (label >= 0).to(image.dtype)  # [B, 1, *spatial]
+    ordered = sorted(set(channels))
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        image[:, ordered[0] : ordered[-1] + 1].mul_(keep)
+    else:
+        for c in ordered:
+            image[:, c].mul_(keep[:, 0])
     return image

@@ -214,7 +214,9 @@ def warp_sample(
         matrix = matrix * sign.to(matrix.device)[None, :]
     n = intensity_channels
     # nearest-sampled part: label + 1 (so the zero padding reads as -1) and the one-hot channels
-    discrete = torch.cat([label.to(torch.float32) + 1, image[n:]], 0)
+    discrete = label.to(torch.float32) + 1
+    if n < image.shape[0]:
+        discrete = torch.cat([discrete, image[n:]], 0)
     continuous = image[:n]
     if per_slice:
         z0, pz = -int(lower[0]), patch[0]
