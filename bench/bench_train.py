@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REF_PYTHON = "/work/refvenv/bin/python"
+REF_PYTHON = os.environ.get("SELFUNET_REFERENCE_PYTHON", "/work/refvenv/bin/python")
 DATASET_ID = 987
 DATASET_NAME = f"Dataset{DATASET_ID}_SelfUNetDemo"
 PLANS = "SelfUNetMatched"

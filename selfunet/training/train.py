@@ -40,7 +40,7 @@ from selfunet.runtime import (
     stop_requested,
 )
 from selfunet.training.train_config import RESUMABLE_FIELDS, TrainConfig
-from selfunet.training.training_log import append_log, plot_log, read_log, truncate_log
+from selfunet.training.training_log import PlainProgress, append_log, plot_log, read_log, truncate_log
 from selfunet.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -377,6 +377,8 @@ class Trainer:
             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
             console=self.console, transient=False,
         )
+        plain = PlainProgress(self.console, f"{self.configuration.name} fold {self.fold}", cfg.epochs * iterations,
+                              state.epoch * iterations + state.iteration)
         self.network.train()
         with stop_on_signals(), loader, progress:
             total = progress.add_task(
@@ -392,10 +394,12 @@ class Trainer:
                     image, label = self._device_batch(next(loader))
                     state.loss_sum += self._train_step(image, label)
                     state.iteration = it + 1
-                    progress.update(total, advance=1, status=(
+                    status = (
                         f"epoch {state.epoch + 1}/{cfg.epochs} loss {state.loss_sum / state.iteration:.4f} "
                         f"lr {lr:.2e} pseudo-Dice {state.ema if state.ema is not None else float('nan'):.3f}"
-                    ))
+                    )
+                    progress.update(total, advance=1, status=status)
+                    plain.note(state.epoch * iterations + state.iteration, status)
                     if stop_requested() is not None:
                         self._stop(state, latest)
                 validated = self._validate()

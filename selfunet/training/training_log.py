@@ -1,4 +1,5 @@
-"""Training log (JSON lines, one record per epoch) and the PNG plot of its curves.
+"""Training log (JSON lines, one record per epoch), the PNG plot of its curves, and plain progress
+lines where no progress bar can be drawn.
 
 The log is append-only while training; on resume, records beyond the checkpoint's epoch are
 dropped, so a run killed between a log write and a checkpoint never shows an epoch twice.
@@ -7,7 +8,11 @@ dropped, so a run killed between a log write and a checkpoint never shows an epo
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
 
 from selfunet.artifacts import atomic_path, atomic_write_text
 
@@ -71,3 +76,32 @@ def plot_log(records: list[dict], path: Path) -> None:
             fig.savefig(tmp, dpi=90)
     finally:
         plt.close(fig)
+
+
+class PlainProgress:
+    """Progress as plain lines every :attr:`interval` seconds when the console is not a terminal.
+
+    Why: rich draws its progress bar only on a terminal; written to a file (a harness job's log,
+    ``nohup``, CI) it prints the bar once, at the end, so hours of training look like a hang. The
+    line says where the run is, the speed of this process and the time left at that speed.
+    """
+
+    interval = 30.0
+
+    def __init__(self, console: Console, name: str, total: int, done: int) -> None:
+        self.console, self.name, self.total = console, name, total
+        self.active = not console.is_terminal
+        self.start_done, self.start = done, time.monotonic()
+        self.last = self.start
+
+    def note(self, done: int, status: str) -> None:
+        now = time.monotonic()
+        if not self.active or (now - self.last < self.interval and done < self.total):
+            return
+        self.last = now
+        rate = (now - self.start) / max(done - self.start_done, 1)
+        left = int(rate * (self.total - done))
+        eta = f"{left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else f"{left // 60}m{left % 60:02d}s"
+        self.console.print(
+            escape(f"{self.name}: iteration {done}/{self.total} ({status}), {rate:.2f} s/iteration, about {eta} left"),
+            highlight=False, soft_wrap=True)

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from selfunet.cli import app
 from selfunet.runtime import load_checkpoint
 from selfunet.training.train import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, poly_lr
-from selfunet.training.training_log import read_log
+from selfunet.training.training_log import PlainProgress, read_log
 
 EPOCHS = 4
 ITERATIONS = 24
@@ -180,6 +180,20 @@ def test_poly_schedule_values() -> None:
     assert poly_lr(0.01, 999, 1000, 0.9) == pytest.approx(0.01 * 0.001**0.9)
     values = [poly_lr(0.01, e, 10, 0.9) for e in range(10)]
     assert all(a > b > 0 for a, b in itertools.pairwise(values))
+
+
+def test_progress_is_printed_as_plain_lines_where_no_bar_can_be_drawn(tiny_work: Path, monkeypatch) -> None:
+    """Written to a file (a harness job log, nohup, CI), rich draws its bar only at the end; plain
+    lines every ``interval`` seconds say where the run is (here every iteration)."""
+    monkeypatch.setattr(PlainProgress, "interval", 0.0)
+    result = cli_train(tiny_work, "-f", "0", "--epochs", "2", "--amp", "off", *SHORT)
+    assert result.exit_code == 0, result.output
+    assert "precision: fp32 (--amp off)" in result.output
+    lines = [line for line in result.output.splitlines() if "s/iteration" in line]
+    assert [line.split("iteration ")[1].split(" ")[0] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(line.startswith("3d_fullres fold 0: ") and " left" in line for line in lines)
+    summary = json.loads((fold_dir(tiny_work, 0) / "training_summary.json").read_text())
+    assert summary["precision"] == "fp32 (--amp off)"
 
 
 def test_cli_overrides_reach_config_schedule_log_and_artifacts(tiny_work: Path) -> None:
