@@ -1,8 +1,8 @@
 """Intensity augmentation: noise, blur, brightness, contrast, low resolution, gamma.
 
-Blur and low-resolution simulation are separable, so each is a small per-(sample, channel)
-matrix applied along every axis with one batched matmul: no Python loop over voxels, and
-different sigmas / zoom factors per channel cost nothing extra.
+Blur is separable, so it is a small per-(sample, channel) matrix applied along every axis with
+one batched matmul: no Python loop over voxels, and different sigmas per channel cost nothing
+extra. Low-resolution simulation is two interpolations per chosen channel.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from selfunet.training.augment_config import AugmentationParams
 
@@ -30,24 +31,16 @@ def _blur_matrices(sigma: torch.Tensor, length: int) -> torch.Tensor:
     return mats
 
 
-def _lowres_matrices(zoom: torch.Tensor, length: int) -> torch.Tensor:
-    """[K, L, L]: nearest downsampling to round(L*zoom) samples, then linear upsampling to L."""
-    k = zoom.shape[0]
-    n = torch.clamp(torch.round(zoom * length), min=1).to(torch.float64)[:, None]  # [K, 1]
-    o = torch.arange(length, dtype=torch.float64)[None]  # [1, L]
-    pos = ((o + 0.5) * n / length - 0.5).clamp(min=0.0)
-    pos = torch.minimum(pos, n - 1)
-    k0 = pos.floor()
-    k1 = torch.minimum(k0 + 1, n - 1)
-    w1 = pos - k0
-
-    def source(low: torch.Tensor) -> torch.Tensor:
-        return torch.floor((low + 0.5) * length / n).clamp(0, length - 1).long()
-
-    mats = torch.zeros(k, length, length, dtype=torch.float64)
-    mats.scatter_add_(2, source(k0)[:, :, None], (1 - w1)[:, :, None])
-    mats.scatter_add_(2, source(k1)[:, :, None], w1[:, :, None])
-    return mats
+def _simulate_lowres_(row: torch.Tensor, zoom: float, spatial: torch.Size, per_slice: bool) -> None:
+    """Nearest downsampling to ``round(L * zoom)`` samples per axis, then linear upsampling back to
+    ``L`` (pixel centres aligned, as the reference's ``nearest-exact`` / ``align_corners=False``);
+    the first axis is kept in per-slice mode. In place on a flat row: two small interpolations
+    instead of a dense L x L product per axis."""
+    size = [n if (a == 0 and per_slice) else max(1, round(zoom * n)) for a, n in enumerate(spatial)]
+    volume = row.view(1, 1, *spatial)
+    low = F.interpolate(volume, size=size, mode="nearest-exact")
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    row.copy_(F.interpolate(low, size=list(spatial), mode=mode, align_corners=False).reshape(-1))
 
 
 def _apply_along_axes(x: torch.Tensor, mats: list[torch.Tensor | None]) -> torch.Tensor:
@@ -119,14 +112,9 @@ def apply_intensity(image: torch.Tensor, p: AugmentationParams, per_slice: bool)
     for row in rows(per_pair(p.contrast)):
         _contrast_(flat[row], factors[row])
     # low-resolution simulation (never across slices in per-slice mode)
-    sel = rows(p.lowres)
-    if sel:
-        zoom = p.lowres_zoom.reshape(-1)[sel]
-        mats = [
-            None if (a == 0 and per_slice) else _lowres_matrices(zoom, spatial[a])
-            for a in range(dimension)
-        ]
-        _replace(flat, sel, spatial, lambda x: _apply_along_axes(x, mats))
+    zooms = p.lowres_zoom.reshape(-1).tolist()
+    for row in rows(p.lowres):
+        _simulate_lowres_(flat[row], zooms[row], spatial, per_slice)
     # gamma (inverted first, as in the reference order), mean and std retained
     for mask, values, invert in (
         (p.inverted_gamma, p.inverted_gamma_value, True),

@@ -161,8 +161,10 @@ def sampling_grid(
     norm = torch.tensor([2.0 / (s - 1) if s > 1 else 0.0 for s in size], dtype=torch.float32, device=device)
     # normalised: (centre + A @ offset) * norm - 1 (or 0 for size 1)
     scaled = (matrix.to(torch.float32).to(device) * norm[None, :, None]).transpose(1, 2)
-    grid = torch.matmul(offsets, scaled) + (centre * norm - (norm > 0).to(torch.float32))
-    return grid.flip(-1).reshape(matrix.shape[0], *patch, k)
+    shift = centre * norm - (norm > 0).to(torch.float32)
+    # grid_sample wants (x, y, z): reverse the small matrix's columns, not the voxel-sized grid
+    grid = torch.matmul(offsets, scaled.flip(-1)) + shift.flip(-1)
+    return grid.reshape(matrix.shape[0], *patch, k)
 
 
 def crop_slices(read: Sequence[int], patch: Sequence[int]) -> tuple[slice, ...]:

@@ -280,3 +280,36 @@ def test_bad_config_rejected() -> None:
         AugmentationConfig(scale_range=(1.4, 0.7))
     with pytest.raises(SelfUNetError, match="smaller than the patch size"):
         Augmenter(OFF, (8, 8, 8), 3)(torch.zeros(1, 1, 4, 8, 8), torch.zeros(1, 1, 4, 8, 8), generator_for(0, 0))
+
+
+def _plain_lowres(x: np.ndarray, zoom: float, keep_first: bool) -> np.ndarray:
+    """Nearest down to round(L * zoom) pixel centres, linear back up (align_corners=False), per axis.
+    Positions in float32 with the scale ``in / out`` rounded to float32 first, as the reference's
+    ``interpolate`` computes them (at exact ties such as 14.5 * 30/29 that decides the pixel)."""
+    for axis, length in enumerate(x.shape):
+        if axis == 0 and keep_first:
+            continue
+        n = max(1, round(zoom * length))
+        down, up = np.float32(length / n), np.float32(n / length)
+        centres = np.arange(max(n, length), dtype=np.float32) + np.float32(0.5)
+        source = np.minimum(np.floor(centres[:n] * down).astype(int), length - 1)
+        low = np.take(x, source, axis=axis)
+        pos = np.clip(centres[:length] * up - np.float32(0.5), 0, n - 1).astype(np.float64)
+        k0 = np.floor(pos).astype(int)
+        k1 = np.minimum(k0 + 1, n - 1)
+        w = (pos - k0).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+        x = np.take(low, k0, axis=axis) * (1 - w) + np.take(low, k1, axis=axis) * w
+    return x
+
+
+@pytest.mark.parametrize(("patch", "per_slice"), [((24, 30), False), ((6, 20, 18), False), ((6, 20, 18), True)])
+def test_low_resolution_matches_the_plain_resampling(patch, per_slice) -> None:
+    from selfunet.training.augment_intensity import _simulate_lowres_
+
+    rng = np.random.default_rng(0)
+    for zoom in (0.5, 0.63, 0.8, 0.97):
+        x = rng.standard_normal(patch).astype(np.float32)
+        row = torch.from_numpy(x.copy()).reshape(-1)
+        _simulate_lowres_(row, zoom, torch.Size(patch), per_slice)
+        expected = _plain_lowres(x.astype(np.float64), zoom, per_slice)
+        np.testing.assert_allclose(row.view(patch).numpy(), expected, atol=1e-5)
