@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -179,7 +180,10 @@ def zero_outside_mask(image: torch.Tensor, label: torch.Tensor, channels: tuple[
         return image
     # a multiplication by a 0/1 mask: three times faster than masked_fill_ on a CPU (finite values,
     # so 0 * x is 0; the sign of a negative zero does not matter)
-    keep = (label >= 0).to(image.dtype)  # [B, 1, *spatial]
+    if label.device.type == "cpu":  # numpy's integer compare and cast: about twice torch's speed here
+        keep = torch.from_numpy((label.numpy() >= 0).astype(np.float32)).to(image.dtype)  # [B, 1, *spatial]
+    else:
+        keep = (label >= 0).to(image.dtype)
     ordered = sorted(set(channels))
     if ordered == list(range(ordered[0], ordered[-1] + 1)):
         image[:, ordered[0] : ordered[-1] + 1].mul_(keep)

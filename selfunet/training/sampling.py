@@ -5,7 +5,9 @@ A batch is a pure function of ``(seed, batch_index)``: every random number comes
 Training therefore resumes exactly, and background workers may compute batches in any order.
 
 Reads are memory-mapped (``np.load(mmap_mode="r")``): only the voxels of the patch are copied,
-so the working set stays flat however large the dataset. Where a patch leaves the image, the
+so the working set stays flat however large the dataset. The maps (and the stored foreground
+voxels) of recently used cases stay open per process, keyed by the files' identity (inode, size,
+mtime), so a batch does not reopen two files per sample and a rewritten file is never read stale. Where a patch leaves the image, the
 image is padded with 0 (the value of the normalised background outside the non-zero mask) and
 the label with -1, the value preprocessing also gives voxels outside the non-zero mask. The
 trainer turns -1 into background (0) before the loss, as the reference does: such voxels train as
@@ -21,8 +23,10 @@ same random numbers, so a batch's patches lie at the same places either way.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +40,32 @@ from selfunet.training.augment_config import AugmentationConfig
 from selfunet.training.augment_spatial import read_patch_size as reference_read_patch_size
 
 log = logging.getLogger(__name__)
+
+@functools.lru_cache(maxsize=512)
+def _open_array(path: str, identity: tuple[int, int, int]) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+@functools.lru_cache(maxsize=512)
+def _stored_voxels(path: str, identity: tuple[int, int, int], key: str) -> np.ndarray:
+    with np.load(path) as stored:
+        return stored[key]
+
+
+def _identity(path: str) -> tuple[int, int, int]:
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def open_array(path: Path) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")``, kept open while the file is unchanged (see module doc)."""
+    return _open_array(str(path), _identity(str(path)))
+
+
+def stored_voxels(path: Path, key: str) -> np.ndarray:
+    """One array of an ``.npz`` (the foreground voxels of a class), cached while the file is unchanged."""
+    return _stored_voxels(str(path), _identity(str(path)), key)
+
 
 #: label value of voxels outside the image (padding) and outside the non-zero crop mask.
 IGNORE_LABEL = -1
@@ -272,8 +302,7 @@ class PatchSampler:
         if not case.classes:
             return None
         cls = case.classes[int(rng.integers(len(case.classes)))]
-        with np.load(self.folder / f"{case.case_id}_fg.npz") as stored:
-            coords = stored[f"class_{cls}"]
+        coords = stored_voxels(self.folder / f"{case.case_id}_fg.npz", f"class_{cls}")
         if coords.shape[0] == 0:
             return None
         return np.asarray(coords[int(rng.integers(coords.shape[0]))], dtype=np.int64)
@@ -310,8 +339,8 @@ class PatchSampler:
         the box leaves the case, the outputs must hold the padding (0, and the ignore label): they
         already do when ``prefilled``, else they are filled here, and only then (a box inside the
         case is written once, not cleared first)."""
-        image = np.load(self.folder / f"{case.case_id}.npy", mmap_mode="r")
-        seg = np.load(self.folder / f"{case.case_id}_seg.npy", mmap_mode="r")
+        image = open_array(self.folder / f"{case.case_id}.npy")
+        seg = open_array(self.folder / f"{case.case_id}_seg.npy")
         if self.dimension == 2:
             source_prefix: tuple[int | slice, ...] = (slice(None), int(corner[0]))
             lows, shape = corner[1:], case.shape[1:]
