@@ -136,7 +136,7 @@ def run(
         help="--sandbox docker: memory limit per job in GB (default: resources.memory_gb, else 75% of the host's)")]
     = None,
     job_timeout: Annotated[Optional[float], typer.Option(
-        help="--sandbox docker: kill a job after SECONDS (overrides the descriptor's container.timeout_s)")] = None,
+        help="stop a job after SECONDS (overrides the descriptor's container.timeout_s; any sandbox)")] = None,
     container_user: Annotated[Optional[str], typer.Option(
         help="--sandbox docker: UID:GID jobs run as (default: yours; as root: the image's user 1000:1000; "
         "0:0 runs them as root, on purpose only)")] = None,
@@ -167,14 +167,14 @@ def run(
     if problems:
         raise SelfUNetError("\n".join(problems))
     options = {"image": image, "cpus": cpus, "memory_gb": memory_gb, "timeout_s": job_timeout, "user": container_user}
-    if sandbox != "docker" and any(v is not None for v in options.values()):
-        raise SelfUNetError("--image/--cpus/--memory-gb/--job-timeout/--container-user apply to --sandbox docker only.")
+    if sandbox != "docker" and any(v is not None for k, v in options.items() if k != "timeout_s"):
+        raise SelfUNetError("--image/--cpus/--memory-gb/--container-user apply to --sandbox docker only.")
     if executor == "local" and jobs is None:
         from harness.executors.local import default_cpu_jobs
 
         jobs = default_cpu_jobs(max(t.resources.cpus for t in loaded))
     try:
-        with EXECUTORS[executor](SANDBOXES[sandbox](**(options if sandbox == "docker" else {})), jobs=jobs) as ex:
+        with EXECUTORS[executor](SANDBOXES[sandbox](**(options if sandbox == "docker" else {"timeout_s": job_timeout})), jobs=jobs) as ex:
             records = run_tasks(loaded, ex, work_root, results, force=force, console=console,
                                 executor_name=executor, seeds=seed_list)
     except RunInterrupted as stop:

@@ -10,6 +10,8 @@ from harness.sandboxes.policy import ContainerPolicy
 
 #: how long stopped jobs get to save their state before they are killed.
 STOP_GRACE_S = 10.0
+#: exit code of a job killed because it ran past its timeout (GNU timeout's code), in every sandbox.
+EXIT_TIMEOUT = 124
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,8 @@ class SandboxRequest:
     ``argv`` are the arguments of the ``selfunet`` command (without the program name). The paths
     tell a container sandbox what to mount: ``read_only`` (the dataset) and ``read_write`` (the
     work directory); the process sandbox ignores them. ``cpus``/``memory_gb`` are limits a
-    container enforces and a process uses as a hint; ``container`` and ``timeout_s`` apply to
-    containers only.
+    container enforces and a process uses as a hint; ``container`` applies to containers only,
+    ``timeout_s`` to every sandbox.
     """
 
     job_id: str

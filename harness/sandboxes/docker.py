@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.sandboxes.base import STOP_GRACE_S, Sandbox, SandboxRequest, Slot
+from harness.sandboxes.base import EXIT_TIMEOUT, STOP_GRACE_S, Sandbox, SandboxRequest, Slot
 from harness.sandboxes.policy import DEFAULT_MEMORY_FRACTION, TMPFS, ContainerPolicy
 from selfunet.errors import SelfUNetError
 
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 
 #: exit code of a job the engine killed for exceeding its memory limit (State.OOMKilled).
 EXIT_OOM = 250
-#: exit code of a job killed because it ran past the sandbox's timeout (GNU timeout's code).
-EXIT_TIMEOUT = 124
 DEFAULT_IMAGE = "selfunet:latest"
 DEFAULT_SHM = "2g"
 #: the job user when the harness runs as root: the image's ``selfunet`` user (``useradd --uid 1000``

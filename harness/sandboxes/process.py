@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Sequence
 
-from harness.sandboxes.base import STOP_GRACE_S, Sandbox, SandboxRequest, Slot
+from harness.sandboxes.base import EXIT_TIMEOUT, STOP_GRACE_S, Sandbox, SandboxRequest, Slot
 
 
 def _libc_prctl():
@@ -69,9 +69,11 @@ _RUNNING_LOCK = threading.Lock()
 class ProcessSandbox(Sandbox):
     name = "process"
 
-    def __init__(self, program: Sequence[str] | None = None) -> None:
+    def __init__(self, program: Sequence[str] | None = None, timeout_s: float | None = None) -> None:
         #: the command that precedes the job's argv; tests swap in a cheap fake here.
         self.program = tuple(program) if program is not None else (sys.executable, "-m", "selfunet.cli")
+        #: CLI override of the descriptor's per-stage timeouts (``container.timeout_s``).
+        self.timeout_s = timeout_s
 
     def command(self, request: SandboxRequest) -> list[str]:
         return [*self.program, *request.argv]
@@ -94,8 +96,14 @@ class ProcessSandbox(Sandbox):
                 return 127
             with _RUNNING_LOCK:
                 _RUNNING.setdefault(self, {})[request.job_id] = process
+            timeout_s = self.timeout_s if self.timeout_s is not None else request.timeout_s
             try:
-                return process.wait()
+                return process.wait(timeout=timeout_s or None)
+            except subprocess.TimeoutExpired:  # SIGTERM (the job checkpoints), SIGKILL after the grace
+                stop_group(process)
+                log.write(f"=== TIMEOUT: the job ran past {timeout_s:g} s and was stopped; raise "
+                          "container.timeout_s in the descriptor or --job-timeout.\n".encode())
+                return EXIT_TIMEOUT
             except BaseException:  # Ctrl-C in a Ray worker: let the job checkpoint (SIGTERM), then kill its group
                 stop_group(process)
                 raise

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import os
+import re
 import time
 from pathlib import Path
 
@@ -441,3 +443,29 @@ def test_each_planner_gets_its_own_work_dir_and_select_ranks_them_all(setup) -> 
     assert len(crossvals) == len(members) and max(crossvals) < sandbox.calls.index(select)
     again, sandbox = run(task(planners=["default", "resenc-m"]))
     assert sandbox.calls == [] and statuses(again, "skipped") == set(again)
+
+
+def test_process_sandbox_stops_a_job_past_its_timeout(tmp_path: Path) -> None:
+    """The descriptor's per-stage timeout (``container.timeout_s``) holds without Docker too: the
+    job's whole process group gets SIGTERM (a trainer checkpoints), the log says why, exit 124."""
+    code = ("import signal, subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print('child', child.pid, flush=True)\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True), sys.exit(143)))\n"
+            "time.sleep(60)\n")
+    log = tmp_path / "job.log"
+    start = time.monotonic()
+    code_returned = ProcessSandbox(program=[sys.executable, "-c", code]).run(
+        SandboxRequest("job", (), log, timeout_s=1.5), Slot(0, gpu=None))
+    assert code_returned == 124 and time.monotonic() - start < 20
+    text = log.read_text()
+    assert "got SIGTERM" in text and "=== TIMEOUT: the job ran past 1.5 s" in text
+    child = int(re.search(r"^child (\d+)$", text, re.MULTILINE).group(1))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}") and \
+            open(f"/proc/{child}/stat").read().split(")")[1].split()[0] != "Z":
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(")")[1].split()[0] == "Z"
+    # the override wins over the request, and a quick job is not touched
+    assert ProcessSandbox(program=[sys.executable, "-c", "print('quick')"], timeout_s=30).run(
+        SandboxRequest("job", (), log, timeout_s=0.001), Slot(0, gpu=None)) == 0
