@@ -95,7 +95,7 @@ def measure_conv_stage(repeats: int = 3) -> tuple[float, float]:
         nn.Conv3d(16, 32, 3, padding=1), nn.InstanceNorm3d(32, affine=True), nn.LeakyReLU(0.01),
         nn.Conv3d(32, 32, 3, padding=1), nn.InstanceNorm3d(32, affine=True), nn.LeakyReLU(0.01),
     )
-    x = torch.randn(1, 16, 16, 32, 32)
+    x = torch.randn(2, 16, 16, 40, 40)  # (1, 16, 16, 32, 32) hits a slow fp32 kernel: 12x, not representative
 
     def step(bf16: bool) -> float:
         start = time.perf_counter()

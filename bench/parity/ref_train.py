@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=250)
     parser.add_argument("--val-iterations", type=int, default=50)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--plans", default="nnUNetPlans", help="plans identifier (e.g. a plan matched to ours)")
     args = parser.parse_args()
 
     if args.device == "cpu":  # what nnUNetv2_train -device cpu does before training
@@ -57,7 +58,7 @@ def main() -> None:
     original = rt.recursive_find_trainer_class_by_name
     rt.recursive_find_trainer_class_by_name = lambda name: trainer if name == TRAINER_NAME else original(name)
     rt.run_training(args.dataset, args.configuration, args.fold, trainer_class_name=TRAINER_NAME,
-                    device=torch.device(args.device))
+                    plans_identifier=args.plans, device=torch.device(args.device))
 
 
 if __name__ == "__main__":

@@ -372,13 +372,13 @@ class Trainer:
             prefetch=cfg.prefetch_batches, num_workers=cfg.loader_workers, mode=cfg.loader_mode,
             pin_memory=self.pin_memory,
         )
+        plain = PlainProgress(self.console, f"{self.configuration.name} fold {self.fold}", cfg.epochs * iterations,
+                              state.epoch * iterations + state.iteration)
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-            console=self.console, transient=False,
+            console=self.console, transient=False, disable=plain.active,  # plain lines instead of a bar
         )
-        plain = PlainProgress(self.console, f"{self.configuration.name} fold {self.fold}", cfg.epochs * iterations,
-                              state.epoch * iterations + state.iteration)
         self.network.train()
         with stop_on_signals(), loader, progress:
             total = progress.add_task(
