@@ -174,7 +174,8 @@ def run(
 
         jobs = default_cpu_jobs(max(t.resources.cpus for t in loaded))
     try:
-        with EXECUTORS[executor](SANDBOXES[sandbox](**(options if sandbox == "docker" else {"timeout_s": job_timeout})), jobs=jobs) as ex:
+        chosen = SANDBOXES[sandbox](**(options if sandbox == "docker" else {"timeout_s": job_timeout}))
+        with EXECUTORS[executor](chosen, jobs=jobs) as ex:
             records = run_tasks(loaded, ex, work_root, results, force=force, console=console,
                                 executor_name=executor, seeds=seed_list)
     except RunInterrupted as stop:

@@ -72,7 +72,8 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
 
     ``auto``: on CUDA, bf16 on GPUs with native bf16 (compute capability >= 8.0), else fp16 (the
     trainer then scales the loss with a ``GradScaler``); on CPUs, bf16 where
-    :func:`cpu_supports_bf16` (native bf16 and measured faster), else fp32. ``fp16`` on a CPU is allowed when asked for explicitly
+    :func:`cpu_supports_bf16` (native bf16 and measured faster), else fp32. ``fp16`` on a CPU is
+    allowed when asked for explicitly
     (it exercises the gradient-scaler path; it is slower than fp32 on most CPUs).
     """
     if mode == "off":

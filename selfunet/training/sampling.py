@@ -7,9 +7,10 @@ Training therefore resumes exactly, and background workers may compute batches i
 Reads are memory-mapped (``np.load(mmap_mode="r")``): only the voxels of the patch are copied,
 so the working set stays flat however large the dataset. The maps (and the stored foreground
 voxels) of recently used cases stay open per process, keyed by the files' identity (inode, size,
-mtime), so a batch does not reopen two files per sample and a rewritten file is never read stale. Where a patch leaves the image, the
-image is padded with 0 (the value of the normalised background outside the non-zero mask) and
-the label with -1, the value preprocessing also gives voxels outside the non-zero mask. The
+mtime), so a batch does not reopen two files per sample and a rewritten file is never read stale.
+Where a patch leaves the image, the image is padded with 0 (the value of the normalised
+background outside the non-zero mask) and the label with -1, the value preprocessing also gives
+voxels outside the non-zero mask. The
 trainer turns -1 into background (0) before the loss, as the reference does: such voxels train as
 background, they are not ignored.
 

@@ -82,7 +82,8 @@ def test_mirroring_folded_into_the_warp_equals_flipping_afterwards(patch) -> Non
     params = aug.draw(6, 2, torch.Generator().manual_seed(3))
     assert params.spatial.any() and not params.spatial.all()  # both kinds of sample
     mirrored_image, mirrored_label = aug.apply(image, label, params)
-    plain_image, plain_label = aug.apply(image, label, dataclasses.replace(params, mirror=torch.zeros_like(params.mirror)))
+    unmirrored = dataclasses.replace(params, mirror=torch.zeros_like(params.mirror))
+    plain_image, plain_label = aug.apply(image, label, unmirrored)
     assert params.mirror.any()
     for b in range(6):
         dims = [a + 1 for a in torch.nonzero(params.mirror[b]).flatten().tolist()]
