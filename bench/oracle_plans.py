@@ -153,7 +153,22 @@ def craft(task: Task) -> tuple[dict, dict]:
     return dataset, fingerprint
 
 
-_REFERENCE_SNIPPET = """
+#: reference-side helper shared by the planner drivers: each configuration's plans get the
+#: planner's own static VRAM estimate under ``_estimate`` (compared with ours).
+REFERENCE_ESTIMATES = """
+def add_estimates(planner, plans):
+    channels = len(planner.dataset_json['channel_names'])
+    labels = len(planner.dataset_json['labels'])
+    for config in plans['configurations'].values():
+        if 'architecture' not in config:
+            continue
+        arch = config['architecture']
+        config['_estimate'] = int(planner.static_estimate_VRAM_usage(
+            config['patch_size'], channels, labels, arch['network_class_name'], arch['arch_kwargs'],
+            arch['_kw_requires_import']))
+"""
+
+_REFERENCE_SNIPPET = REFERENCE_ESTIMATES + """
 import json, sys, io, contextlib
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 import torch
@@ -165,15 +180,7 @@ for name in sys.argv[1:]:
     with contextlib.redirect_stdout(io.StringIO()):
         planner = ExperimentPlanner(name, 8)
         plans = planner.plan_experiment()
-        channels = len(planner.dataset_json['channel_names'])
-        classes = len(planner.dataset_json['labels'])
-        for config in plans['configurations'].values():
-            if 'architecture' not in config:
-                continue
-            arch = config['architecture']
-            config['_estimate'] = int(planner.static_estimate_VRAM_usage(
-                config['patch_size'], channels, classes, arch['network_class_name'], arch['arch_kwargs'],
-                arch['_kw_requires_import']))
+        add_estimates(planner, plans)
     out[name] = plans
 print(json.dumps(out))
 """

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from oracle_plans import (  # noqa: E402
+    REFERENCE_ESTIMATES,
     TASKS,
     Comparison,
     _folder,
@@ -50,7 +51,7 @@ DECATHLON = TASKS[:10]
 CONFIGS = ("2d", "3d_fullres", "3d_lowres")
 FIELDS = ("spacing", "strides", "kernels", "features", "blocks", "patch_size", "batch_size", "estimate")
 
-_REFERENCE_SNIPPET = """
+_REFERENCE_SNIPPET = REFERENCE_ESTIMATES + """
 import json, sys, io, contextlib, warnings
 import torch
 warnings.simplefilter("ignore")
@@ -64,15 +65,7 @@ for name in sys.argv[2:]:
         with contextlib.redirect_stdout(io.StringIO()), torch.device("meta"):
             planner = getattr(r, cls)(name)
             plans = planner.plan_experiment()
-            channels = len(planner.dataset_json['channel_names'])
-            labels = len(planner.dataset_json['labels'])
-            for config in plans['configurations'].values():
-                if 'architecture' not in config:
-                    continue
-                arch = config['architecture']
-                config['_estimate'] = int(planner.static_estimate_VRAM_usage(
-                    config['patch_size'], channels, labels, arch['network_class_name'], arch['arch_kwargs'],
-                    arch['_kw_requires_import']))
+            add_estimates(planner, plans)
         out[name + "/" + cls] = plans
 print(json.dumps(out))
 """

@@ -9,11 +9,11 @@ fp32 arithmetic plus conversions, which is never faster, so such CPUs are not me
 The measurement is one forward and backward pass of a small 3D U-Net stage (two 3x3x3
 convolutions with instance norm and leaky ReLU, the building block of every plan) in fp32 and
 under bf16 autocast, interleaved and repeated, median of each. bf16 is chosen only when it is at
-least :data:`REQUIRED_SPEEDUP` times faster: a tie is not worth the lower precision. It takes one to a few
-seconds, once, and is cached in ``$SELFUNET_CACHE_DIR`` (default ``$XDG_CACHE_HOME/selfunet`` or
-``~/.cache/selfunet``) under a key of the CPU model, its bf16 flags, the torch version and the
-thread count; when that folder is not writable (a read-only container) the result lives for the
-process only.
+least :data:`REQUIRED_SPEEDUP` times faster: a tie is not worth the lower precision. It takes
+under a second on a quiet 2-core machine, once, and is cached in ``$SELFUNET_CACHE_DIR``
+(default ``$XDG_CACHE_HOME/selfunet`` or ``~/.cache/selfunet``) under a key of the CPU model,
+its bf16 flags, the torch version and the thread count; when that folder is not writable (a
+read-only container) the result lives for the process only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from selfunet.artifacts import atomic_write_json
 
 #: CPU flags (``/proc/cpuinfo``) of instructions that compute bf16 products natively.
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -52,28 +54,26 @@ class Bf16Decision:
         return f"{self.reason} (one conv stage step: fp32 {self.fp32_ms:.1f} ms, bf16 {self.bf16_ms:.1f} ms)"
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere: no bf16 on such CPUs)."""
+def _cpuinfo(*keys: str) -> str | None:
+    """The first ``/proc/cpuinfo`` value under one of ``keys`` (x86 and Arm name them differently)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere: no bf16 on such CPUs)."""
+    return frozenset((_cpuinfo("flags", "Features") or "").split())
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "CPU part"):
-                return value.strip()
-    except OSError:
-        pass
-    return "unknown"
+    return _cpuinfo("model name", "CPU part") or "unknown"
 
 
 def cache_dir() -> Path:
@@ -126,11 +126,7 @@ def _write_cache(path: Path, key: str, decision: Bf16Decision) -> None:
     """Best effort and atomic: a read-only home only costs a re-measurement in the next process."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache(path)
-        data[key] = asdict(decision)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write_json(path, {**_read_cache(path), key: asdict(decision)})
     except OSError:
         pass
 

@@ -236,13 +236,12 @@ class Augmenter:
             flips = torch.nonzero(params.mirror[b]).flatten().tolist()
             warp_sample(image, label, [int(v) for v in lowers[b]], matrix, self.patch_size, self.per_slice,
                         n_images, out_image[b], out_label[b], flips)
-        image, label = out_image, out_label
         n = n_images
-        parts = [apply_intensity(image[:, :n], params, self.per_slice)]
-        if n < image.shape[1]:
-            parts.append(perturb_segmentation(image[:, n:], params, self.config.seg_component_max_fraction))
+        parts = [apply_intensity(out_image[:, :n], params, self.per_slice)]
+        if n < out_image.shape[1]:
+            parts.append(perturb_segmentation(out_image[:, n:], params, self.config.seg_component_max_fraction))
         image = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return zero_outside_mask(image, label, self.mask_channels), label
+        return zero_outside_mask(image, out_label, self.mask_channels), out_label
 
     def center_crop(
         self, image: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray

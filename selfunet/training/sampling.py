@@ -349,19 +349,16 @@ class PatchSampler:
             source_prefix = (slice(None),)
             lows, shape = corner, case.shape
         src, dst = [], []
-        inside = True
         for low, extent, read in zip(lows, shape, size):
             a, b = max(int(low), 0), min(int(low) + int(read), extent)
-            inside = inside and (a, b) == (int(low), int(low) + int(read))
-            if a >= b:
-                if not prefilled:
-                    image_out.fill(0)
-                    label_out.fill(IGNORE_LABEL)
-                return  # the patch misses the image on this axis: all padding
             src.append(slice(a, b))
             dst.append(slice(a - int(low), b - int(low)))
-        if not inside and not prefilled:
+        misses = any(s.start >= s.stop for s in src)  # the patch misses the image on some axis
+        inside = all(d.start == 0 and d.stop == int(r) for d, r in zip(dst, size))
+        if not prefilled and not inside:
             image_out.fill(0)
             label_out.fill(IGNORE_LABEL)
+        if misses:
+            return  # all padding
         image_out[(slice(None), *dst)] = image[(*source_prefix, *src)]
         label_out[(slice(None), *dst)] = seg[(*source_prefix, *src)]

@@ -433,7 +433,7 @@ class Trainer:
             "final_pseudo_dice_ema": state.ema, "best_pseudo_dice_ema": state.best_ema,
             "train_cases": self.train_ids, "validation_cases": self.val_ids,
             "device": str(self.device), "amp": str(self.amp_dtype),
-            "precision": precision_reason(self.amp_dtype, cfg.amp, self.device),
+            "precision": precision,
         })
         return final
 
