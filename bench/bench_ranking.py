@@ -1,4 +1,4 @@
-"""Seconds for one task's ranking (harness.ranking.rank_task) at challenge sizes (not run by the tests).
+"""Seconds for one task's ranking (harness.results.ranking.rank_task) at challenge sizes (not run by the tests).
 
 Candidates x cases x classes of synthetic per-case Dice (each candidate a constant offset plus
 noise, a few undefined values), the full analysis: both rankings, 1,000 bootstrap resamples and
@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from harness.ranking import CandidateScores, rank_task
+from harness.results.ranking import CandidateScores, rank_task
 
 SIZES = ((5, 20, 2), (10, 50, 3), (10, 200, 3), (20, 500, 13))
 

@@ -9,7 +9,7 @@ machine; docs/scaling.md reports the numbers):
 2. ``sim``: a graph shaped like the real benchmark, 10 tasks x (fingerprint -> plan -> preprocess
    -> 4 configurations x 5 folds of training -> crossval per configuration -> select) = 200 GPU
    trainings in 280 jobs, with random durations (training 0.2-1.0 s x ``--scale``), run by the
-   real :class:`harness.runner.Runner` through :class:`RayExecutor` on 8 logical GPUs. Reports
+   real :class:`harness.run.runner.Runner` through :class:`RayExecutor` on 8 logical GPUs. Reports
    GPU utilisation = sum(training durations) / (8 x makespan) against the lower bound
    max(critical path, training work / 8).
 
@@ -33,8 +33,8 @@ from rich.console import Console
 
 from harness.executors.local import LocalExecutor
 from harness.executors.ray import SUBREAPER_ENV, RayExecutor
-from harness.jobs import Job, Markers
-from harness.runner import Runner
+from harness.run.jobs import Job, Markers
+from harness.run.runner import Runner
 from harness.sandboxes.base import Sandbox, SandboxRequest, Slot
 from harness.sandboxes.process import ProcessSandbox
 

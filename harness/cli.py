@@ -1,6 +1,6 @@
 """The ``harness`` command line: ``run``, ``ls`` and ``validate`` over task descriptors.
 
-Commands are thin: they call :mod:`harness.tasks` and :mod:`harness.runner`; library errors
+Commands are thin: they call :mod:`harness.tasks.descriptor` and :mod:`harness.run.runner`; library errors
 (:class:`~selfunet.errors.SelfUNetError`) become a red message and exit code 1.
 """
 
@@ -46,7 +46,7 @@ def _root(
 
 
 def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Optional[str] = None) -> list:
-    from harness.tasks import load_tasks
+    from harness.tasks.descriptor import load_tasks
 
     tasks = load_tasks(paths or None)
     if data_root is not None:
@@ -71,7 +71,7 @@ def _short(path: Path) -> str:
 @user_errors
 def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
     """List the tasks: dataset, configurations, folds, budget, and whether the data is there."""
-    from harness.tasks import dataset_problem
+    from harness.tasks.descriptor import dataset_problem
 
     table = Table(title="tasks")
     for column in ("task", "descriptor", "dataset", "configurations", "folds", "budget", "data"):
@@ -92,7 +92,7 @@ def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
 def validate(paths: TasksArg = None, data_root: DataRootOpt = None,
              processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2) -> None:
     """Check descriptors and their datasets (selfunet check) without running anything; exit 1 on problems."""
-    from harness.tasks import check_task
+    from harness.tasks.descriptor import check_task
 
     problems: list[str] = []
     tasks = _load(paths, data_root)
@@ -147,9 +147,9 @@ def run(
     """Run every job of the tasks (resumable: finished jobs are skipped); exit 1 if any job failed."""
     from harness.executors import EXECUTORS
     from harness.executors.ray import RayExecutor  # imports Ray only when used
-    from harness.runner import RunInterrupted, run_tasks, summary_table
+    from harness.run.runner import RunInterrupted, run_tasks, summary_table
     from harness.sandboxes import SANDBOXES
-    from harness.tasks import dataset_problem, folds_problem
+    from harness.tasks.descriptor import dataset_problem, folds_problem
 
     EXECUTORS = {**EXECUTORS, "ray": functools.partial(
         RayExecutor, address=address, max_retries=max_retries, num_cpus_per_job=cpus_per_job)}
@@ -159,7 +159,7 @@ def run(
         raise SelfUNetError(f"--executor {executor}: unknown; choose one of {', '.join(EXECUTORS)}.")
     if sandbox not in SANDBOXES:
         raise SelfUNetError(f"--sandbox {sandbox}: unknown; choose one of {', '.join(SANDBOXES)}.")
-    from harness.seeds import parse_seeds
+    from harness.results.seeds import parse_seeds
 
     seed_list = parse_seeds(seeds) if seeds is not None else None
     loaded = _load(tasks, data_root, budget)
@@ -193,7 +193,7 @@ def run(
         raise typer.Exit(1)
 
 
-# -- results: leaderboard, export, compare (harness/results.py, export.py, compare.py) -------------
+# -- results: leaderboard, export, compare (harness/results/publish.py, export.py, compare.py) -------------
 ResultsOpt = Annotated[Path, typer.Option("--results", help="results root (holds <task>/)")]
 
 
@@ -208,8 +208,8 @@ def leaderboard(
 ) -> None:
     """Re-render results/<task>/leaderboard.csv|.md, results/leaderboard.md and the HTML report from what is on
     disk."""
-    from harness.report import write_report
-    from harness.results import rerender
+    from harness.report.html import write_report
+    from harness.results.publish import rerender
 
     boards = rerender(tasks, results, work_root, console=Console())
     index = write_report(boards, results, work_root)
@@ -247,7 +247,7 @@ def export_task_command(
     data_root: DataRootOpt = None,
 ) -> None:
     """Copy the selected model's test predictions to results/<task>/predictions/<TaskName>/ (headers checked)."""
-    from harness.export import export_command
+    from harness.results.export import export_command
 
     path = Path(task)
     if path.suffix in (".yaml", ".yml") or path.is_file():
@@ -276,8 +276,8 @@ def compare(
     max_drop: Annotated[float, typer.Option(help="largest tolerated Dice drop (mean fg and per class)")] = 0.02,
 ) -> None:
     """Compare the selected models' CV Dice with a baseline; exit 1 on a drop beyond --max-drop or a missing task."""
-    from harness.compare import compare as run_compare
-    from harness.compare import comparison_table
+    from harness.results.compare import compare as run_compare
+    from harness.results.compare import comparison_table
 
     comparison = run_compare(results, baseline, max_drop)
     Console().print(comparison_table(comparison))
@@ -319,7 +319,7 @@ def export_gc_command(
     = None,
 ) -> None:
     """A grand-challenge algorithm container build context for the task's selected model (docs/containers.md)."""
-    from harness.export_gc import export_gc, test_container
+    from harness.challenge.gc_export import export_gc, test_container
 
     path = None if task is None else Path(task)
     if path is not None and not path.exists():
@@ -380,7 +380,7 @@ def score(
     data_root: DataRootOpt = None,
 ) -> None:
     """Score submissions (and selfunet's model) on the task's held-out test set: results/<task>/scores/."""
-    from harness.score import ScoreOptions, parse_submission, score_task
+    from harness.challenge.score import ScoreOptions, parse_submission, score_task
 
     t = _find_task(task, tasks_dir, data_root)
     submissions = [parse_submission(s) for s in submission or []]
@@ -396,11 +396,11 @@ def score(
 
 def _rank_scored(task: str, results: Path, work_root: Path) -> None:
     """After scoring: the ranking of everything scored so far (scores/ranking.md), and, when the task
-    has leaderboards, those and the HTML report re-rendered with it (harness.ranking, harness.report)."""
-    from harness.ranking import rank_scores
-    from harness.report import write_report
-    from harness.results import rerender
-    from harness.tables import ranking_markdown
+    has leaderboards, those and the HTML report re-rendered with it (harness.results.ranking, harness.report.html)."""
+    from harness.results.ranking import rank_scores
+    from harness.report.html import write_report
+    from harness.results.publish import rerender
+    from harness.results.tables import ranking_markdown
     from selfunet.artifacts import atomic_write_text
 
     ranking = rank_scores(task, results / task / "scores")
@@ -431,7 +431,7 @@ def image_build(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="do not print the build output")] = False,
 ) -> None:
     """Build the project image through the Docker Engine API (DOCKER_HOST honoured)."""
-    from harness.image import build_image, image_summary
+    from harness.sandboxes.image import build_image, image_summary
 
     chosen: str | bool | None = True if torch is None else (None if torch.lower() == "none" else torch)
     image_id = build_image(base_image, tags=tag or None, torch=chosen,

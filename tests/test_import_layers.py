@@ -1,4 +1,4 @@
-"""The house rules of the code layout (DESIGN.md), checked on the source itself.
+"""The house rules of the code layout (docs/explanation/design.md#layering), checked on the source itself.
 
 Every ``import`` statement in ``selfunet/`` and ``harness/`` (at module level or inside a
 function: a lazy import is still a dependency) becomes an edge between modules. The test fails on
@@ -17,6 +17,9 @@ PACKAGES = ("selfunet", "harness")
 
 #: pipeline order inside ``selfunet``; a stage may import only stages before it (and itself).
 STAGES = ("data", "planning", "preprocessing", "training", "inference", "evaluation")
+#: harness packages from the bottom layer up; a package may import only packages before it (and
+#: itself). ``harness.cli`` sits on top of all of them.
+HARNESS_LAYERS = ("sandboxes", "executors", "tasks", "results", "report", "run", "challenge")
 #: shared by every stage: they may import nothing of the stages.
 SHARED = {"selfunet.artifacts", "selfunet.errors", "selfunet.workdir", "selfunet.runtime", "selfunet.locks",
           "selfunet.cpu_precision"}
@@ -136,11 +139,46 @@ def test_no_lower_stage_imports_a_higher_one() -> None:
     assert not offenders, "\n".join(sorted(offenders))
 
 
+def _harness_layer(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) >= 2 and parts[0] == "harness" and parts[1] in HARNESS_LAYERS:
+        return HARNESS_LAYERS.index(parts[1])
+    return None
+
+
+def test_harness_packages_import_only_lower_layers() -> None:
+    offenders = []
+    for module, targets in import_graph().items():
+        own = _harness_layer(module)
+        if own is None:
+            continue
+        for target in targets:
+            theirs = _harness_layer(target)
+            if target == "harness.cli" or (theirs is not None and theirs > own):
+                offenders.append(f"{module} -> {target}")
+    assert not offenders, "\n".join(sorted(offenders))
+
+
+def test_harness_has_no_loose_modules() -> None:
+    """Every harness module lives in the package of its concept; only the CLI sits at the top."""
+    loose = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
+    assert loose == ["__init__.py", "cli.py"], loose
+    assert sorted(p.name for p in (ROOT / "harness").iterdir() if p.is_dir() and p.name != "__pycache__"
+                  and (p / "__init__.py").exists()) == sorted(HARNESS_LAYERS)
+
+
 def test_every_stage_package_says_what_it_takes_and_gives() -> None:
     for stage in STAGES:
         init = ROOT / "selfunet" / stage / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and " out" in doc, f"{init}: the docstring must say what the stage takes in and gives out"
+
+
+@pytest.mark.parametrize("package", HARNESS_LAYERS)
+def test_every_harness_package_says_what_it_takes_and_gives(package: str) -> None:
+    init = ROOT / "harness" / package / "__init__.py"
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+    assert len(doc) > 40, f"{init}: the docstring must say what the package is for, takes and gives"
 
 
 #: the size guideline (STYLE.md, ~500 lines): a module past this has more than one concept in it.

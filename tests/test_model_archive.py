@@ -176,7 +176,7 @@ def test_grand_challenge_context_from_the_archive_predicts_like_selfunet(
     import sys
 
     from harness.cli import app as harness_app
-    from harness.gc_case import write_case
+    from harness.challenge.gc_case import write_case
 
     _, archive = exported
     context = tmp_path / "gc"

@@ -1,7 +1,7 @@
-"""Executors: *where* jobs run (this machine's GPU slots here; a Ray cluster in issue 8).
+"""Executors: *where* jobs run (this machine's GPU slots, a Ray cluster, a Slurm cluster).
 
 An executor accepts ready jobs (``submit``) and hands back finished ones (``wait``); the graph
-code (:mod:`harness.jobs`) decides what is ready and never learns how jobs are placed. A new
+code (:mod:`harness.run.jobs`) decides what is ready and never learns how jobs are placed. A new
 executor plugs in by implementing :class:`Executor` and adding itself to :data:`EXECUTORS`.
 """
 

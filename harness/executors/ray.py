@@ -2,7 +2,7 @@
 
 Why Ray and not a scheduler of our own: a full benchmark (10 datasets x up to 4 configurations x 5
 folds, about 200 GPU trainings) outgrows one machine, and Ray already does placement, GPU
-assignment, node-failure detection and retries. The graph (:mod:`harness.runner`) stays the
+assignment, node-failure detection and retries. The graph (:mod:`harness.run.runner`) stays the
 only place that knows dependencies, hashes and markers; this executor only places jobs.
 
 How a job runs: ``submit`` launches :func:`_run_job` as a Ray task holding one GPU

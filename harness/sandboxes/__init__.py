@@ -1,4 +1,4 @@
-"""Sandboxes: *how* a job runs (a plain subprocess here; a GPU Docker container in issue 7).
+"""Sandboxes: *how* a job runs (a plain subprocess, or a hardened GPU Docker container).
 
 A sandbox turns one job (a ``selfunet`` CLI call plus the folders it touches) and one resource
 slot into an exit code, writing everything the job prints to the job's log file. It knows

@@ -136,7 +136,7 @@ class DockerSandbox(Sandbox):
     def client(self):
         with self._lock:
             if self._client is None:
-                from harness.image import docker_client
+                from harness.sandboxes.image import docker_client
 
                 self._client = docker_client()
             return self._client

@@ -110,7 +110,7 @@ def test_work_files_are_not_written_by_another_user(demo_runs) -> None:
 
 
 def test_grand_challenge_container_matches_selfunet_predict(demo_runs, engine, project_image, tmp_path) -> None:
-    from harness.export_gc import export_gc, test_container
+    from harness.challenge.gc_export import export_gc, test_container
 
     work = demo_runs["root"] / "work_docker" / "demo"
     context = export_gc(work, tmp_path / "gc", image=project_image, tag="selfunet-gc-test:latest",

@@ -113,7 +113,7 @@ def test_root_harness_runs_jobs_as_the_image_user_and_only_on_purpose_as_root(tm
 
 
 def test_descriptor_container_section_is_validated(tmp_path: Path) -> None:
-    from harness.tasks import TaskDescriptor
+    from harness.tasks.descriptor import TaskDescriptor
 
     task = TaskDescriptor(name="t", dataset=tmp_path, container={"timeout_s": {"train": 3600}, "network": True})
     assert task.container.timeout_for("train") == 3600 and task.container.network
@@ -150,9 +150,9 @@ def test_unreadable_dataset_file_is_found(tmp_path: Path) -> None:
 
 def test_runner_mounts_the_descriptor_dataset_and_passes_the_policy(tmp_path: Path) -> None:
     """Every job's request carries the descriptor's dataset (read-only), its container policy and stage timeout."""
-    from harness.jobs import TaskGraph
-    from harness.runner import Runner
-    from harness.tasks import TaskDescriptor
+    from harness.run.jobs import TaskGraph
+    from harness.run.runner import Runner
+    from harness.tasks.descriptor import TaskDescriptor
 
     class Recorder:
         sandbox = type("S", (), {"image": None})()

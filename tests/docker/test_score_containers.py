@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import export_gc as gc
-from harness.score import SELFUNET, ScoreOptions, parse_submission, score_task
-from harness.tasks import TaskDescriptor
+from harness.challenge import gc_export as gc
+from harness.challenge.score import SELFUNET, ScoreOptions, parse_submission, score_task
+from harness.tasks.descriptor import TaskDescriptor
 
 pytestmark = [pytest.mark.docker]
 

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.compare import compare
-from harness.leaderboard import Leaderboard, Row
-from harness.tables import to_csv
+from harness.results.compare import compare
+from harness.results.leaderboard import Leaderboard, Row
+from harness.results.tables import to_csv
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
 

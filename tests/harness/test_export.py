@@ -13,8 +13,8 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.export import export_task, zip_predictions
-from harness.tasks import TaskDescriptor
+from harness.results.export import export_task, zip_predictions
+from harness.tasks.descriptor import TaskDescriptor
 from selfunet.data.io import ImageGeometry, read_image, write_label
 from selfunet.errors import SelfUNetError
 
@@ -175,7 +175,7 @@ def test_export_command_finds_the_task_by_name_and_zips(tmp_path: Path):
 
 @pytest.mark.parametrize("folder", ["/some/dir", "../..", "..", "a/b", "."])
 def test_export_folder_that_is_a_path_is_refused_by_the_descriptor(tmp_path: Path, folder: str):
-    from harness.tasks import load_task
+    from harness.tasks.descriptor import load_task
 
     root = make_msd(tmp_path / "data", ["a"])
     path = tmp_path / "tasks" / "t.yaml"

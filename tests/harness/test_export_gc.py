@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import export_gc as gc
+from harness.challenge import gc_export as gc
 from selfunet.errors import SelfUNetError
 from selfunet.evaluation.ensemble import Selection
 from selfunet.inference.postprocess import PostprocessingRule

@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.export_gc import export_gc, model_files, write_scripts
-from harness.gc_case import read_inputs_json
-from harness.names import check_image_reference, check_image_tag, check_relative_inside, check_slug
+from harness.challenge.gc_export import export_gc, model_files, write_scripts
+from harness.challenge.gc_case import read_inputs_json
+from harness.tasks.names import check_image_reference, check_image_tag, check_relative_inside, check_slug
 from selfunet.errors import SelfUNetError
 
 HOSTILE = ["x; touch pwned", "$(touch pwned)", "`touch pwned`", "a'b", 'a"b', "a\nb", "../x", "a b", "", "a" * 300,

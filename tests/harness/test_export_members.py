@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.export_gc import model_files
+from harness.challenge.gc_export import model_files
 from selfunet.errors import SelfUNetError
 from selfunet.evaluation.ensemble import Selection
 from selfunet.inference.postprocess import PostprocessingRule

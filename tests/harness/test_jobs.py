@@ -19,10 +19,10 @@ import SimpleITK as sitk
 import torch
 
 from harness.executors import LocalExecutor, SlotPool, make_slots
-from harness.jobs import TaskGraph
-from harness.runner import Runner, summary_table
+from harness.run.jobs import TaskGraph
+from harness.run.runner import Runner, summary_table
 from harness.sandboxes import ProcessSandbox, Sandbox, SandboxRequest, Slot
-from harness.tasks import TaskDescriptor
+from harness.tasks.descriptor import TaskDescriptor
 from selfunet.planning.fingerprint_types import Fingerprint
 from selfunet.planning.plan import plan_experiment
 

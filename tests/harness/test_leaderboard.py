@@ -21,9 +21,9 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.leaderboard import NA, SELECTED
-from harness.results import read_selected, render_task, write_overview, write_task_results
-from harness.tasks import TaskDescriptor
+from harness.results.leaderboard import NA, SELECTED
+from harness.results.publish import read_selected, render_task, write_overview, write_task_results
+from harness.tasks.descriptor import TaskDescriptor
 from selfunet.evaluation.crossval import (
     CrossvalResult,
     evaluate_prediction_folder,
@@ -290,7 +290,7 @@ def test_ranking_of_the_rows_and_of_scored_submissions_and_the_consensus_over_ta
 
 
 def test_with_several_seeds_the_ranking_averages_each_seeds_per_case_dice(work: Path, tmp_path: Path):
-    from harness.leaderboard import build_leaderboard
+    from harness.results.leaderboard import build_leaderboard
 
     seed_dir = work / "seeds" / "1"
     seed_dir.mkdir(parents=True)

@@ -12,10 +12,10 @@ from rich.console import Console
 from test_jobs import FakeSandbox
 
 from harness.executors import LocalExecutor
-from harness.jobs import TaskGraph
-from harness.progress import RunProgress, duration, eta_seconds
-from harness.runner import JobRecord, Runner
-from harness.tasks import TaskDescriptor
+from harness.run.jobs import TaskGraph
+from harness.run.progress import RunProgress, duration, eta_seconds
+from harness.run.runner import JobRecord, Runner
+from harness.tasks.descriptor import TaskDescriptor
 from selfunet.planning.plan import plan_experiment
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.ranking import (
+from harness.results.ranking import (
     CandidateScores,
     consensus,
     holm,

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from test_leaderboard import CASES, SHAPE, _reference, _write, build_work
 
-from harness.report import write_report
-from harness.results import render_task
+from harness.report.html import write_report
+from harness.results.publish import render_task
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMEDRIVER = shutil.which("chromedriver")

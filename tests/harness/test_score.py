@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.score import (
+from harness.challenge.score import (
     CSV_COLUMNS,
     INPUTS_LABEL,
     OUTPUT_LABEL,
@@ -25,7 +25,7 @@ from harness.score import (
     parse_submission,
     score_task,
 )
-from harness.tasks import TaskDescriptor, load_task
+from harness.tasks.descriptor import TaskDescriptor, load_task
 from selfunet.errors import SelfUNetError
 
 

@@ -12,12 +12,12 @@ import pytest
 from test_jobs import FakeSandbox
 
 from harness.executors import LocalExecutor
-from harness.jobs import TaskGraph
-from harness.leaderboard import build_leaderboard
-from harness.runner import Runner
-from harness.seeds import parse_seeds, seed_stats
-from harness.tables import to_csv, to_markdown
-from harness.tasks import TaskDescriptor
+from harness.run.jobs import TaskGraph
+from harness.results.leaderboard import build_leaderboard
+from harness.run.runner import Runner
+from harness.results.seeds import parse_seeds, seed_stats
+from harness.results.tables import to_csv, to_markdown
+from harness.tasks.descriptor import TaskDescriptor
 from selfunet.errors import SelfUNetError
 from selfunet.evaluation.ensemble import CandidateScore, Selection
 from selfunet.inference.postprocess import PostprocessingRule

@@ -8,8 +8,8 @@ import io
 import numpy as np
 from rich.console import Console
 
-from harness.leaderboard import Leaderboard, Row, rank_rows
-from harness.tables import fit_columns, rich_table, to_csv, to_markdown
+from harness.results.leaderboard import Leaderboard, Row, rank_rows
+from harness.results.tables import fit_columns, rich_table, to_csv, to_markdown
 
 LABELS = {"1": "liver", "2": "tumour", "3": "portal_vein_and_hepatic_vessels"}
 NAMES = ["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres", "3d_fullres+3d_cascade_fullres"]

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.tasks import dataset_problem, discover, load_task, load_tasks
+from harness.tasks.descriptor import dataset_problem, discover, load_task, load_tasks
 from selfunet.errors import SelfUNetError
 
 REPO = Path(__file__).resolve().parents[2]

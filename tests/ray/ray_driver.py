@@ -15,8 +15,8 @@ from types import SimpleNamespace
 from ray_fakes import fake_program
 
 from harness.executors.ray import RayExecutor
-from harness.jobs import Job, Markers
-from harness.runner import Runner
+from harness.run.jobs import Job, Markers
+from harness.run.runner import Runner
 from harness.sandboxes.policy import ContainerPolicy
 from harness.sandboxes.process import ProcessSandbox
 

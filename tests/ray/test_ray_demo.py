@@ -66,7 +66,7 @@ def test_demo_task_selects_the_same_model_with_ray_as_locally(ray_address: str, 
     assert selection(work) == expected
     board_local = tmp_path / "results_local" / "demo" / "leaderboard.csv"
     board_ray = tmp_path / "results_ray" / "demo" / "leaderboard.csv"
-    if board_local.is_file():  # the leaderboards (harness.results) when they are there: same scores
+    if board_local.is_file():  # the leaderboards (harness.results.publish) when they are there: same scores
         assert _scores(board_ray) == _scores(board_local)
 
 

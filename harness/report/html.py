@@ -1,6 +1,6 @@
 """The static HTML report of a results folder: ``results/index.html`` plus ``results/<task>/index.html``.
 
-Self-contained: styles inline, every figure an inline PNG (:mod:`harness.report_plots`), no script
+Self-contained: styles inline, every figure an inline PNG (:mod:`harness.report.plots`), no script
 and no request to the network, so the folder can be zipped, mailed or kept as a CI artifact.
 
 A task page holds the run record (code version, budget, seeds, device, job timings), the
@@ -18,11 +18,11 @@ import logging
 import time
 from pathlib import Path
 
-from harness import report_plots as plots
-from harness.leaderboard import NA, Leaderboard
-from harness.ranking import TaskRanking
-from harness.results import budget_text, read_selected, read_task_ranks, task_dirs
-from harness.tables import display_rows
+from harness.report import plots
+from harness.results.leaderboard import NA, Leaderboard
+from harness.results.ranking import TaskRanking
+from harness.results.publish import budget_text, read_selected, read_task_ranks, task_dirs
+from harness.results.tables import display_rows
 from selfunet.artifacts import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def write_task_page(board: Leaderboard, task_dir: Path, record: dict | None = No
 # -- the index ------------------------------------------------------------------------------------
 def write_index(results_root: Path) -> Path:
     """``results/index.html``: one row per task (linking its page) and the consensus rankings."""
-    from harness.ranking import consensus
+    from harness.results.ranking import consensus
 
     root = Path(results_root)
     rows, links = [], []

@@ -12,8 +12,8 @@ import io
 from rich.console import Console
 from rich.table import Table
 
-from harness.leaderboard import COST_COLUMNS, NA, RANK_COLUMNS, SELECTED, Leaderboard, class_column, fmt
-from harness.ranking import CASE_RULE, ConsensusRow, RankRow, TaskRanking
+from harness.results.leaderboard import COST_COLUMNS, NA, RANK_COLUMNS, SELECTED, Leaderboard, class_column, fmt
+from harness.results.ranking import CASE_RULE, ConsensusRow, RankRow, TaskRanking
 
 #: the p-value matrix is written for at most this many candidates.
 MATRIX_MAX = 10

@@ -21,7 +21,7 @@ from rich.text import Text
 
 
 class JobRecord(Protocol):
-    """What the view reads of :class:`harness.runner.JobRecord` (the runner imports this module)."""
+    """What the view reads of :class:`harness.run.runner.JobRecord` (the runner imports this module)."""
 
     task: str
     job: str

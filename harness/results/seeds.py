@@ -157,7 +157,7 @@ def apply_seed_means(board, scores: dict) -> None:
     The raw row's seeds are each seed's raw cross-validation; the postprocessed row's, each seed's
     candidate with that seed's own rule. NSD/HD95, fold spread and cost stay the first seed's; the
     ranking averages the per-case Dice over seeds
-    (:func:`harness.leaderboard.average_per_case_over_seeds`).
+    (:func:`harness.results.leaderboard.average_per_case_over_seeds`).
     """
     seeds = scores["seeds"]
     for row in board.rows:

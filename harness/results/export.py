@@ -11,7 +11,7 @@ named, because a challenge scores a misplaced mask silently as a bad one.
 ``harness export TASK --zip`` also packs the folder into ``results/<task>/<TaskName>_predictions.zip``:
 entries ``<TaskName>/<file>`` in sorted order with fixed timestamps and permissions, so the same
 predictions always give the same bytes. (The grand-challenge container export lives in
-``harness/export_gc.py``.)
+``harness/challenge/gc_export.py``.)
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from harness.leaderboard import NA
-from harness.results import read_selected, task_dirs
+from harness.results.leaderboard import NA
+from harness.results.publish import read_selected, task_dirs
 from selfunet.errors import SelfUNetError
 
 DEFAULT_MAX_DROP = 0.02

@@ -20,8 +20,8 @@ Where the numbers come from (all read from disk, so ``harness leaderboard`` can 
   fold means are recomputed from the pair's per-case metrics and the folds' case lists.
 
 The empty-mask rule (:data:`selfunet.evaluation.metrics.EMPTY_MASK_RULE`) is stated in every Markdown file.
-Rendering (CSV, Markdown, rich) is in :mod:`harness.tables`; the files under ``results/`` are
-written by :mod:`harness.results`.
+Rendering (CSV, Markdown, rich) is in :mod:`harness.results.tables`; the files under ``results/`` are
+written by :mod:`harness.results.publish`.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any
 
 from rich.console import Console
 
-from harness.costs import apply_costs
-from harness.ranking import CandidateScores, RankRow, TaskRanking, rank_task
-from harness.seeds import SEEDS_FILE, apply_seed_means, load_seed_scores
+from harness.results.costs import apply_costs
+from harness.results.ranking import CandidateScores, RankRow, TaskRanking, rank_task
+from harness.results.seeds import SEEDS_FILE, apply_seed_means, load_seed_scores
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
 
@@ -69,14 +69,14 @@ class Row:
     fold_max: float | None = None
     num_cases: int = 0
     seeds: int = 1
-    """training seeds the Dice values are the mean of (harness.seeds)."""
+    """training seeds the Dice values are the mean of (harness.results.seeds)."""
     seed_std: dict[str, float | None] = field(default_factory=dict)
     """population std over seeds: "fg" and label value -> std (several seeds only)."""
     train_seconds: float | None = None
     inference_seconds: float | None = None
     peak_memory_mb: float | None = None
     memory: str = ""
-    """what peak_memory_mb measured: "cuda" (GPU tensor memory) or "rss" (resident memory); see harness.costs."""
+    """what peak_memory_mb measured: "cuda" (GPU tensor memory) or "rss" (resident memory); see harness.results.costs."""
     postprocessed: bool = False
     """the row's predictions differ from the raw row's (a rule that changes something)."""
     per_case: dict[str, dict[str, float]] | None = None
@@ -157,9 +157,9 @@ class Leaderboard:
         return out
 
 
-#: cost of a candidate (harness.costs): training and inference wall time, peak memory and its kind.
+#: cost of a candidate (harness.results.costs): training and inference wall time, peak memory and its kind.
 COST_COLUMNS = ("train_seconds", "inference_seconds", "peak_memory_mb", "memory")
-#: ranking columns of leaderboard.csv (harness.ranking): aggregate-then-rank with its 95 % bootstrap
+#: ranking columns of leaderboard.csv (harness.results.ranking): aggregate-then-rank with its 95 % bootstrap
 #: interval and the share of resamples won, rank-then-aggregate, and who it beats significantly.
 RANK_COLUMNS = ("rank", "rank_low", "rank_high", "p_first", "case_rank", "mean_case_rank", "better_than")
 

@@ -1,7 +1,7 @@
 """``harness score TASK --submission NAME=IMAGE_OR_FOLDER ...``: submissions on a task's held-out test set.
 
 A submission is a grand-challenge algorithm container image (run once per case: the case laid
-out under ``/input`` by :mod:`harness.gc_case`, the label map read from
+out under ``/input`` by :mod:`harness.challenge.gc_case`, the label map read from
 ``/output/images/<output slug>/``) or a folder of label maps named like the cases
 (``<case><ending>``). selfunet's own selected model (``WORK/selection.json``, predicted with
 ``selfunet predict --selection`` one case at a time, as a container would) is scored beside them
@@ -9,7 +9,7 @@ on the same cases as the submission ``selfunet`` (``--no-selfunet`` leaves it ou
 
 The test set is what the descriptor declares: ``test_labels:`` (reference label maps of the
 dataset's test cases, named like the cases) or ``holdout:`` (training cases kept out of every
-fold by the job graph, :meth:`harness.jobs.TaskGraph._make_splits`).
+fold by the job graph, :meth:`harness.run.jobs.TaskGraph._make_splits`).
 
 Containers run in :class:`harness.sandboxes.algorithm.AlgorithmSandbox` with the descriptor's
 ``scoring`` limits per case (time, memory, CPUs). A case whose run times out, runs out of memory
@@ -54,8 +54,8 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.gc_case import clean_metadata, geometry_problem, output_files, write_case
-from harness.tasks import TaskDescriptor
+from harness.challenge.gc_case import clean_metadata, geometry_problem, output_files, write_case
+from harness.tasks.descriptor import TaskDescriptor
 from selfunet.artifacts import atomic_write_json, atomic_write_text
 from selfunet.data.io import SUPPORTED_ENDINGS, save_image, strip_ending
 from selfunet.errors import SelfUNetError
@@ -243,7 +243,7 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
     """Each case through the algorithm container; outputs kept under predictions/<name>/."""
     import docker.errors
 
-    from harness.image import docker_client
+    from harness.sandboxes.image import docker_client
     from harness.sandboxes.algorithm import AlgorithmSandbox
     from harness.sandboxes.base import SandboxRequest, Slot
     from harness.sandboxes.docker import EXIT_OOM, EXIT_TIMEOUT

@@ -8,7 +8,7 @@ Per task::
 With several training seeds (``harness run --seeds 0,1,2``) the first seed's jobs are the ones
 above, in WORK; every further seed has its own ``train-...-seed<s>``, ``crossval-...-seed<s>`` and
 ``select-seed<s>`` in ``WORK/seeds/<s>/``, and the ``seeds`` job selects by the mean over seeds
-(:mod:`harness.seeds`).
+(:mod:`harness.results.seeds`).
 
 With several planners (descriptor key ``planners``), each preset P adds its own chain
 ``plan@P -> preprocess@P -> train-<config>@P-fold<k> -> crossval-<config>@P`` in the work
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.tasks import TaskDescriptor
+from harness.tasks.descriptor import TaskDescriptor
 from selfunet.artifacts import atomic_write_bytes, atomic_write_json
 from selfunet.errors import SelfUNetError
 from selfunet.workdir import WorkDir, member_name
@@ -216,7 +216,7 @@ class TaskGraph:
         self.markers = Markers(self.work)
         self.train_config = task.train_config()
         self.seeds = list(seeds) if seeds else [self.train_config.seed]
-        """training seeds; the first trains in WORK, the others in WORK/seeds/<seed> (harness.seeds)."""
+        """training seeds; the first trains in WORK, the others in WORK/seeds/<seed> (harness.results.seeds)."""
         if self.train_config.seed != self.seeds[0]:
             self.train_config = self.train_config.model_copy(update={"seed": self.seeds[0]})
         self.configurations: list[str] = []
@@ -386,7 +386,7 @@ class TaskGraph:
     def _after_preprocess(self, planner: str = "default") -> list[Job]:
         """This planner's training and cross-validation jobs for every seed; once every planner's
         are known, the selections (which rank all planners' configurations) and what follows."""
-        from harness.seeds import link_seed_work, seed_work, select_by_seed_mean
+        from harness.results.seeds import link_seed_work, seed_work, select_by_seed_mean
 
         self.num_folds = self._make_splits(planner)
         jobs = []
@@ -470,7 +470,7 @@ class TaskGraph:
                             artifacts=(self._w("selection.json"),), outputs=(self._w("test_predictions"),),
                             uses_gpu=True, read_only=(self.task.dataset,)))
             deps = ("predict-test",)
-        from harness.export import export_target
+        from harness.results.export import export_target
 
         out = export_target(self.task, self.results)
         jobs.append(Job("export", "export", (), deps, {"export": self.task.export.model_dump()},
@@ -492,7 +492,7 @@ class _LazyDigest:
 
 
 def export_predictions(task: TaskDescriptor, work: Path, results: Path) -> None:
-    """The export job: results/<task>/selection.json and the challenge folder (:mod:`harness.export`)."""
-    from harness.export import export_task
+    """The export job: results/<task>/selection.json and the challenge folder (:mod:`harness.results.export`)."""
+    from harness.results.export import export_task
 
     export_task(task, work, results)

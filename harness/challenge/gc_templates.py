@@ -2,8 +2,8 @@
 
 ``inference.py`` (the container's entry point, standard library + selfunet only), the
 ``Dockerfile`` and the platform template's ``do_build.sh`` / ``do_test_run.sh`` / ``do_save.sh``.
-Kept apart from :mod:`harness.export_gc`, which fills them in: every value pasted into them is
-checked by :mod:`harness.names` and quoted there first.
+Kept apart from :mod:`harness.challenge.gc_export`, which fills them in: every value pasted into them is
+checked by :mod:`harness.tasks.names` and quoted there first.
 """
 
 from __future__ import annotations

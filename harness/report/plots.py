@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.ranking import TaskRanking
+from harness.results.ranking import TaskRanking
 
 DPI = 80
 #: overlay colours per foreground class (cycled), RGBA.

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from harness.names import check_relative_inside, check_slug
+from harness.tasks.names import check_relative_inside, check_slug
 from selfunet.data.io import save_image
 from selfunet.errors import SelfUNetError
 

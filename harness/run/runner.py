@@ -24,8 +24,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.executors.base import Completion, Executor
-from harness.jobs import Job, TaskGraph, code_version, invalid_outputs, is_done, job_hash, set_aside
-from harness.progress import RunProgress, live_view
+from harness.run.jobs import Job, TaskGraph, code_version, invalid_outputs, is_done, job_hash, set_aside
+from harness.run.progress import RunProgress, live_view
 from harness.sandboxes.base import SandboxRequest
 from selfunet.artifacts import atomic_write_json
 from selfunet.errors import SelfUNetError, os_error_message
@@ -250,7 +250,7 @@ class Runner:
 
     # --- the loop
     def run(self, on_task_done=None) -> list[JobRecord]:
-        """Run everything under the live progress view (:mod:`harness.progress`); ``on_task_done(graph,
+        """Run everything under the live progress view (:mod:`harness.run.progress`); ``on_task_done(graph,
         records)`` is called once per task when it settles.
 
         A :class:`RunInterrupted` (raised by :func:`interrupt_on_signals`) stops the running jobs,
@@ -375,10 +375,10 @@ def run_record(graph: TaskGraph, records: list[JobRecord], started: float, execu
 
 
 def write_results(graph: TaskGraph, record: dict) -> Path:
-    """run.json, then everything else under results/<task>/ (``harness.results.write_task_results``)
-    and the HTML report (``harness.report``: the task's page and results/index.html)."""
-    from harness.report import write_index, write_report
-    from harness.results import write_task_results
+    """run.json, then everything else under results/<task>/ (``harness.results.publish.write_task_results``)
+    and the HTML report (``harness.report.html``: the task's page and results/index.html)."""
+    from harness.report.html import write_index, write_report
+    from harness.results.publish import write_task_results
 
     out = graph.results / graph.task.name
     out.mkdir(parents=True, exist_ok=True)

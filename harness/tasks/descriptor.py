@@ -1,7 +1,7 @@
 """Task descriptors: one YAML file per task, validated by a schema, with ``include:`` of shared bases.
 
 A descriptor says *what* to benchmark (the dataset folder, which configurations, how many folds,
-the training budget, the metrics, the export format); the job graph (:mod:`harness.jobs`) says
+the training budget, the metrics, the export format); the job graph (:mod:`harness.run.jobs`) says
 *how*. Loading is strict on purpose (lm-evaluation-harness skips broken descriptors at debug
 level; we do not): an unknown key, a bad value, a missing include or a missing dataset folder is a
 :class:`~selfunet.errors.SelfUNetError` naming the file, the key and the fix, with "did you mean
@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.descriptor_yaml import load_raw
+from harness.tasks.yaml_reader import load_raw
 from harness.sandboxes.policy import ContainerPolicy
 from selfunet.errors import SelfUNetError, clip, quote
 from selfunet.planning.presets import PRESETS

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.leaderboard import NA, NOT_TASKS, SELECTED, Leaderboard, build_leaderboard
-from harness.ranking import consensus, rank_scores
-from harness.seeds import SEEDS_FILE
-from harness.tables import consensus_markdown, md_table, ranking_csv, rich_table, short, to_csv, to_markdown
+from harness.results.leaderboard import NA, NOT_TASKS, SELECTED, Leaderboard, build_leaderboard
+from harness.results.ranking import consensus, rank_scores
+from harness.results.seeds import SEEDS_FILE
+from harness.results.tables import consensus_markdown, md_table, ranking_csv, rich_table, short, to_csv, to_markdown
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
 
@@ -185,7 +185,7 @@ def write_task_results(task, work: Path, results_root: Path, record: dict) -> Le
     Outputs of a stage whose job failed in this run are left as they were (a stale selection or
     old test predictions must not pass for this run's).
     """
-    from harness.export import export_task
+    from harness.results.export import export_task
 
     results_root, work = Path(results_root), Path(work)
     board = None

@@ -52,15 +52,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from harness.gc_case import output_files, read_inputs_json, write_case
-from harness.gc_templates import (
+from harness.challenge.gc_case import output_files, read_inputs_json, write_case
+from harness.challenge.gc_templates import (
     BUILD_SH,
     DOCKERFILE,
     INFERENCE_PY,
     SAVE_SH,
     TEST_SH,
 )
-from harness.names import (
+from harness.tasks.names import (
     check_configuration,
     check_image_reference,
     check_image_tag,
@@ -87,7 +87,7 @@ def resolve_work(task: Path, work_root: Path = Path("work")) -> Path:
     if task.is_dir() and (task / "selection.json").is_file():
         return task.resolve()
     if task.is_file() and task.suffix in (".yaml", ".yml"):
-        from harness.tasks import load_tasks
+        from harness.tasks.descriptor import load_tasks
 
         (descriptor,) = load_tasks([task])
         work = (work_root / descriptor.name).resolve()
@@ -204,7 +204,7 @@ def export_gc(task: Path | None, out: Path, image: str = "selfunet:latest", inpu
               model: Path | None = None, dataset: Path | None = None) -> Path:
     """Write the build context (see the module doc) and return ``out``.
 
-    Every value pasted into the Dockerfile or the scripts is checked (:mod:`harness.names`) before
+    Every value pasted into the Dockerfile or the scripts is checked (:mod:`harness.tasks.names`) before
     anything is written, and quoted where it is pasted. The test case comes from ``dataset``, else
     the descriptor's dataset when ``task`` is a descriptor (never from the work directory's
     fingerprint.json: a job wrote it).
@@ -226,7 +226,7 @@ def export_gc(task: Path | None, out: Path, image: str = "selfunet:latest", inpu
     if tag is not None:
         check_image_tag(tag, "--tag")
     if dataset is None and task is not None and Path(task).is_file():
-        from harness.tasks import load_tasks
+        from harness.tasks.descriptor import load_tasks
 
         dataset = load_tasks([Path(task)])[0].dataset
     if model is None and task is None:
@@ -361,7 +361,7 @@ def check_non_root(client, image: str) -> str:
 def test_container(context: Path, client=None, keep_image: bool = True) -> dict:
     """Check the base runs as non-root, build the context's image for linux/amd64, run it like
     grand-challenge does, and compare its label map with the host prediction."""
-    from harness.image import docker_client
+    from harness.sandboxes.image import docker_client
 
     client = client or docker_client()
     config = read_config(context)
