@@ -5,7 +5,7 @@ when already done) and measures, per configuration (3d_fullres, 2d) of the real 
 CPU of this machine:
 
 * ``sample``: one ``PatchSampler.sample_batch`` (memory-mapped reads of the enlarged patch);
-* ``augment``: one ``Augmenter.__call__`` on such a batch (default SPEC probabilities);
+* ``augment``: one ``Augmenter.__call__`` on such a batch (defaults: docs/explanation/design.md#augmentation);
 * ``loader``: samples/s of sample+augment produced by one ``BackgroundLoader`` worker thread,
   consumer idle (the supply rate);
 * ``step``: one training step (forward + deep-supervision Dice+CE loss + backward + SGD step) of
@@ -166,7 +166,7 @@ def render(rows: list[dict[str, object]], batches: int, steps: int) -> str:
         f"{batches} batches and {steps} training steps).",
         "",
         "Data: the demo task (12 training cases), the real demo plan and its preprocessed arrays. "
-        "Augmentation at the SPEC defaults on the CPU (on a GPU it runs on the device instead). "
+        "Augmentation at the default probabilities on the CPU (on a GPU it runs on the device instead). "
         "A training step = forward + deep-supervision Dice+CE + backward + SGD step of the plan's U-Net, "
         "float32, CPU.",
         "",

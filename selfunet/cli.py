@@ -140,7 +140,7 @@ def fingerprint(
     processes: ProcessesOpt = 2,
     seed: Annotated[int, typer.Option(help="seed of the foreground intensity sampling")] = 1234,
 ) -> None:
-    """Compute the dataset fingerprint (SPEC section 1) into WORK/fingerprint.json."""
+    """Compute the dataset fingerprint (docs/explanation/design.md#fingerprint) into WORK/fingerprint.json."""
     from selfunet.planning.fingerprint import run_fingerprint
 
     run_fingerprint(dataset, work, processes=processes, seed=seed)
@@ -167,7 +167,7 @@ def plan(
         Optional[Path], typer.Option(help="read the fingerprint from this file (copied into WORK) instead of WORK's")
     ] = None,
 ) -> None:
-    """Derive the plan (SPEC section 2) from WORK/fingerprint.json into WORK/plan.json."""
+    """Derive the plan (docs/explanation/design.md#plan-rules) from WORK/fingerprint.json into WORK/plan.json."""
     from selfunet.planning.plan import run_plan
 
     if from_plan is not None:
@@ -233,7 +233,8 @@ def train(
     restart: Annotated[bool, typer.Option("--restart", help="discard this fold's checkpoints and start over")] = False,
     given: Given = Given(),
 ) -> None:
-    """Train one configuration on one fold (SPEC section 3); every TrainConfig and AugmentationConfig field is
+    """Train one configuration on one fold (docs/explanation/design.md#training); every TrainConfig and
+    AugmentationConfig field is
     an option, and the InferenceConfig options apply to the out-of-fold validation predictions. --resume
     continues with the checkpoint's settings."""
     from selfunet.pipeline import run_training
@@ -332,7 +333,7 @@ def run(
         Optional[list[str]], typer.Option("--configuration", "-c", help="repeat; default: all the plan makes")
     ] = None,
     budget: Annotated[BudgetChoice, typer.Option(
-        help="full (SPEC: 1000 x 250) | ci | demo; the options below override it")] = "full",
+        help="full (the method's 1000 x 250) | ci | demo; the options below override it")] = "full",
     preset: PresetOpt = "default",
     gpu_memory_gb: GpuMemoryOpt = None,
     processes: ProcessesOpt = 2,
@@ -433,7 +434,7 @@ def evaluate(
         Optional[Path], typer.Option("--output", "-o", help="folder for the outputs (default: PREDICTION_DIR)")
     ] = None,
 ) -> None:
-    """Dice, IoU, TP/FP/FN (and NSD, HD95) per case and class, with per-class means (SPEC section 5)."""
+    """Dice, IoU, TP/FP/FN (+ NSD, HD95) per case and class, per-class means (docs/explanation/design.md#evaluation)."""
     from selfunet.evaluation.evaluate import run_evaluate
 
     run_evaluate(prediction_dir, reference_dir, output, labels, dataset, nsd_tolerance_mm, hd95, processes,

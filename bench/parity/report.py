@@ -2,7 +2,8 @@
 
 Reads what ``run_parity.sh`` left in OUT (``eval_ours``/``eval_ref`` summaries of
 ``selfunet evaluate``, the splits, both plans, ``timings.tsv``) and prints markdown to stdout.
-Besides the per-class mean Dice over cases (the SPEC's number), it prints the pooled Dice
+Besides the per-class mean Dice over cases (the method's number,
+docs/explanation/design.md#evaluation), it prints the pooled Dice
 (TP/FP/FN summed over all out-of-fold cases), which is less noisy on a six-case set.
 """
 

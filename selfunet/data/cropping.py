@@ -1,4 +1,4 @@
-"""Cropping a case to its non-zero region (SPEC section 1).
+"""Cropping a case to its non-zero region (docs/explanation/design.md#fingerprint).
 
 Many datasets (skull-stripped brain MR, cardiac MR with a field-of-view mask, ...) surround the
 body with exact zeros. Cropping to the non-zero bounding box before anything else shrinks the

@@ -1,4 +1,6 @@
-"""``selfunet crossval``: one configuration's out-of-fold predictions, merged and evaluated (SPEC 4).
+"""``selfunet crossval``: one configuration's out-of-fold predictions, merged and evaluated.
+
+The rules it serves: docs/explanation/design.md#selection.
 
 Every training case is predicted by the fold that did not train on it
 (``WORK/train/<configuration>/fold_<k>/validation/``). This stage gathers those folders into one,

@@ -1,4 +1,4 @@
-"""``selfunet select``: pick the best configuration or pair of configurations (SPEC section 4).
+"""``selfunet select``: pick the best configuration or pair of configurations (docs/explanation/design.md#selection).
 
 Candidates are every configuration whose cross-validation is complete and every pair of them; a
 configuration planned by another planner preset (``WORK/planners/<preset>/``) is a candidate

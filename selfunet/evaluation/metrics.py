@@ -1,4 +1,4 @@
-"""Per-case metrics of label maps (SPEC section 5): TP/FP/FN, Dice, IoU, and NSD/HD95 in mm.
+"""Per-case metrics of label maps (docs/explanation/design.md#evaluation): TP/FP/FN, Dice, IoU, and NSD/HD95 in mm.
 
 The empty-mask rules are applied explicitly, in one place (:func:`evaluate_arrays`), and written
 into every table as :data:`EMPTY_MASK_RULE`:

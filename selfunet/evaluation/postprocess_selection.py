@@ -1,4 +1,4 @@
-"""Deciding the connected-component postprocessing on the cross-validation (SPEC section 4).
+"""Deciding the connected-component postprocessing on the cross-validation (docs/explanation/design.md#postprocessing).
 
 For every out-of-fold case the Dice with and without each step is measured; a step is adopted
 when it helps by more than :data:`TOLERANCE` (the rule's steps and how they are applied are in
@@ -35,7 +35,7 @@ def _progress(console: Console) -> Progress:
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """2TP/(2TP+FP+FN) of two boolean masks; NaN when both are empty (left out of means, SPEC 5)."""
+    """2TP/(2TP+FP+FN) of two boolean masks; NaN if both empty (not averaged, docs/explanation/design.md#evaluation)."""
     tp = int(np.count_nonzero(prediction & reference))
     denominator = int(np.count_nonzero(prediction)) + int(np.count_nonzero(reference))
     return float("nan") if denominator == 0 else 2.0 * tp / denominator
@@ -116,7 +116,7 @@ def _none_if_nan(value: float) -> float | None:
 
 def decide_postprocessing(effects: Sequence[CaseEffects], labels: Sequence[int],
                           regions: Mapping[int, Sequence[int]] | None = None) -> PostprocessingRule:
-    """The two-step decision of SPEC section 4 from per-case effects (see the module docstring)."""
+    """The two-step decision (docs/explanation/design.md#postprocessing) from per-case effects."""
     labels = [int(c) for c in labels if int(c) > 0]
     if not effects:
         raise SelfUNetError("postprocessing needs at least one cross-validation case to decide on.")

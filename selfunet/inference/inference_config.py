@@ -1,4 +1,4 @@
-"""How a case is predicted (SPEC section 3, "Inference"), as one typed config.
+"""How a case is predicted (docs/explanation/design.md#inference), as one typed config.
 
 Every constant of the sliding window and the test-time augmentation is a field, so ``selfunet
 predict``/``run``/``train`` expose each as an option (generated from these fields). The module does
@@ -19,12 +19,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How a case is predicted; every SPEC constant is a field so the CLI can change it."""
+    """How a case is predicted; each default (docs/explanation/design.md#inference) is a field the CLI can change."""
 
     step_fraction: float = 0.5
-    """window step as a fraction of the patch size (SPEC: half a patch)."""
+    """window step as a fraction of the patch size (default: half a patch)."""
     gaussian_sigma_fraction: float = 1.0 / 8.0
-    """sigma of the importance map as a fraction of the patch size (SPEC: patch / 8)."""
+    """sigma of the importance map as a fraction of the patch size (default: patch / 8)."""
     mirror_axes: tuple[int, ...] | None = None
     """axes of the *patch* (0-based, spatial) to mirror for TTA; None = all of them, () = no TTA."""
     windows_per_batch: int = 4
@@ -42,12 +42,12 @@ class InferenceConfig:
         if not 0.0 < self.step_fraction <= 1.0:
             raise SelfUNetError(
                 f"InferenceConfig.step_fraction={self.step_fraction}: must be in (0, 1]; "
-                "0.5 (half a patch) is the SPEC default"
+                "0.5 (half a patch) is the method's default"
             )
         if self.gaussian_sigma_fraction <= 0.0:
             raise SelfUNetError(
                 f"InferenceConfig.gaussian_sigma_fraction={self.gaussian_sigma_fraction}: must be > 0; "
-                "1/8 is the SPEC default"
+                "1/8 is the method's default"
             )
         if self.windows_per_batch < 1:
             raise SelfUNetError(f"InferenceConfig.windows_per_batch={self.windows_per_batch}: must be >= 1")

@@ -1,4 +1,4 @@
-"""Connected-component postprocessing: the rule and how it is applied (SPEC section 4).
+"""Connected-component postprocessing: the rule and how it is applied (docs/explanation/design.md#postprocessing).
 
 How the rule is decided on the cross-validation lives in
 :mod:`selfunet.evaluation.postprocess_selection`; this module is what prediction needs.

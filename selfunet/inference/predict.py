@@ -1,4 +1,4 @@
-"""``selfunet predict``: trained folds -> label maps in the original geometry (SPEC section 3).
+"""``selfunet predict``: trained folds -> label maps in the original geometry (docs/explanation/design.md#inference).
 
 The chain for one case: read the image(s) -> preprocess in memory exactly like the training data
 -> sliding-window prediction with every fold (softmax probabilities averaged) -> revert to the

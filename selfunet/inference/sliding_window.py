@@ -1,4 +1,4 @@
-"""Sliding-window inference (SPEC section 3, "Inference").
+"""Sliding-window inference (docs/explanation/design.md#inference).
 
 A network trained on patches sees a whole case as overlapping patch-sized windows (step = half a
 patch). Each window's logits are weighted by a Gaussian centred on the window before they are
@@ -208,7 +208,7 @@ def predict_probabilities(
     """Softmax (or, for region-based models, sigmoid) probabilities ``[K, *spatial]`` averaged over
     several networks (folds, members).
 
-    Averaging probabilities, not logits, is the SPEC rule: a fold that is confidently wrong cannot
+    Averaging probabilities, not logits, is the method's rule: a fold that is confidently wrong cannot
     outvote the others by an unbounded margin.
     """
     if len(networks) == 0:

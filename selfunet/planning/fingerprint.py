@@ -1,4 +1,4 @@
-"""The dataset fingerprint (SPEC section 1): what the planner needs to know about a dataset.
+"""The dataset fingerprint (docs/explanation/design.md#fingerprint): what the planner needs to know about a dataset.
 
 One pass over the training cases, in parallel: crop each case to its non-zero region, record
 shapes, spacing and label counts, and sample foreground intensities per channel. The sampling is

@@ -1,4 +1,4 @@
-"""The dataset fingerprint artifact (SPEC section 1): what planning needs to know about a dataset.
+"""The fingerprint artifact (docs/explanation/design.md#fingerprint): what planning needs to know about a dataset.
 
 Kept apart from the computation in :mod:`selfunet.planning.fingerprint` so that the planner (and users who
 import an nnU-Net v2 fingerprint) depend only on the data model.

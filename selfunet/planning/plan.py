@@ -1,4 +1,4 @@
-"""Planning (SPEC section 2): turn a dataset fingerprint into every rule-based decision.
+"""Planning (docs/explanation/design.md#plan-rules): turn a dataset fingerprint into every rule-based decision.
 
 The rules are exact so that a fingerprint gives the same plan as the reference implementation
 (see docs/planning.md for the side-by-side comparison); the only deliberate differences are the

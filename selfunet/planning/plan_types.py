@@ -1,8 +1,8 @@
-"""The plan artifact (SPEC section 2): every rule-based decision, per configuration.
+"""The plan artifact (docs/explanation/design.md#plan-rules): every rule-based decision, per configuration.
 
 Only the data model lives here; the rules are in :mod:`selfunet.planning.plan` and
 :mod:`selfunet.planning.topology`. Every constant of the rules is a field of :class:`PlannerSettings`
-with the SPEC default, so a user changes it with an option, not a subclass.
+with the method's default (docs/explanation/design.md#plan-rules), so a user changes it with an option, not a subclass.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class Configuration(_Frozen):
 
 
 class PlannerSettings(_Frozen):
-    """Every constant of the planning rules, with the SPEC's default."""
+    """Every constant of the planning rules, with the method's default (docs/explanation/design.md#plan-rules)."""
 
     preset: str = "default"
     """the named preset these settings came from (:mod:`selfunet.planning.presets`)."""

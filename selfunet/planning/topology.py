@@ -1,4 +1,4 @@
-"""U-Net topology from (spacing, patch size), and its activation-memory estimate (SPEC section 2).
+"""U-Net topology from (spacing, patch size), and its activation-memory estimate (docs/explanation/design.md#topology).
 
 The planner cannot afford to build a torch module for every candidate patch size it tries, so the
 topology rules and the memory estimate are plain arithmetic here. :mod:`selfunet.training.network` builds

@@ -1,4 +1,4 @@
-"""Per-channel intensity normalization (SPEC section 2, "Normalization").
+"""Per-channel intensity normalization (docs/explanation/design.md#normalization).
 
 The planner decides one :class:`~selfunet.planning.plan_types.ChannelNormalization` per input channel;
 this module only applies it. Normalization runs on the cropped image *before* resampling, so the

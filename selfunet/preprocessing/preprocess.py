@@ -1,4 +1,4 @@
-"""Preprocessing (SPEC sections 1-2): crop -> normalize -> transpose -> resample -> save.
+"""Preprocessing (docs/explanation/design.md#preprocessing): crop -> normalize -> transpose -> resample -> save.
 
 Every training case of the dataset becomes, per distinct preprocessing (``data_identifier``),
 the files described in docs/formats.md: the image as a float32 ``.npy`` (memory-mapped by the
@@ -40,7 +40,7 @@ from selfunet.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
-#: SPEC section 3: per class, keep max(min(10000, n), ceil(1% of n)) voxel coordinates.
+#: docs/explanation/design.md#sampling: per class, keep max(min(10000, n), ceil(1% of n)) voxel coordinates.
 FG_SAMPLES_MIN = 10_000
 FG_SAMPLES_FRACTION = 0.01
 #: label value of voxels outside the non-zero mask (training counts it as background, as the reference).
@@ -137,7 +137,7 @@ def preprocess_case(
 ) -> tuple[np.ndarray, np.ndarray | None, PreprocessedCase]:
     """One case in memory: ``(data (C, *plan-order spatial), seg (1, ...) or None, properties)``.
 
-    Order per SPEC: crop to the non-zero box, normalize (statistics of the acquired voxels),
+    Order (docs/explanation/design.md#preprocessing): crop to the non-zero box, normalize (stats of acquired voxels),
     transpose to plan order, resample image (spline) and labels (one-hot linear).
     """
     if image.ndim != 4:

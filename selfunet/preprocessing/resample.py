@@ -1,4 +1,4 @@
-"""Resampling images, label maps and probabilities between voxel grids (SPEC section 2).
+"""Resampling images, label maps and probabilities between voxel grids (docs/explanation/design.md#resampling).
 
 Why it is written this way: resampling is the dominant cost of preprocessing and of exporting
 predictions. A third-order spline on a regular grid is a tensor product, so it can be applied

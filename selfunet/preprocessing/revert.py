@@ -1,4 +1,4 @@
-"""From the preprocessed grid back to the original image (SPEC section 3, "export").
+"""From the preprocessed grid back to the original image (docs/explanation/design.md#export).
 
 A prediction is made in plan axis order at the target spacing, on the cropped image. Exporting
 undoes the preprocessing in reverse: resample the class probabilities to the cropped original

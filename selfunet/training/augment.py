@@ -1,4 +1,4 @@
-"""On-the-fly data augmentation (SPEC section 3), batched on the training device.
+"""On-the-fly data augmentation (docs/explanation/design.md#augmentation), batched on the training device.
 
 Why this shape: every transform has a *draw* step (all random numbers of a batch, from one CPU
 ``torch.Generator``, always the same number of draws whatever the outcomes) and a deterministic
@@ -68,7 +68,7 @@ def _gamma_values(g: torch.Generator, shape: tuple[int, ...], bounds: Range) -> 
 
 
 class Augmenter:
-    """Draws and applies the SPEC augmentation to a batch, on ``device``.
+    """Draws and applies the method's augmentation (docs/explanation/design.md#augmentation) to a batch, on ``device``.
 
     Input: image [B, C, *read] and label [B, 1, *read] (any read size >= the patch, the patch at
     its centre), or per-sample boxes (:meth:`apply_boxes`). Output: image [B, C, *patch] float32

@@ -1,4 +1,4 @@
-"""Perturbing the cascade's previous-stage segmentation (SPEC section 3, cascade stage).
+"""Perturbing the cascade's previous-stage segmentation (docs/explanation/design.md#augmentation).
 
 The full-resolution cascade stage sees the low-resolution stage's segmentation as one-hot input
 channels. At test time those are predictions with mistakes, so training makes its own mistakes

@@ -1,4 +1,4 @@
-"""What the augmentation does, as one typed config (SPEC section 3 defaults).
+"""What the augmentation does, as one typed config (defaults: docs/explanation/design.md#augmentation).
 
 Every probability and range of every transform is a field, so the CLI and task descriptors can
 change any of them without a subclass per value; bad values are rejected when the config is made,
@@ -21,10 +21,10 @@ Range = tuple[float, float]
 
 @dataclass(frozen=True)
 class AugmentationConfig:
-    """Probabilities (per sample unless noted) and ranges of every augmentation (SPEC section 3).
+    """Probabilities (per sample unless noted) and ranges of each transform (docs/explanation/design.md#augmentation).
 
     The defaults are the reference method's (nnU-Net v2's default trainer), including its quirks
-    where the SPEC keeps them (e.g. the read-patch rule uses its own scale range).
+    where the method keeps them (e.g. the read-patch rule uses its own scale range).
     """
 
     p_rotation: float = 0.2

@@ -1,6 +1,6 @@
 """Spatial augmentation: rotation, scaling, the read patch they need, and mirroring.
 
-How a sample is moved (the reference method's rules, SPEC section 3):
+How a sample is moved (the reference method's rules, docs/explanation/design.md#augmentation):
 
 * rotation and scaling are one affine map from the output patch (offsets from its centre) to
   input voxels, applied with one ``grid_sample`` per sample: image channels linear, the label and
@@ -93,7 +93,7 @@ def _read_patch(patch: tuple[int, ...], config: AugmentationConfig) -> tuple[int
 
 
 def read_patch_size(patch_size: Sequence[int], config: AugmentationConfig | None = None) -> tuple[int, ...]:
-    """The region the reference reads around a patch (its "initial patch size"; SPEC section 3).
+    """The region read around a patch (the reference's "initial patch size"; docs/explanation/design.md#augmentation).
 
     The patch's extent vector is turned by the largest rotation angle (at most
     ``read_rotation_cap_degrees``) about each axis in turn, the per-axis maximum is kept and

@@ -1,4 +1,4 @@
-"""Named training budgets: the SPEC's full schedule and small ones for demos and CI.
+"""Named training budgets: the full schedule (docs/explanation/design.md#schedule) and small ones for demos and CI.
 
 A budget only overrides :class:`~selfunet.training.train_config.TrainConfig` fields; the harness's
 ``--budget`` and ``selfunet run --budget`` select one by name.
@@ -24,7 +24,7 @@ from selfunet.training.train_config import TrainConfig
 SMALL_BUDGET_VOXELS_PER_BATCH = 2**18
 
 BUDGETS: dict[str, dict] = {
-    # SPEC section 3: 1000 epochs x 250 iterations, 50 validation iterations, 5 folds.
+    # docs/explanation/design.md#schedule: 1000 epochs x 250 iterations, 50 validation iterations, 5 folds.
     "full": {},
     # a few minutes per task on a 2-core CPU: enough to separate a working pipeline from a broken one.
     "ci": {"epochs": 3, "iterations_per_epoch": 12, "validation_iterations": 3, "num_folds": 2,

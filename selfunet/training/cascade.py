@@ -1,4 +1,4 @@
-"""The cascade (SPEC section 2): ``3d_cascade_fullres`` sees the ``3d_lowres`` prediction.
+"""The cascade (docs/explanation/design.md#cascade): ``3d_cascade_fullres`` sees the ``3d_lowres`` prediction.
 
 The low-resolution stage's segmentation, brought onto the full-resolution grid and one-hot
 encoded (one channel per foreground class), is appended to the image channels. For its own

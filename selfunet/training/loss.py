@@ -1,11 +1,11 @@
-"""Training loss (SPEC section 3): soft Dice + cross-entropy, and its deep-supervision wrapper.
+"""Training loss (docs/explanation/design.md#loss): soft Dice + cross-entropy, and its deep-supervision wrapper.
 
 Sign convention: the Dice term is the *negative* mean soft Dice, so it lies in [-1, 0] and a
 perfect prediction gives about -1 (and a total loss of about -1, since cross-entropy is then
 about 0). Negative Dice keeps "lower is better" for the sum without an arbitrary ``1 -`` offset,
 and makes logged loss values comparable with the reference implementation's.
 
-Voxels labelled ``ignore_label`` (default -1: outside the non-zero mask, SPEC section 1, or
+Voxels labelled ``ignore_label`` (default -1: outside the non-zero mask, docs/explanation/design.md#fingerprint, or
 padding) are left out of both terms. Note: the reference implementation instead relabels -1 as
 background before the loss; pass ``ignore_label=None`` (and relabel -1 -> 0 upstream) to do the
 same. The trainer does that and passes the dataset's ``ignore`` label value instead, when it has

@@ -1,4 +1,4 @@
-"""The U-Net template (SPEC section 2, "network"), built from a planned :class:`NetworkTopology`.
+"""The U-Net template (docs/explanation/design.md#network), built from a planned :class:`NetworkTopology`.
 
 One class serves 2D and 3D: the dimension only picks the operators (convolution, instance norm,
 transposed convolution); and both encoders: the topology's ``architecture`` picks plain conv
@@ -97,7 +97,8 @@ def validate_topology(topology: NetworkTopology, source: str = "topology") -> No
                     f"{source}: '{name}[{s}]' = {entry} must hold {d} positive integers (dimension {d})."
                 )
     if any(v != 1 for v in topology.strides[0]):
-        raise SelfUNetError(f"{source}: 'strides[0]' = {topology.strides[0]} must be all 1 (SPEC section 2).")
+        raise SelfUNetError(f"{source}: 'strides[0]' = {topology.strides[0]} must be all 1 "
+                            "(docs/explanation/design.md#network).")
     if any(f < 1 for f in topology.features_per_stage):
         raise SelfUNetError(f"{source}: 'features_per_stage' must be positive, got {topology.features_per_stage}.")
     if any(c < 1 for c in [*topology.convs_per_stage_encoder, *topology.convs_per_stage_decoder]):
@@ -212,7 +213,7 @@ class UNet(nn.Module):
         return patch
 
     def count_feature_map_elements(self, patch_size: Sequence[int]) -> int:
-        """Activation elements per sample that the planner's estimate counts (SPEC section 2).
+        """Activation elements per sample that the planner's estimate counts (docs/explanation/design.md#network).
 
         Measured from the real module outputs: every encoder and decoder conv (with a residual
         encoder also the stem and each shortcut that pools or projects), every transposed conv, and

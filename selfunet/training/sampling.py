@@ -1,4 +1,4 @@
-"""Training mini-batches: random patches with foreground oversampling (SPEC section 3).
+"""Training mini-batches: random patches with foreground oversampling (docs/explanation/design.md#sampling).
 
 A batch is a pure function of ``(seed, batch_index)``: every random number comes from
 ``np.random.default_rng([seed, batch_index])`` and the sampler keeps no state between calls.

@@ -1,4 +1,4 @@
-"""Cross-validation folds (SPEC section 4): seeded K-fold over sorted case ids, kept as editable JSON.
+"""Cross-validation folds (docs/explanation/design.md#folds): seeded K-fold over sorted case ids, kept as editable JSON.
 
 The folds are written once, on first training, to ``WORK/splits.json`` as a list of
 ``{"train": [...], "val": [...]}``; every later training run reads that file, so all folds and

@@ -1,4 +1,4 @@
-"""``selfunet train``: one configuration, one fold (SPEC section 3, "Training").
+"""``selfunet train``: one configuration, one fold (docs/explanation/design.md#training).
 
 Design decisions that make resume exact and the loop simple:
 

@@ -1,4 +1,4 @@
-"""The planning rules (SPEC section 2), each on its own, plus the CLI and the nnU-Net import."""
+"""The planning rules (docs/explanation/design.md#plan-rules), each on its own, plus the CLI and the nnU-Net import."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Augmentation rules of the reference method (SPEC section 3), checked statistically on many
+"""Augmentation rules of the reference method (docs/explanation/design.md#augmentation), checked statistically on many
 draws: noise standard deviation, rotation ranges (2D elongated patches), scaling, the read patch,
 zero-filled corners, and the non-zero mask set back to 0 after augmentation."""
 
