@@ -1,13 +1,23 @@
-"""The ``harness`` command line: ``run``, ``ls`` and ``validate`` over task descriptors.
+"""The ``harness`` command line over task descriptors.
 
-Commands are thin: they call :mod:`harness.tasks.descriptor` and :mod:`harness.run.runner`; library errors
-(:class:`~selfunet.errors.SelfUNetError`) become a red message and exit code 1.
+* ``ls``, ``validate``: list and check descriptors and their datasets;
+* ``run``: the job graph of every task, through an executor and a sandbox, resumable;
+* ``leaderboard``: re-render ``results/`` (leaderboards, rankings, report) from disk;
+* ``compare``: the CI regression check against a committed baseline;
+* ``export task``, ``export gc``: challenge-format predictions, a grand-challenge container;
+* ``score``: anyone's container or prediction folder on the held-out test cases;
+* ``image build``: the project's Docker image;
+* ``version``.
+
+Commands are thin: they call the packages (:mod:`harness.tasks`, :mod:`harness.run`,
+:mod:`harness.results`, :mod:`harness.challenge`, :mod:`harness.sandboxes`); library errors
+(:class:`~selfunet.errors.SelfUNetError`) become a red message and exit code 1. Every command
+that takes a TASK name resolves it through :func:`_find_task`.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -17,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from selfunet.cli import VERBOSE, BudgetChoice, errors_to, print_version
+from selfunet.cli import BudgetChoice, errors_to, print_version, set_verbose
 from selfunet.errors import SelfUNetError
 
 app = typer.Typer(name="harness", help="Benchmark selfunet over many tasks.", no_args_is_help=True,
@@ -41,8 +51,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=print_version("harness"),
                                           help="print the version and exit")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    VERBOSE[:] = [True] if verbose else []
+    set_verbose(verbose)
 
 
 def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Optional[str] = None) -> list:
@@ -146,6 +155,7 @@ def run(
 ) -> None:
     """Run every job of the tasks (resumable: finished jobs are skipped); exit 1 if any job failed."""
     from harness.executors import EXECUTORS
+    from harness.executors.base import JobStatus
     from harness.executors.ray import RayExecutor  # imports Ray only when used
     from harness.run.runner import RunInterrupted, run_tasks, summary_table
     from harness.sandboxes import SANDBOXES
@@ -184,12 +194,12 @@ def run(
                       "interrupted; rerun the same command to resume.", highlight=False, soft_wrap=True)
         raise typer.Exit(stop.exit_code) from None
     Console().print(summary_table(records))
-    failed = [r for r in records if r.status == "failed"]
+    failed = [r for r in records if r.status == JobStatus.FAILED]
     for r in failed:
         console.print(f"[bold red]{r.task}/{r.job} failed[/] ({escape(r.reason.splitlines()[0] if r.reason else '')}); "
                       f"last lines of {escape(r.log)}:", highlight=False)
         console.print("\n".join(r.log_tail[-15:]), highlight=False, markup=False)
-    if failed or any(r.status == "blocked" for r in records):
+    if failed or any(r.status == JobStatus.BLOCKED for r in records):
         raise typer.Exit(1)
 
 
@@ -249,17 +259,7 @@ def export_task_command(
     """Copy the selected model's test predictions to results/<task>/predictions/<TaskName>/ (headers checked)."""
     from harness.results.export import export_command
 
-    path = Path(task)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        loaded = _load([path], data_root)
-    else:
-        candidates = _load([tasks_dir], data_root)
-        loaded = [t for t in candidates if t.name == task]
-        if not loaded:
-            known = ", ".join(t.name for t in candidates) or "none"
-            raise SelfUNetError(f"task '{task}': not found under {tasks_dir} (tasks: {known}); pass its descriptor "
-                                "file or --tasks DIR.")
-    t = loaded[0]
+    t = _find_task(task, tasks_dir, data_root)
     folder, archive = export_command(t, work_root / t.name, results, make_zip)
     if folder is None:
         console.print(f"{t.name}: nothing to export (no test cases, or export format 'none').", highlight=False)
@@ -322,11 +322,8 @@ def export_gc_command(
     from harness.challenge.gc_export import export_gc, test_container
 
     path = None if task is None else Path(task)
-    if path is not None and not path.exists():
-        found = [t for t in _load([tasks_dir], None) if t.name == task]
-        if not found:
-            raise SelfUNetError(f"task '{task}': not a folder, a descriptor or a task name under {tasks_dir}.")
-        path = found[0].source
+    if path is not None and not path.exists():  # a work directory or a descriptor is taken as it is
+        path = _find_task(task, tasks_dir, None).source
     context = export_gc(path, out, image=image, input_slugs=input_slug, output_slug=output_slug,
                         work_root=work_root, tag=tag, model_tarball=model_tarball, inputs_json=inputs_json,
                         mirroring=mirroring, model=model, dataset=dataset)
@@ -338,7 +335,8 @@ def export_gc_command(
 
 
 def _find_task(task: str, tasks_dir: Path, data_root: Optional[Path]):
-    """A descriptor file, or a task name looked up under ``tasks_dir``."""
+    """A descriptor file, or a task name looked up under ``tasks_dir``: the one lookup every
+    command that takes a TASK argument goes through, so they all accept and refuse the same."""
     path = Path(task)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return _load([path], data_root)[0]

@@ -30,8 +30,17 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
 
 
-#: set by ``-v``/``--verbose`` of either command line: an unexpected error then shows its traceback.
-VERBOSE: list[bool] = []
+class Verbosity:
+    """Set by ``-v``/``--verbose`` of either command line: an unexpected error then shows its
+    traceback. One process-wide setting, read when an error is reported."""
+
+    show_tracebacks: bool = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Debug logging and tracebacks for unexpected errors (both command lines' ``-v``)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    Verbosity.show_tracebacks = verbose
 
 
 def errors_to(target: Console) -> Callable[[F], F]:
@@ -55,7 +64,7 @@ def errors_to(target: Console) -> Callable[[F], F]:
                 raise
             except Exception as exc:  # a bug, not the user's input: one line, the traceback only with -v
                 # click-style usage errors (from typer's copy of click or click itself) are typer's to report
-                if VERBOSE or hasattr(exc, "show"):
+                if Verbosity.show_tracebacks or hasattr(exc, "show"):
                     raise
                 target.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(clip(str(exc)))} (a bug, "
                              "not your input: please report it with the command; `-v` prints the traceback)",
@@ -89,8 +98,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=print_version("selfunet"),
                                           help="print the version and exit")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    VERBOSE[:] = [True] if verbose else []
+    set_verbose(verbose)
 
 
 def _device_name(value: Optional[str]) -> Optional[str]:

@@ -4,8 +4,30 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import StrEnum
 
 from harness.sandboxes.base import Sandbox, SandboxRequest
+
+
+class JobStatus(StrEnum):
+    """Where one job of the graph stands. Kept with the executors because every executor's
+    completions end in one of these, and the results layer reads them back from run records.
+
+    A ``StrEnum``: its members are the strings written to markers and run records, so records
+    written before it existed read back unchanged.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"  # finished earlier with the same content hash
+    FAILED = "failed"
+    BLOCKED = "blocked"  # a job it depends on failed or was blocked
+    INTERRUPTED = "interrupted"  # the harness was stopped while it ran
+
+
+#: the statuses whose outputs later jobs may use.
+FINISHED_WELL = (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
 
 
 @dataclass(frozen=True)

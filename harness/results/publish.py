@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from harness.executors.base import FINISHED_WELL
 from harness.results.leaderboard import NA, NOT_TASKS, SELECTED, Leaderboard, build_leaderboard
 from harness.results.ranking import consensus, rank_scores
 from harness.results.seeds import SEEDS_FILE
@@ -174,7 +175,7 @@ def _empty_rule() -> str:
 def _job_ok(record: dict, job: str) -> bool:
     """Whether ``job`` succeeded or was skipped as done in this run (True when the graph has no such job)."""
     states = [j.get("status") for j in record.get("jobs", []) if j.get("job") == job]
-    return not states or states[-1] in ("succeeded", "skipped")
+    return not states or states[-1] in FINISHED_WELL
 
 
 def write_task_results(task, work: Path, results_root: Path, record: dict) -> Leaderboard | None:

@@ -19,6 +19,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from harness.executors.base import JobStatus
+
 
 class JobRecord(Protocol):
     """What the view reads of :class:`harness.run.runner.JobRecord` (the runner imports this module)."""
@@ -33,7 +35,7 @@ class JobRecord(Protocol):
     @property
     def seconds(self) -> float: ...
 
-DONE = ("succeeded", "skipped", "failed", "blocked")
+DONE = (JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.FAILED, JobStatus.BLOCKED)
 
 
 def duration(seconds: float | None) -> str:
@@ -52,7 +54,7 @@ def duration(seconds: float | None) -> str:
 def eta_seconds(records: Mapping[str, JobRecord], slots: int, now: float | None = None) -> float | None:
     """Seconds until every known job is done (None while no job has run yet to learn from)."""
     now = time.time() if now is None else now
-    ran = [r for r in records.values() if r.status in ("succeeded", "failed") and r.seconds > 0]
+    ran = [r for r in records.values() if r.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) and r.seconds > 0]
     if not ran:
         return None if any(r.status not in DONE for r in records.values()) else 0.0
     overall = sum(r.seconds for r in ran) / len(ran)
@@ -65,7 +67,7 @@ def eta_seconds(records: Mapping[str, JobRecord], slots: int, now: float | None 
             continue
         times = by_stage.get(r.stage)
         expected = sum(times) / len(times) if times else overall
-        if r.status == "running" and r.started:
+        if r.status == JobStatus.RUNNING and r.started:
             expected = max(0.0, expected - (now - r.started))
         left += expected
     return left / max(1, slots)
@@ -82,8 +84,9 @@ class RunProgress:
     def __rich__(self) -> Group:
         records = list(self.records.values())
         done = sum(r.status in DONE for r in records)
-        counts = {s: sum(r.status == s for r in records) for s in ("skipped", "failed", "blocked")}
-        running = [r for r in records if r.status == "running"]
+        counts = {s: sum(r.status == s for r in records)
+                  for s in (JobStatus.SKIPPED, JobStatus.FAILED, JobStatus.BLOCKED)}
+        running = [r for r in records if r.status == JobStatus.RUNNING]
         extra = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         head = Text.assemble(
             ("harness run ", "bold"), f"{done}/{len(records)} jobs done", f" ({extra})" if extra else "",

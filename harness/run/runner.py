@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.executors.base import Completion, Executor
+from harness.executors.base import FINISHED_WELL, Completion, Executor, JobStatus
 from harness.run.jobs import Job, TaskGraph, code_version, invalid_outputs, is_done, job_hash, set_aside
 from harness.run.progress import RunProgress, live_view
 from harness.sandboxes.base import SandboxRequest
@@ -33,8 +33,8 @@ from selfunet.locks import WORK_LOCK, describe_owner, exclusive, owner_alive, ow
 
 log = logging.getLogger(__name__)
 
-STATUS_STYLE = {"succeeded": "green", "skipped": "dim", "failed": "bold red", "blocked": "yellow",
-                "interrupted": "magenta"}
+STATUS_STYLE = {JobStatus.SUCCEEDED: "green", JobStatus.SKIPPED: "dim", JobStatus.FAILED: "bold red",
+                JobStatus.BLOCKED: "yellow", JobStatus.INTERRUPTED: "magenta"}
 #: the signals that stop ``harness run``: every running job is stopped and marked interrupted.
 STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT) if s is not None)
 #: lock files of the roots one ``harness run`` writes (distinct names: the roots may be one folder).
@@ -84,8 +84,7 @@ class JobRecord:
     task: str
     job: str
     stage: str
-    status: str = "pending"
-    """pending | running | succeeded | skipped | failed | blocked | interrupted"""
+    status: JobStatus = JobStatus.PENDING
     hash: str = ""
     started: float | None = None
     finished: float | None = None
@@ -128,37 +127,37 @@ class Runner:
         graph = self.graphs[rec.task]
         rec.status, rec.exit_code, rec.reason = status, exit_code, reason or rec.reason
         rec.finished = rec.finished or time.time()
-        if status == "failed":
+        if status == JobStatus.FAILED:
             rec.log_tail = graph.markers.log_tail(job.id) or reason.splitlines()
-        if status in ("succeeded", "failed"):
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
             graph.markers.write(job.id, {
                 "job": job.id, "task": rec.task, "hash": rec.hash, "status": status, "exit_code": exit_code,
                 "started": rec.started, "finished": rec.finished, "seconds": rec.seconds, "argv": list(job.argv),
                 "log": rec.log, "slot": rec.slot, "reason": rec.reason, "log_tail": rec.log_tail,
                 "owner": owner_record(),
             })
-        if status in ("succeeded", "skipped"):
+        if status in FINISHED_WELL:
             try:
                 self._add(rec.task, graph.expand(job.id))
             except Exception as exc:  # the graph cannot grow: this job counts as failed
                 detail = _detail(exc)
-                rec.status, rec.reason, rec.log_tail = "failed", f"after {job.id}: {detail}", detail.splitlines()
-                graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "failed",
+                rec.status, rec.reason, rec.log_tail = JobStatus.FAILED, f"after {job.id}: {detail}", detail.splitlines()
+                graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": JobStatus.FAILED,
                                              "reason": rec.reason, "log_tail": rec.log_tail})
-        symbol = {"succeeded": "[green]done[/]", "failed": "[bold red]FAILED[/]", "skipped": "[dim]skipped[/]",
-                  "blocked": "[yellow]blocked[/]"}[rec.status]
-        took = f" ({rec.seconds:.1f} s)" if rec.status in ("succeeded", "failed") and rec.started else ""
+        symbol = {JobStatus.SUCCEEDED: "[green]done[/]", JobStatus.FAILED: "[bold red]FAILED[/]",
+                  JobStatus.SKIPPED: "[dim]skipped[/]", JobStatus.BLOCKED: "[yellow]blocked[/]"}[rec.status]
+        took = f" ({rec.seconds:.1f} s)" if rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) and rec.started else ""
         self.console.print(f"{symbol} {rec.task}/{job.id}{took}" + (
-            f"  log: {escape(rec.log)}" if rec.status == "failed" else ""), highlight=False)
+            f"  log: {escape(rec.log)}" if rec.status == JobStatus.FAILED else ""), highlight=False)
 
     def _dep_status(self, key: str) -> str:
         """ready | waiting | blocked"""
         task = self.records[key].task
         states = [self.records[f"{task}/{d}"].status if f"{task}/{d}" in self.records else "unknown"
                   for d in self.jobs[key].deps]
-        if any(s in ("failed", "blocked") for s in states):
-            return "blocked"
-        return "ready" if all(s in ("succeeded", "skipped") for s in states) else "waiting"
+        if any(s in (JobStatus.FAILED, JobStatus.BLOCKED) for s in states):
+            return JobStatus.BLOCKED
+        return "ready" if all(s in FINISHED_WELL for s in states) else "waiting"
 
     def _start(self, key: str, may_submit: bool) -> str:
         """Skip, run in-process, or submit one ready job: skipped | inline | submitted | deferred."""
@@ -167,12 +166,12 @@ class Runner:
         deps = {d: self.records[f"{rec.task}/{d}"].hash for d in job.deps}
         rec.hash = job_hash(job, deps, self.executor.sandbox.image, self.version)
         previous = graph.markers.read(job.id)
-        if previous is not None and previous.get("status") == "running":
+        if previous is not None and previous.get("status") == JobStatus.RUNNING:
             self._recover(key, previous)
         if not self.force and is_done(previous, rec.hash, job):
             rec.started, rec.finished = previous.get("started"), previous.get("finished")
-            self._finish(key, "skipped", previous.get("exit_code"))
-            return "skipped"
+            self._finish(key, JobStatus.SKIPPED, previous.get("exit_code"))
+            return JobStatus.SKIPPED
         if job.action is None and not may_submit:
             return "deferred"
         for path, why in invalid_outputs(job).items():  # e.g. an empty checkpoint after a full disk
@@ -181,18 +180,18 @@ class Runner:
                                f"moved to {escape(moved.name)}", highlight=False, soft_wrap=True)
         stale = self.force or (previous is not None and previous.get("hash") != rec.hash)
         argv = job.restart_argv if stale and job.restart_argv is not None else job.argv
-        rec.started, rec.status = time.time(), "running"
+        rec.started, rec.status = time.time(), JobStatus.RUNNING
         if job.action is not None:
             try:
                 job.action()
             except Exception as exc:
                 detail = _detail(exc)
                 rec.finished = time.time()
-                self._finish(key, "failed", 1, detail)
+                self._finish(key, JobStatus.FAILED, 1, detail)
                 return "inline"
-            self._finish(key, "succeeded", 0)
+            self._finish(key, JobStatus.SUCCEEDED, 0)
             return "inline"
-        graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": "running", "started": rec.started,
+        graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": JobStatus.RUNNING, "started": rec.started,
                                      "owner": owner_record()})
         self.console.print(f"[bold]start[/] {rec.task}/{job.id}: {escape('selfunet ' + ' '.join(argv))}  "
                            f"(log: {escape(rec.log)})",
@@ -215,7 +214,7 @@ class Runner:
         rec = self.records[key]
         owner = marker.get("owner") or {}
         state = "no longer running" if not owner_alive(owner) else "not holding the work directory"
-        self.graphs[rec.task].markers.write(rec.job, {**marker, "status": "interrupted", "recovered": time.time(),
+        self.graphs[rec.task].markers.write(rec.job, {**marker, "status": JobStatus.INTERRUPTED, "recovered": time.time(),
                                                       "reason": f"owner {describe_owner(owner)} {state}"})
         self.console.print(f"[magenta]recovered[/] {escape(rec.task)}/{escape(rec.job)}: its marker said running "
                            f"(owner {escape(describe_owner(owner))}, {state}); treated as interrupted, running it "
@@ -224,18 +223,18 @@ class Runner:
     def _interrupt(self, signum: int) -> list[str]:
         """Stop every running job (whole process group / container), mark it interrupted."""
         name = signal.Signals(signum).name
-        running = [k for k, r in self.records.items() if r.status == "running"]
+        running = [k for k, r in self.records.items() if r.status == JobStatus.RUNNING]
         if running:
             self.console.print(f"[bold magenta]{name}[/]: stopping {len(running)} running job(s): "
                                + ", ".join(escape(k) for k in running), highlight=False, soft_wrap=True)
         self.executor.stop()
         for key in running:
             rec = self.records[key]
-            rec.status, rec.finished = "interrupted", time.time()
+            rec.status, rec.finished = JobStatus.INTERRUPTED, time.time()
             rec.reason = f"stopped by {name}; rerun to resume"
             with contextlib.suppress(OSError):
                 self.graphs[rec.task].markers.write(rec.job, {
-                    "job": rec.job, "task": rec.task, "hash": rec.hash, "status": "interrupted", "signal": name,
+                    "job": rec.job, "task": rec.task, "hash": rec.hash, "status": JobStatus.INTERRUPTED, "signal": name,
                     "started": rec.started, "finished": rec.finished, "log": rec.log, "reason": rec.reason,
                     "owner": owner_record()})
         return running
@@ -244,9 +243,9 @@ class Runner:
         rec = self.records[done.key]
         rec.started, rec.finished, rec.slot = done.started, done.finished, done.slot
         if done.exit_code == 0:
-            self._finish(done.key, "succeeded", 0)
+            self._finish(done.key, JobStatus.SUCCEEDED, 0)
         else:
-            self._finish(done.key, "failed", done.exit_code, done.error or f"exit code {done.exit_code}")
+            self._finish(done.key, JobStatus.FAILED, done.exit_code, done.error or f"exit code {done.exit_code}")
 
     # --- the loop
     def run(self, on_task_done=None) -> list[JobRecord]:
@@ -273,10 +272,10 @@ class Runner:
             progressed = True
             while progressed:
                 progressed = False
-                for key in [k for k, r in self.records.items() if r.status == "pending"]:
+                for key in [k for k, r in self.records.items() if r.status == JobStatus.PENDING]:
                     state = self._dep_status(key)
-                    if state == "blocked":
-                        self._finish(key, "blocked", reason="a job it depends on failed")
+                    if state == JobStatus.BLOCKED:
+                        self._finish(key, JobStatus.BLOCKED, reason="a job it depends on failed")
                         progressed = True
                     elif state == "ready":
                         outcome = self._start(key, may_submit=running < self.executor.capacity)
@@ -289,8 +288,8 @@ class Runner:
                 running -= 1
                 self._complete(completion)
         for rec in self.records.values():  # jobs whose dependency never appeared (cannot happen normally)
-            if rec.status == "pending":
-                rec.status, rec.reason = "blocked", "its dependencies never became ready"
+            if rec.status == JobStatus.PENDING:
+                rec.status, rec.reason = JobStatus.BLOCKED, "its dependencies never became ready"
         self._settle(on_task_done)
         return list(self.records.values())
 
@@ -299,7 +298,7 @@ class Runner:
             if name in self._settled:
                 continue
             mine = [r for r in self.records.values() if r.task == name]
-            if all(r.status in ("succeeded", "skipped", "failed", "blocked") for r in mine):
+            if all(r.status in (*FINISHED_WELL, JobStatus.FAILED, JobStatus.BLOCKED) for r in mine):
                 self._settled.add(name)
                 if on_task_done is not None:
                     on_task_done(graph, mine)
@@ -320,9 +319,9 @@ def summary_table(records: list[JobRecord]) -> Table:
     for column in ("task", "job", "status", "seconds", "note"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for r in records:
-        seconds = f"{r.seconds:.1f}" if r.status in ("succeeded", "failed") else ""
+        seconds = f"{r.seconds:.1f}" if r.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) else ""
         note = r.reason.splitlines()[0][:80] if r.reason else ""
-        if r.status == "failed":
+        if r.status == JobStatus.FAILED:
             note = f"{note}  log: {r.log}".strip()
         style = STATUS_STYLE.get(r.status, "")
         table.add_row(r.task, r.job, f"[{style}]{r.status}[/]" if style else r.status, seconds, escape(note))
@@ -368,7 +367,7 @@ def run_record(graph: TaskGraph, records: list[JobRecord], started: float, execu
         "train_config": graph.train_config.model_dump(mode="json"),
         "configurations": graph.configurations, "folds": graph.num_folds,
         "started": started, "finished": time.time(), "seconds": time.time() - started,
-        "succeeded": all(r.status in ("succeeded", "skipped") for r in records),
+        "succeeded": all(r.status in FINISHED_WELL for r in records),
         "jobs": [{k: v for k, v in asdict(r).items() if k not in ("task", "log_tail")} | {"seconds": r.seconds}
                  for r in records],
     }
@@ -425,7 +424,7 @@ def _run_locked(tasks: list, executor: Executor, work_root: Path, results_root: 
         except Exception as exc:  # results of one task must not lose the others'
             log.error("task %s: writing results failed: %s", graph.task.name, exc)
             runner.records[f"{graph.task.name}/results"] = JobRecord(
-                graph.task.name, "results", "results", status="failed", reason=str(exc),
+                graph.task.name, "results", "results", status=JobStatus.FAILED, reason=str(exc),
                 log_tail=traceback.format_exc().splitlines()[-LOG_TAIL:])
 
     return runner.run(on_task_done=task_done)

@@ -48,10 +48,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_names() -> list[str]:
-    return list(PRESETS)
-
-
 def check_preset(name: str, source: str = "--preset") -> str:
     """``name`` if it is a known preset, else a SelfUNetError naming the choices."""
     if name not in PRESETS:
