@@ -18,28 +18,40 @@ import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 
 from selfunet.artifacts import atomic_path, write_failure
+from selfunet.data.header import (
+    SUPPORTED_ENDINGS,
+    External,
+    ImageBounds,
+    ImageHeader,
+    check_header,
+    file_ending,
+    read_image_header,
+    sitk_reason,
+)
 from selfunet.errors import SelfUNetError
 
-#: file endings SimpleITK reads and writes for us, longest first so ``.nii.gz`` wins over ``.gz``.
-SUPPORTED_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+__all__ = [
+    "SPACING_2D_PLACEHOLDER",
+    "SUPPORTED_ENDINGS",
+    "ImageGeometry",
+    "file_ending",
+    "header_geometry",
+    "read_image",
+    "strip_ending",
+    "write_image",
+    "write_label",
+]
 
 #: spacing of the artificial leading axis of 2D images (large, so it is never resampled into).
 SPACING_2D_PLACEHOLDER = 999.0
 
-
-def file_ending(path: str | Path) -> str:
-    name = Path(path).name.lower()
-    for ending in SUPPORTED_ENDINGS:
-        if name.endswith(ending):
-            return ending
-    raise SelfUNetError(
-        f"{path}: unsupported image format; use one of {', '.join(SUPPORTED_ENDINGS)}."
-    )
+NonFinite = Literal["refuse", "keep"]
 
 
 def strip_ending(path: str | Path) -> str:
@@ -82,24 +94,86 @@ class ImageGeometry:
         )
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
-    """Read an image as ``(C, z, y, x)`` plus its geometry.
+def read_image(
+    path: str | Path,
+    bounds: ImageBounds | None = None,
+    *,
+    external: External = "inside",
+    allow_symlink: bool = True,
+    nonfinite: NonFinite = "refuse",
+) -> tuple[np.ndarray, ImageGeometry]:
+    """Read an image as ``(C, z, y, x)`` plus its geometry, header first.
+
+    The header is read and checked against ``bounds`` (default: :func:`selfunet.data.header.image_bounds`)
+    before any voxel, and an external data file is followed only where ``external`` allows it (see
+    :mod:`selfunet.data.header`). ``nonfinite="refuse"`` (the default) refuses an image with NaN or
+    infinite voxels, naming the file, the counts and the fix; for float NIfTI files, whose NaN and
+    infinite voxels SimpleITK silently reads as 0, the raw voxel bytes are scanned for them first.
+    ``"keep"`` reads what SimpleITK reads (label maps, whose values ``selfunet check`` verifies).
 
     A 4D file (Decathlon multi-channel cases) yields one channel per volume along its 4th axis.
-    Raises :class:`SelfUNetError` naming the file when it is missing or unreadable.
+    Raises :class:`SelfUNetError` naming the file when it is missing, unreadable or refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SelfUNetError(f"{path}: file not found.")
-    file_ending(path)
+    header = read_image_header(path, external=external, allow_symlink=allow_symlink)
+    check_header(header, bounds)
+    if nonfinite == "refuse" and header.is_float and header.format in (".nii", ".nii.gz"):
+        from selfunet.data.nifti_raw import RawScan, scan_nifti
+
+        scan = scan_nifti(path)
+        if isinstance(scan, str):
+            raise SelfUNetError(f"{path}: {scan}; re-export or download the image again.")
+        if isinstance(scan, RawScan):
+            _refuse_nonfinite(path, scan.nan, scan.inf, " (SimpleITK would silently read them as 0)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise SelfUNetError(
-            f"{path}: SimpleITK cannot read this file ({first_line}); re-export it as NIfTI or MHA."
-        ) from exc
-    return image_to_array(image, source=str(path))
+        raise SelfUNetError(f"{path}: {sitk_reason(exc, path)}; re-export it as NIfTI or MHA.") from exc
+    array, geometry = image_to_array(image, source=str(path))
+    del image
+    if nonfinite == "refuse" and array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = array[~finite]
+            _refuse_nonfinite(path, int(np.count_nonzero(np.isnan(bad))), int(np.count_nonzero(np.isinf(bad))), "")
+    return array, geometry
+
+
+def _refuse_nonfinite(path: Path, nan: int, inf: int, note: str) -> None:
+    if not nan and not inf:
+        return
+    counts = " and ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if part)
+    raise SelfUNetError(
+        f"{path}: {counts} voxel value(s){note}; a network's output on them is meaningless (one +inf voxel can "
+        "turn a whole prediction into background). Replace them by finite values (e.g. NaN by the image minimum, "
+        "+-inf clipped to the finite range) and save the file again; `selfunet check` lists every such case."
+    )
+
+
+def header_geometry(header: ImageHeader) -> ImageGeometry:
+    """The :class:`ImageGeometry` of a header, in this module's conventions (channels not counted)."""
+    size, spacing = header.size, header.spacing
+    origin, direction = header.origin, header.direction
+    if header.dimension == 2:
+        shape = (1, size[1], size[0])
+        spacing_zyx = (SPACING_2D_PLACEHOLDER, spacing[1], spacing[0])
+    elif header.dimension == 3:
+        shape, spacing_zyx = tuple(reversed(size)), tuple(reversed(spacing))
+    elif header.dimension == 4:
+        shape, spacing_zyx = tuple(reversed(size[:3])), tuple(reversed(spacing[:3]))
+        origin = origin[:3]
+        direction = tuple(np.asarray(direction).reshape(4, 4)[:3, :3].ravel().tolist())
+    else:
+        raise SelfUNetError(f"{header.path}: {header.dimension}D images are not supported (2D, 3D or 4D only).")
+    return ImageGeometry(
+        shape=tuple(int(v) for v in shape),  # type: ignore[arg-type]
+        spacing=tuple(float(v) for v in spacing_zyx),  # type: ignore[arg-type]
+        origin=tuple(float(v) for v in origin),
+        direction=tuple(float(v) for v in direction),
+        ndim_on_disk=2 if header.dimension == 2 else 3,
+    )
 
 
 def image_to_array(image: sitk.Image, source: str = "<image>") -> tuple[np.ndarray, ImageGeometry]:

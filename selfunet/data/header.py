@@ -1,0 +1,524 @@
+"""Image headers, read and checked before a single voxel is (issue 20: untrusted images).
+
+An image file is data from someone else: its header says how much memory reading it takes, and
+an ``.mhd``/``.nhdr`` header names the file that holds its voxels. Neither is believed: the header
+is parsed first (SimpleITK's ``ReadImageInformation`` for the numbers, and a bounded read of the
+first bytes, done here, for where the voxels are), checked against :class:`ImageBounds`, and only
+then may the voxels be read (:func:`selfunet.data.io.read_image` does exactly that).
+
+The API, for selfunet's own readers and for the harness (``harness/challenge/score.py``,
+``gc_case.py``)::
+
+    read_image_header(path, *, external="inside", allow_symlink=True) -> ImageHeader
+        the header only; raises SelfUNetError naming the file when the file is missing, not a
+        regular file, unreadable, or names a voxel file it may not (``external="inside"``: an
+        external data file only for .mhd/.nhdr and only inside the image's own folder;
+        ``external="refuse"``: none at all, for container outputs). ``allow_symlink=False``
+        refuses a path that is a symbolic link.
+    header_problems(header, bounds=None) -> list[HeaderProblem]   (field, message, fix) each
+    check_header(header, bounds=None) -> None
+        raises SelfUNetError naming the file, the field, the bound and how to change it
+    ImageBounds(max_voxels=2**31, max_bytes=16 GiB, min_spacing_mm=1e-4, max_spacing_mm=1e3,
+                max_components=1)
+        ``image_bounds()`` is the default, with the environment's overrides
+        (SELFUNET_MAX_IMAGE_VOXELS, SELFUNET_MAX_IMAGE_BYTES, SELFUNET_IMAGE_SPACING_MM="min,max")
+
+    ImageHeader: path, format (".nii.gz", ".mha", ...), dimension, size, spacing, origin,
+    direction (SimpleITK order: x first), components, pixel_type (numpy name of one component),
+    data_files (external voxel files, empty when the voxels are in ``path``), encoding, stored_bytes;
+    properties voxels, nbytes, channels, is_float.
+
+    selfunet.data.io.read_image(path, bounds=None, *, external="inside", allow_symlink=True,
+                                nonfinite="refuse") -> (array (C, z, y, x), ImageGeometry)
+        header first (the two calls above), then the voxels.
+
+What is checked, and why each bound is what it is: docs/guide/security.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+
+from selfunet.errors import SelfUNetError, clip, quote
+
+#: file endings SimpleITK reads and writes for us, longest first so ``.nii.gz`` wins over ``.gz``.
+SUPPORTED_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+#: the formats whose header may name a separate voxel file (the others keep the voxels inside).
+DETACHED_ENDINGS: tuple[str, ...] = (".mhd", ".nhdr")
+
+#: the most bytes of a MetaImage or NRRD header read to find where its voxels are.
+HEADER_READ_LIMIT = 64 * 1024
+#: deflate (gzip, zlib) cannot expand data by more than 1032:1 (a 258-byte match per 2 bits), so a
+#: compressed file of n bytes holds at most this many times n bytes of voxels.
+DEFLATE_MAX_RATIO = 1032
+
+External = Literal["inside", "refuse"]
+
+ENV_MAX_VOXELS = "SELFUNET_MAX_IMAGE_VOXELS"
+ENV_MAX_BYTES = "SELFUNET_MAX_IMAGE_BYTES"
+ENV_SPACING = "SELFUNET_IMAGE_SPACING_MM"
+
+
+def file_ending(path: str | Path) -> str:
+    name = Path(path).name.lower()
+    for ending in SUPPORTED_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    raise SelfUNetError(
+        f"{clip(str(path))}: unsupported image format; use one of {', '.join(SUPPORTED_ENDINGS)}."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# bounds
+
+
+@dataclass(frozen=True)
+class ImageBounds:
+    """What one image file may declare before its voxels are read.
+
+    The defaults hold a whole-body CT at full resolution with room to spare (512 x 512 x 3000 is
+    0.8 G voxels) and refuse what no segmentation dataset holds.
+    """
+
+    max_voxels: int = 2**31
+    """voxels of one file, every channel and component counted (2^31: 8 GiB as float32)."""
+    max_bytes: int = 16 * 2**30
+    """bytes of the voxels as stored in memory (voxels x bytes per component)."""
+    min_spacing_mm: float = 1e-4
+    max_spacing_mm: float = 1e3
+    """per spatial axis; a spacing outside this range is a broken header (or not millimetres)."""
+    max_components: int = 1
+    """components per voxel (vector pixels): selfunet stores channels as files or a 4th axis."""
+
+    def describe(self) -> str:
+        return (f"at most {self.max_voxels:,} voxels and {_gib(self.max_bytes)} of voxels per file, spacing "
+                f"{self.min_spacing_mm:g}..{self.max_spacing_mm:g} mm")
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def _env_number(name: str, kind: type, low: float) -> float | int | None:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = kind(float(raw)) if kind is int else kind(raw)
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not math.isfinite(value) or value < low:
+        raise SelfUNetError(f"environment variable {name}={quote(raw, 40)}: expected a number >= {low:g}; "
+                            "fix or unset it (docs/guide/security.md).")
+    return value
+
+
+def image_bounds() -> ImageBounds:
+    """The default bounds with the environment's overrides (read on every call, so a worker process
+    sees what its parent set)."""
+    bounds = ImageBounds()
+    voxels = _env_number(ENV_MAX_VOXELS, int, 1)
+    if voxels is not None:
+        bounds = replace(bounds, max_voxels=int(voxels))
+    nbytes = _env_number(ENV_MAX_BYTES, int, 1)
+    if nbytes is not None:
+        bounds = replace(bounds, max_bytes=int(nbytes))
+    raw = os.environ.get(ENV_SPACING)
+    if raw is not None and raw.strip():
+        try:
+            low, high = (float(v) for v in raw.split(","))
+        except ValueError:
+            low = high = float("nan")
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
+            raise SelfUNetError(f"environment variable {ENV_SPACING}={quote(raw, 40)}: expected 'MIN,MAX' in mm "
+                                "with 0 < MIN < MAX (e.g. 1e-4,1e3); fix or unset it (docs/guide/security.md).")
+        bounds = replace(bounds, min_spacing_mm=low, max_spacing_mm=high)
+    return bounds
+
+
+# ---------------------------------------------------------------------------------------------
+# the header
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file says about itself, before any voxel is read (SimpleITK order: x first)."""
+
+    path: Path
+    format: str
+    """the file ending: ``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd`` or ``.nhdr``."""
+    dimension: int
+    size: tuple[int, ...]
+    """voxels per axis, x first (a 4D file's 4th axis holds the channels)."""
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    """row-major, ``dimension`` x ``dimension``."""
+    components: int
+    """components per voxel (1 unless vector pixels)."""
+    pixel_type: str
+    """numpy name of one component (``int16``, ``float32``, ...)."""
+    data_files: tuple[Path, ...] = ()
+    """external files holding the voxels (checked to lie inside ``path``'s folder); empty when the
+    voxels are in ``path`` itself."""
+    encoding: str = "raw"
+    """how the voxels are stored: raw, gzip (NIfTI .gz, NRRD), zlib (MetaImage), bzip2, text, hex."""
+    stored_bytes: int = 0
+    """bytes on disk that hold the (possibly compressed) voxels."""
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.pixel_type).itemsize
+
+    @property
+    def voxels(self) -> int:
+        """every voxel of every channel and component (Python int: never overflows)."""
+        return math.prod(int(s) for s in self.size) * max(int(self.components), 1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.voxels * self.itemsize
+
+    @property
+    def channels(self) -> int:
+        """volumes along the 4th axis (1 for 2D and 3D files)."""
+        return int(self.size[3]) if self.dimension == 4 else 1
+
+    @property
+    def is_float(self) -> bool:
+        return np.dtype(self.pixel_type).kind in "fc"
+
+    def max_decodable_bytes(self) -> int | None:
+        """The most voxel bytes the stored data can hold, or None where that cannot be bounded."""
+        n = self.stored_bytes
+        if self.encoding == "raw":
+            return n
+        if self.encoding in ("gzip", "zlib"):
+            return DEFLATE_MAX_RATIO * n + 4096
+        if self.encoding == "hex":
+            return n // 2
+        if self.encoding == "text":
+            return ((n + 1) // 2) * self.itemsize  # a value and a separator per voxel at the least
+        return None
+
+
+#: SimpleITK pixel ids -> numpy name of one component.
+_PIXEL_TYPES = {
+    sitk.sitkUInt8: "uint8", sitk.sitkInt8: "int8", sitk.sitkUInt16: "uint16", sitk.sitkInt16: "int16",
+    sitk.sitkUInt32: "uint32", sitk.sitkInt32: "int32", sitk.sitkUInt64: "uint64", sitk.sitkInt64: "int64",
+    sitk.sitkFloat32: "float32", sitk.sitkFloat64: "float64",
+    sitk.sitkComplexFloat32: "complex64", sitk.sitkComplexFloat64: "complex128",
+    sitk.sitkVectorUInt8: "uint8", sitk.sitkVectorInt8: "int8", sitk.sitkVectorUInt16: "uint16",
+    sitk.sitkVectorInt16: "int16", sitk.sitkVectorUInt32: "uint32", sitk.sitkVectorInt32: "int32",
+    sitk.sitkVectorUInt64: "uint64", sitk.sitkVectorInt64: "int64", sitk.sitkVectorFloat32: "float32",
+    sitk.sitkVectorFloat64: "float64",
+    sitk.sitkLabelUInt8: "uint8", sitk.sitkLabelUInt16: "uint16", sitk.sitkLabelUInt32: "uint32",
+    sitk.sitkLabelUInt64: "uint64",
+}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    data_files: tuple[Path, ...]
+    encoding: str
+    stored_bytes: int
+
+
+def read_image_header(path: str | Path, *, external: External = "inside", allow_symlink: bool = True) -> ImageHeader:
+    """The header of ``path``, without reading a voxel; see the module docstring."""
+    path = Path(path)
+    fmt = file_ending(path)
+    if path.is_symlink() and not allow_symlink:
+        raise SelfUNetError(f"{path}: is a symbolic link, not a regular file; links are not followed here: "
+                            "write the image itself.")
+    if not path.exists():
+        raise SelfUNetError(f"{path}: file not found.")
+    if not path.is_file():
+        raise SelfUNetError(f"{path}: not a regular file; give an image file ({', '.join(SUPPORTED_ENDINGS)}).")
+    if fmt in (".nii", ".nii.gz"):
+        layout = _nifti_layout(path, fmt)
+    elif fmt in (".mha", ".mhd"):
+        layout = _metaimage_layout(path, fmt, external)
+    else:
+        layout = _nrrd_layout(path, fmt, external)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise SelfUNetError(f"{path}: {sitk_reason(exc, path)}; re-export it as NIfTI (.nii.gz) or MHA.") from None
+    pixel_id = reader.GetPixelID()
+    return ImageHeader(
+        path=path,
+        format=fmt,
+        dimension=int(reader.GetDimension()),
+        size=tuple(int(v) for v in reader.GetSize()),
+        spacing=tuple(float(v) for v in reader.GetSpacing()),
+        origin=tuple(float(v) for v in reader.GetOrigin()),
+        direction=tuple(float(v) for v in reader.GetDirection()),
+        components=int(reader.GetNumberOfComponents()),
+        pixel_type=_PIXEL_TYPES.get(pixel_id, "float64"),  # unknown: count 8 bytes, the widest
+        data_files=layout.data_files,
+        encoding=layout.encoding,
+        stored_bytes=layout.stored_bytes,
+    )
+
+
+def sitk_reason(exc: RuntimeError, path: Path) -> str:
+    """SimpleITK's exception as one short clause (its last line, the path shortened to the name)."""
+    text = str(exc).strip()
+    reason = text.splitlines()[-1].strip().replace(str(path), path.name) if text else "unknown error"
+    return f"SimpleITK cannot read the file ({clip(reason)})"
+
+
+# ---- NIfTI: the voxels are in the file (a .nii with magic ni1/ni2 names an .img: refused)
+
+
+def _nifti_layout(path: Path, fmt: str) -> _Layout:
+    compressed = fmt == ".nii.gz"
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            head = stream.read(544)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SelfUNetError(f"{path}: the file is corrupt ({type(exc).__name__}: {clip(str(exc))}); "
+                            "re-export or download it again.") from None
+    if len(head) < 348:
+        raise SelfUNetError(f"{path}: shorter than a NIfTI header ({len(head)} bytes); re-export or download it again.")
+    for order in ("<", ">"):
+        (size,) = struct.unpack(order + "i", head[:4])
+        if size in (348, 540):
+            break
+    else:
+        raise SelfUNetError(f"{path}: not a NIfTI file (bad header size); check the file's format.")
+    if size == 348:
+        (offset,) = struct.unpack(order + "f", head[108:112])
+        magic = head[344:348]
+    else:
+        if len(head) < 540:
+            raise SelfUNetError(f"{path}: shorter than a NIfTI-2 header; re-export or download it again.")
+        (offset,) = struct.unpack(order + "q", head[168:176])
+        magic = head[4:8]
+    if magic[:3] not in (b"n+1", b"n+2"):
+        raise SelfUNetError(
+            f"{path}: the NIfTI header (magic {magic[:3]!r}) says its voxels are in a separate .img file; "
+            "selfunet reads single-file NIfTI only: save the image as .nii.gz."
+        )
+    stored = path.stat().st_size
+    if not compressed:
+        stored -= int(offset) if math.isfinite(offset) and offset > 0 else 0
+    return _Layout((), "gzip" if compressed else "raw", max(stored, 0))
+
+
+# ---- MetaImage (.mha: voxels in the file; .mhd: a separate data file, inside the folder)
+
+
+def _bounded_head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(HEADER_READ_LIMIT)
+    except OSError as exc:
+        raise SelfUNetError(f"{path}: cannot be read ({exc.strerror or exc}); check the file's permissions.") from None
+
+
+def _header_too_long(path: Path, what: str) -> SelfUNetError:
+    return SelfUNetError(f"{path}: no end of the {what} header in its first {HEADER_READ_LIMIT // 1024} KiB; "
+                         "the file is not an image selfunet reads: re-export it as NIfTI (.nii.gz) or MHA.")
+
+
+def _metaimage_layout(path: Path, fmt: str, external: External) -> _Layout:
+    head = _bounded_head(path)
+    fields: dict[str, str] = {}
+    position = 0
+    data_file = None
+    while position < len(head):
+        end = head.find(b"\n", position)
+        if end < 0:
+            if len(head) == HEADER_READ_LIMIT:
+                raise _header_too_long(path, "MetaImage")
+            end = len(head)
+        line = head[position:end].decode("latin-1").strip()
+        position = end + 1
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SelfUNetError(f"{path}: not a MetaImage header (line {quote(clip(line, 60))} has no '='); "
+                                "re-export it as NIfTI (.nii.gz) or MHA.")
+        key, value = key.strip().lower(), value.strip()
+        fields[key] = value
+        if key == "elementdatafile":
+            data_file = value
+            break
+    if data_file is None:
+        raise SelfUNetError(f"{path}: the MetaImage header has no ElementDataFile line; re-export the image.")
+    compressed = fields.get("compresseddata", "false").lower() == "true"
+    binary = fields.get("binarydata", "true").lower() != "false"
+    encoding = "zlib" if compressed else ("raw" if binary else "text")
+    if data_file.lower() == "local":
+        return _Layout((), encoding, max(path.stat().st_size - position, 0))
+    what = f"ElementDataFile = {quote(clip(data_file, 80))}"
+    if data_file[:4].upper() == "LIST" or "%" in data_file:
+        raise SelfUNetError(f"{path}: {what} spreads the voxels over several files (a list or a file name "
+                            "pattern); selfunet reads one file per image: save it as one .mha.")
+    target = _inside_folder(path, data_file, what, fmt, external)
+    return _Layout((target,), encoding, target.stat().st_size)
+
+
+def _inside_folder(path: Path, name: str, what: str, fmt: str, external: External) -> Path:
+    """The external data file ``name`` of ``path``, checked: allowed for this format and call, a
+    relative path inside the header's folder (after following links), and a regular file."""
+    if external == "refuse":
+        raise SelfUNetError(f"{path}: {what} names an external data file; external data files are not accepted "
+                            "here: write the voxels into the image file itself (.mha with ElementDataFile = LOCAL, "
+                            ".nrrd, .nii.gz).")
+    if fmt not in DETACHED_ENDINGS:
+        raise SelfUNetError(f"{path}: {what}: a {fmt} file keeps its voxels inside itself; a separate data file "
+                            f"needs a detached header ({' or '.join(DETACHED_ENDINGS)}): save the image again.")
+    written = name.replace("\\", "/")
+    parts = [p for p in written.split("/") if p not in ("", ".")]
+    if written.startswith("/") or (len(written) > 1 and written[1] == ":") or ".." in parts or not parts:
+        raise SelfUNetError(f"{path}: {what} points outside the image's folder; the data file must lie next to "
+                            "its header: copy it there and name it without a folder or '..'.")
+    folder = path.parent.resolve()
+    target = (path.parent / Path(*parts)).resolve()
+    if target != folder and folder not in target.parents:
+        raise SelfUNetError(f"{path}: {what} is a link that leads outside the image's folder (to "
+                            f"{clip(str(target), 120)}); copy the data file itself next to its header.")
+    if not target.is_file():
+        raise SelfUNetError(f"{path}: {what}: no such data file next to the header; copy it there, or save the "
+                            "image as one .mha or .nii.gz.")
+    return target
+
+
+# ---- NRRD (.nrrd: voxels in the file; .nhdr: a detached header naming one data file)
+
+
+_NRRD_ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2",
+                   "txt": "text", "text": "text", "ascii": "text", "hex": "hex"}
+
+
+def _nrrd_layout(path: Path, fmt: str, external: External) -> _Layout:
+    head = _bounded_head(path)
+    if not head.startswith(b"NRRD000"):
+        raise SelfUNetError(f"{path}: not an NRRD file (it does not start with NRRD000x); check its format.")
+    fields: dict[str, str] = {}
+    position, ended = 0, False
+    first = True
+    while position < len(head):
+        end = head.find(b"\n", position)
+        if end < 0:
+            if len(head) == HEADER_READ_LIMIT:
+                raise _header_too_long(path, "NRRD")
+            end = len(head)
+        line = head[position:end].decode("latin-1").rstrip("\r")
+        position = end + 1
+        if first:
+            first = False
+            continue
+        if not line:
+            ended = True  # the voxels follow (attached data)
+            break
+        if line.startswith("#") or ":=" in line:
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[" ".join(key.lower().split())] = value.strip()
+    if not ended and len(head) == HEADER_READ_LIMIT and position >= len(head):
+        raise _header_too_long(path, "NRRD")
+    encoding = _NRRD_ENCODINGS.get(fields.get("encoding", "raw").lower(), "unknown")
+    data_file = fields.get("data file", fields.get("datafile"))
+    if data_file is None:
+        return _Layout((), encoding, max(path.stat().st_size - position, 0) if ended else 0)
+    what = f"data file: {quote(clip(data_file, 80))}"
+    if data_file.split()[:1] == ["LIST"] or "%" in data_file:
+        raise SelfUNetError(f"{path}: {what} spreads the voxels over several files (a list or a file name "
+                            "pattern); selfunet reads one file per image: save it as one .nrrd.")
+    target = _inside_folder(path, data_file, what, fmt, external)
+    return _Layout((target,), encoding, target.stat().st_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks
+
+
+@dataclass(frozen=True)
+class HeaderProblem:
+    field: str
+    """dimension, components, size, spacing, origin, direction or voxel data."""
+    message: str
+    fix: str
+
+
+_RAISE_HINT = (f"if the image really is this large, raise the bound ({ENV_MAX_VOXELS} / {ENV_MAX_BYTES}, "
+               "docs/guide/security.md)")
+
+
+def header_problems(header: ImageHeader, bounds: ImageBounds | None = None) -> list[HeaderProblem]:
+    """Every way ``header`` breaks ``bounds`` (default :func:`image_bounds`), in reading order."""
+    bounds = bounds or image_bounds()
+    found: list[HeaderProblem] = []
+    if header.dimension not in (2, 3, 4):
+        found.append(HeaderProblem("dimension", f"{header.dimension}D image; selfunet reads 2D, 3D and 4D (channels "
+                                   "on the 4th axis) images", "save the image as a 2D, 3D or 4D file"))
+        return found
+    if header.components > bounds.max_components:
+        found.append(HeaderProblem(
+            "components", f"vector pixels ({header.components} components per voxel; at most "
+            f"{bounds.max_components} accepted)", "store one channel per file or as a 4D volume"))
+    if min(header.size) < 1:
+        found.append(HeaderProblem("size", f"size {header.size} has an empty axis", "re-export the image"))
+    elif header.voxels > bounds.max_voxels:
+        found.append(HeaderProblem(
+            "size", f"the header declares {header.voxels:,} voxels (size {header.size}), more than the bound of "
+            f"{bounds.max_voxels:,}", f"crop or downsample the image; {_RAISE_HINT}"))
+    elif header.nbytes > bounds.max_bytes:
+        found.append(HeaderProblem(
+            "size", f"the header declares {_gib(header.nbytes)} of {header.pixel_type} voxels (size {header.size}), "
+            f"more than the bound of {_gib(bounds.max_bytes)}", f"store a narrower pixel type; {_RAISE_HINT}"))
+    spatial = header.spacing[: min(header.dimension, 3)]
+    bad = [s for s in spatial if not (math.isfinite(s) and bounds.min_spacing_mm <= s <= bounds.max_spacing_mm)]
+    if bad:
+        found.append(HeaderProblem(
+            "spacing", f"spacing {_fmt(spatial)} mm is outside {bounds.min_spacing_mm:g}..{bounds.max_spacing_mm:g} "
+            "mm", f"fix the header's spacing (millimetres per voxel); for other units raise the bound "
+            f"({ENV_SPACING}=MIN,MAX, docs/guide/security.md)"))
+    if not all(math.isfinite(v) for v in header.origin):
+        found.append(HeaderProblem("origin", f"origin {_fmt(header.origin)} is not finite",
+                                   "fix the header's origin"))
+    matrix = np.asarray(header.direction, dtype=np.float64)
+    n = header.dimension
+    if matrix.size != n * n or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix.reshape(n, n))) < 1e-6:
+        found.append(HeaderProblem("direction", f"direction {_fmt(header.direction)} is not a valid rotation",
+                                   "fix the header's direction cosines"))
+    capacity = header.max_decodable_bytes()
+    if not found and capacity is not None and header.nbytes > capacity:
+        where = header.data_files[0].name if header.data_files else "the file"
+        found.append(HeaderProblem(
+            "voxel data", f"the header declares {_gib(header.nbytes)} of voxels (size {header.size}, "
+            f"{header.pixel_type}), but {where} holds only {header.stored_bytes:,} bytes of {header.encoding} data "
+            f"(at most {_gib(capacity)} when decoded): the file is truncated or its header lies",
+            "re-export or download the image again"))
+    return found
+
+
+def check_header(header: ImageHeader, bounds: ImageBounds | None = None) -> None:
+    """Raise :class:`SelfUNetError` naming the file, the field and the fix for every problem found."""
+    problems = header_problems(header, bounds)
+    if problems:
+        text = "; ".join(f"{p.field}: {p.message} ({p.fix})" for p in problems)
+        raise SelfUNetError(f"{header.path}: {text}.")
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
