@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI step: the container features on a real Docker Engine (docs/containers.md).
+# CI step: the container features on a real Docker Engine (docs/guide/containers.md).
 #
 #   1. docker.io + debootstrap (Debian) when missing; a private engine under $SELFUNET_DOCKER_ROOT
 #      (default /var/cache/selfunet-docker: images and build layers survive for the next run)

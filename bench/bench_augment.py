@@ -13,7 +13,7 @@ CPU of this machine:
 * ``overlapped``: training steps fed by the loader (sample+augment in the background thread),
   i.e. what training really does on a CPU; the time the step loop waits for batches is reported.
 
-Usage: ``python bench/bench_augment.py [--work /tmp/selfunet_bench_augment] [--out docs/bench_augment.md]``
+Usage: ``python bench/bench_augment.py [--work /tmp/selfunet_bench_augment] [--out docs/benchmarks/augmentation.md]``
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ def render(rows: list[dict[str, object]], batches: int, steps: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "selfunet_bench_augment")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "bench_augment.md")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "augmentation.md")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--configurations", nargs="*", default=None)

@@ -5,7 +5,7 @@ spacing), so the case needs padding on two axes and two windows on the first. Ru
 
     python bench/bench_predict_core.py [--repeats 2] [--threads N] [--device cpu]
 
-Prints a markdown table (copy it into docs/bench_predict.md).
+Prints a markdown table (copy it into docs/benchmarks/prediction-cpu.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_preprocess.py --out /tmp/bench_pp [--cases 20] [--processes 2] [--repeats 2]
-        [--refvenv /work/refvenv] [--markdown docs/bench_preprocess.md]
+        [--refvenv /work/refvenv] [--markdown docs/benchmarks/preprocessing.md]
 
 Both tools run as command-line subprocesses (so import time counts for both), each stage on a
 fresh output folder, with the same number of worker processes. Measured per stage:

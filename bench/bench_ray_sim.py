@@ -1,7 +1,7 @@
 """Ray executor on paper: per-job overhead, and a simulated benchmark graph on 8 logical GPUs.
 
 Two measurements on a local Ray instance (GPUs declared as logical resources, so it runs on a CPU
-machine; docs/scaling.md reports the numbers):
+machine; docs/benchmarks/ray-executor.md reports the numbers):
 
 1. ``overhead``: N no-op jobs one at a time, each a real ``/bin/true`` process through the
    process sandbox, called directly, through the local executor, and through the Ray executor.

@@ -1,6 +1,6 @@
 """Training speed against the reference nnU-Net v2 on the same data and plan, and demo Dice.
 
-Usage (see docs/bench_train.md for the numbers and the machine):
+Usage (see docs/benchmarks/training-cpu.md for the numbers and the machine):
 
     python bench/bench_train.py setup  --root /tmp/bench_train        # data, both preprocessings
     python bench/bench_train.py iters  --root /tmp/bench_train --iters 10 [--patch 48 64 80]
@@ -265,7 +265,7 @@ def iters_command(root: Path, iters: int, patch: list[int] | None, variants: lis
 
 
 def cpu_peak() -> dict:
-    """Peak FLOP/s assumptions for this CPU, from /proc/cpuinfo (see docs/bench_train.md)."""
+    """Peak FLOP/s assumptions for this CPU, from /proc/cpuinfo (see docs/benchmarks/training-cpu.md)."""
     info = Path("/proc/cpuinfo").read_text()
     mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
     flags = next(line for line in info.splitlines() if line.startswith("flags")).split()

@@ -173,7 +173,7 @@ import json, sys, io, contextlib
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 import torch
 # the planner builds a network per candidate patch only to count its feature maps: on the meta
-# device that needs no weight memory or init (same plans; checked in docs/planning.md's run)
+# device that needs no weight memory or init (same plans; checked in docs/reference/planning.md's run)
 torch.set_default_device("meta")
 out = {}
 for name in sys.argv[1:]:

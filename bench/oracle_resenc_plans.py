@@ -7,7 +7,7 @@ process) and by ``selfunet.planning.plan.plan_experiment`` with the presets ``re
 spacing, strides, kernel sizes, features and residual blocks per stage, patch size, batch size and
 the memory estimate (the reference network's own feature-map count). Our presets are planned with
 the reference's cascade constants (trigger 25%, step 1.03) so the lowres loop itself is compared;
-our defaults (12.5%, 1.01) only change which datasets get a cascade (see docs/planning.md).
+our defaults (12.5%, 1.01) only change which datasets get a cascade (see docs/reference/planning.md).
 
     python bench/oracle_resenc_plans.py [--reference-python PY] [--markdown out.md]
 

@@ -61,7 +61,7 @@ def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Option
     if data_root is not None:
         tasks = [t.with_data_root(data_root) for t in tasks]
     if budget is not None:
-        for t in tasks:  # the rule (docs/harness.md) is printed, never applied silently
+        for t in tasks:  # the rule (docs/reference/task-descriptors.md) is printed, never applied silently
             note = t.budget_override_note(budget)
             if note:
                 console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
@@ -122,7 +122,8 @@ def validate(paths: TasksArg = None, data_root: DataRootOpt = None,
 def run(
     tasks: Annotated[list[Path], typer.Argument(help="descriptor files or folders, e.g. tasks/demo.yaml")],
     budget: Annotated[Optional[BudgetChoice], typer.Option(
-        help="preset replacing each descriptor's budget and folds: full | ci | demo (docs/harness.md)")] = None,
+        help="preset replacing each descriptor's budget and folds: full | ci | demo "
+             "(docs/reference/task-descriptors.md)")] = None,
     force: Annotated[bool, typer.Option("--force", help="redo every job, ignoring finished markers")] = False,
     seeds: Annotated[Optional[str], typer.Option(
         help="train every configuration with each of these seeds, e.g. 0,1,2: leaderboards show mean ± std over "
@@ -318,7 +319,7 @@ def export_gc_command(
                                                     "task descriptor's; needed when TASK is a work directory)")]
     = None,
 ) -> None:
-    """A grand-challenge algorithm container build context for the task's selected model (docs/containers.md)."""
+    """A grand-challenge algorithm container build context for the task's selected model (docs/guide/containers.md)."""
     from harness.challenge.gc_export import export_gc, test_container
 
     path = None if task is None else Path(task)
@@ -411,7 +412,7 @@ def _rank_scored(task: str, results: Path, work_root: Path) -> None:
         write_report(rerender([task], results, work_root), results, work_root)
 
 
-image_app = typer.Typer(no_args_is_help=True, help="The project's Docker image (Dockerfile; docs/containers.md).")
+image_app = typer.Typer(no_args_is_help=True, help="The project's Docker image (Dockerfile; docs/guide/containers.md).")
 app.add_typer(image_app, name="image")
 
 

@@ -1,7 +1,7 @@
 """A trained model as one shareable file: ``selfunet export-model WORK -o model.zip``.
 
 What a colleague (or a challenge container) needs to predict, and nothing else: no preprocessed
-data, no validation outputs, no optimizer state. Layout of the zip (docs/formats.md)::
+data, no validation outputs, no optimizer state. Layout of the zip (docs/reference/formats.md)::
 
     manifest.json                  format, versions, members, folds, sha256 of every other file
     plan.json                      the plan (configurations, labels, regions, ignore label)

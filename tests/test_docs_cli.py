@@ -1,6 +1,6 @@
 """The docs tell the truth about the command lines.
 
-Every ``selfunet ...`` / ``harness ...`` command named in README.md and docs/*.md must exist in the
+Every ``selfunet ...`` / ``harness ...`` command named in README.md and docs/**/*.md must exist in the
 Typer apps, and every ``--option`` written after it (on the same command line) must be an option
 of that command. An option quoted on its own in the text (```--amp```) must exist in some
 command of either CLI. The docs are parsed as text; the CLIs are asked through click.

@@ -252,7 +252,7 @@ class RayExecutor(Executor):
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SelfUNetError(
                     f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {exc}. "
-                    "Start it with `ray start --head` (docs/scaling.md) or pass --address."
+                    "Start it with `ray start --head` (docs/guide/scaling.md) or pass --address."
                 ) from None
             self._owns_ray = True
             _restore_child_signal()

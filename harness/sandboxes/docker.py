@@ -9,7 +9,7 @@ could reach beyond its work directory):
   paths of the request are mounted: they come from the task descriptor, never from a file a job
   wrote (``WORK/fingerprint.json`` names a dataset too, but a job wrote it).
 - **Exactly the slot's GPU** as a device request (``device_ids=[gpu]``); inside it is ``cuda:0``.
-  None on CPU. Needs the NVIDIA Container Toolkit on the host (docs/containers.md).
+  None on CPU. Needs the NVIDIA Container Toolkit on the host (docs/guide/containers.md).
 - **Never uid 0.** The host user (``uid:gid``), so outputs in the work directory are not
   root-owned; when the harness itself runs as root, the image's unprivileged user
   (:data:`ROOT_HOST_JOB_USER`), and the work directory is handed to that user before each job.
@@ -268,7 +268,8 @@ class DockerSandbox(Sandbox):
                 except docker.errors.APIError as exc:
                     note(f"=== the engine refused the container: {exc}")
                     hint = (" The GPU request needs the NVIDIA Container Toolkit on the host "
-                            "(docs/containers.md)." if slot.gpu is not None and "device driver" in str(exc) else "")
+                            "(docs/guide/containers.md)."
+                            if slot.gpu is not None and "device driver" in str(exc) else "")
                     raise SelfUNetError(f"job {request.job_id}: docker could not start the container: "
                                         f"{exc.explanation or exc}.{hint}") from None
                 watchdog = None

@@ -2,7 +2,7 @@
 
 A task descriptor's ``container:`` section is one :class:`ContainerPolicy`; every field's default
 is the hardened setting, so a descriptor without the section gets all of them. The Docker sandbox
-(:mod:`harness.sandboxes.docker`) turns it into engine settings; docs/containers.md has the table
+(:mod:`harness.sandboxes.docker`) turns it into engine settings; docs/guide/containers.md has the table
 (setting, default, how to loosen).
 
 Why each default: a job runs ``selfunet`` on data and artifacts that others may have written, and

@@ -180,7 +180,7 @@ class TaskDescriptor(_Strict):
     export: Export = Field(default_factory=Export)
     resources: Resources = Field(default_factory=Resources)
     container: ContainerPolicy = Field(default_factory=ContainerPolicy)
-    """``--sandbox docker``: hardened by default; each field loosens one setting (docs/containers.md)."""
+    """``--sandbox docker``: hardened by default; each field loosens one setting (docs/guide/containers.md)."""
     test_labels: Optional[Path] = None
     """folder of the test cases' reference label maps (named like the cases), for ``harness score``;
     absolute after loading."""
@@ -255,7 +255,7 @@ class TaskDescriptor(_Strict):
 
     def with_budget(self, preset: str) -> TaskDescriptor:
         """``harness run --budget``: the preset replaces this file's budget and folds (the rule in
-        docs/harness.md; :meth:`budget_override_note` says what changed)."""
+        docs/reference/task-descriptors.md; :meth:`budget_override_note` says what changed)."""
         if preset not in BUDGETS:
             raise SelfUNetError(f"--budget {quote(preset)}: unknown preset; choose one of {', '.join(BUDGETS)}.")
         return self.model_copy(update={"budget": Budget(preset=preset), "folds": None})
@@ -274,7 +274,7 @@ class TaskDescriptor(_Strict):
         if not changes:
             return None
         return (f"task {self.name} ({self.source}): --budget {preset} replaces the descriptor's "
-                + " and ".join(changes) + " (--budget replaces budget and folds; docs/harness.md)")
+                + " and ".join(changes) + " (--budget replaces budget and folds; docs/reference/task-descriptors.md)")
 
     def with_data_root(self, data_root: Path) -> TaskDescriptor:
         """``harness run --data-root DIR``: the dataset folder of the same name under DIR (a test

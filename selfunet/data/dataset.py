@@ -111,7 +111,8 @@ def load_dataset(root: str | Path) -> DatasetSpec:
         raise SelfUNetError(f"{descriptor}: not valid JSON ({detail}); fix the file.") from None
     if not isinstance(raw, dict):
         raise SelfUNetError(f"{descriptor}: expected a JSON object at the top level, got a {type(raw).__name__}; "
-                            'write it as {"modality": ..., "labels": ..., "training": [...]} (docs/formats.md).')
+                            'write it as {"modality": ..., "labels": ..., "training": [...]} '
+                            '(docs/reference/formats.md).')
     if "modality" in raw:
         return _load_msd(root, descriptor, raw)
     if "channel_names" in raw:
@@ -124,7 +125,7 @@ def load_dataset(root: str | Path) -> DatasetSpec:
 
 def _require(descriptor: Path, raw: dict, key: str, kind: type) -> object:
     if key not in raw:
-        raise SelfUNetError(f"{descriptor}: missing key '{key}'; add it (the dataset.json format: docs/formats.md).")
+        raise SelfUNetError(f"{descriptor}: missing key '{key}'; add it (dataset.json: docs/reference/formats.md).")
     if not isinstance(raw[key], kind):
         example = {"dict": "an object such as {\"0\": ...}", "list": "a list [...]", "str": "a string"}[kind.__name__]
         raise SelfUNetError(f"{descriptor}: '{key}' must be {example}, got a {type(raw[key]).__name__} "

@@ -1,6 +1,6 @@
 """How the label values of a dataset become what the network learns: classes, regions, ignore.
 
-Three forms, all declared in ``dataset.json`` (docs/formats.md):
+Three forms, all declared in ``dataset.json`` (docs/reference/formats.md):
 
 * **classes** (the default): each label value is one class; the network has one softmax output
   per value, background included.

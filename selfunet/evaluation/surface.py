@@ -34,7 +34,7 @@ Two exact ways to get the distances, with identical results (tests compare them)
 * ``method="edt"``: ``scipy.ndimage.distance_transform_edt(~surface_b, sampling=spacing)`` read at
   A's surface voxels. Its cost grows with the cropped volume: for a 300 x 375 x 375 voxel liver
   one EDT took 35 s on the 2-core test machine, the k-d tree 2 s for the same numbers
-  (docs/bench_evaluate.md), hence the default.
+  (docs/benchmarks/evaluation.md), hence the default.
 
 Either way the work is done on the bounding box of ``A | B`` only. That is exact, not an
 approximation: every surface voxel of either mask lies inside the box, so distances between the

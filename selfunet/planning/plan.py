@@ -1,7 +1,7 @@
 """Planning (docs/explanation/design.md#plan-rules): turn a dataset fingerprint into every rule-based decision.
 
 The rules are exact so that a fingerprint gives the same plan as the reference implementation
-(see docs/planning.md for the side-by-side comparison); the only deliberate differences are the
+(see docs/reference/planning.md for the side-by-side comparison); the only deliberate differences are the
 papers' cascade trigger (12.5%) and lowres step (1.01), both :class:`PlannerSettings` fields.
 
 Medians over an even number of cases can end in .5: the rules use that exact median, and only

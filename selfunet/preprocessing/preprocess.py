@@ -1,7 +1,7 @@
 """Preprocessing (docs/explanation/design.md#preprocessing): crop -> normalize -> transpose -> resample -> save.
 
 Every training case of the dataset becomes, per distinct preprocessing (``data_identifier``),
-the files described in docs/formats.md: the image as a float32 ``.npy`` (memory-mapped by the
+the files described in docs/reference/formats.md: the image as a float32 ``.npy`` (memory-mapped by the
 patch sampler), the label map as int8 ``_seg.npy`` (-1 outside the non-zero mask), sampled
 foreground voxel coordinates per class (``_fg.npz``) and, written last, a
 :class:`PreprocessedCase` JSON whose existence marks the case complete. Every file is written

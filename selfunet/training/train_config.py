@@ -48,7 +48,7 @@ class TrainConfig(Artifact):
     """auto: bf16 on GPUs with compute capability >= 8.0, fp16 + gradient scaler on older ones; bf16 on
     CPUs with native bf16 instructions (avx512_bf16/amx_bf16), else fp32."""
     channels_last: bool = False
-    """measured slower on CPU (docs/benchmarks.md); worth trying on CUDA."""
+    """measured slower on CPU (docs/benchmarks/network-cpu-precision.md); worth trying on CUDA."""
     compile: bool = False
     """torch.compile the network."""
     deterministic: bool = False

@@ -4,7 +4,7 @@ The probe runs through the sandbox's real code path (``DockerSandbox.run``, the 
 ``python -c`` as entry point) and waits inside the container until the test has read
 ``docker inspect``; it also reports what the job sees from inside (its uid, its capabilities,
 whether the root filesystem, the dataset and the work directory are writable, the network).
-``pytest -s`` prints the inspected table (docs/containers.md shows it).
+``pytest -s`` prints the inspected table (docs/guide/containers.md shows it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The drop-in CI files (docs/ci/): their script steps run here as the CI runner would run them.
+"""The drop-in CI files (docs/guide/ci/): their script steps run here as the CI runner would run them.
 
 The compare step runs for real against the committed baseline (a copy of it passes; a copy with
 one class degraded fails and prints that class's baseline, current value and change). The run
@@ -23,7 +23,8 @@ import yaml
 from harness.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
-FILES = {"github": REPO / "docs" / "ci" / "github-actions.yml", "gitlab": REPO / "docs" / "ci" / "gitlab-ci.yml"}
+FILES = {"github": REPO / "docs" / "guide" / "ci" / "github-actions.yml",
+         "gitlab": REPO / "docs" / "guide" / "ci" / "gitlab-ci.yml"}
 
 
 def workflow_steps(kind: str) -> tuple[dict[str, str], list[str]]:

@@ -129,7 +129,7 @@ def test_closed_sets_are_choices_checked_when_parsing(tasks_dir: Path, option: s
 
 
 def test_budget_that_overrides_descriptor_folds_says_so(tmp_path: Path) -> None:
-    """The rule (docs/harness.md): --budget replaces budget and folds, and says so for each task."""
+    """The rule (docs/reference/task-descriptors.md): --budget replaces budget and folds, and says so for each task."""
     dataset_with(tmp_path, cases=1)  # 1 case: the run then stops at the folds check, before any job
     (tmp_path / "tasks").mkdir()
     path = tmp_path / "tasks" / "t.yaml"
@@ -138,6 +138,7 @@ def test_budget_that_overrides_descriptor_folds_says_so(tmp_path: Path) -> None:
                     "--results", str(tmp_path / "r"))
     assert result.exit_code == 1
     assert f"note: task fake ({path}): --budget ci replaces the descriptor's budget 'full' (7 x 250) -> 'ci' " \
-           "(3 x 12) and folds 3 (from its `folds`) -> 2 (--budget replaces budget and folds; docs/harness.md)" \
+           "(3 x 12) and folds 3 (from its `folds`) -> 2 (--budget replaces budget and folds; " \
+           "docs/reference/task-descriptors.md)" \
            in result.output
     assert "has 1 training case(s); cross-validation needs at least 2: add training cases" in result.output

@@ -1,5 +1,5 @@
 """The HTML report in a real headless Chromium (Selenium + chromedriver): no console errors, every
-image decoded, the tables with the expected rows; a screenshot is saved (tmp dir and docs/).
+image decoded, the tables with the expected rows; a screenshot is saved (tmp dir and docs/images/).
 
 The results folder is built from the constructed work directory of test_leaderboard (real label
 maps, real evaluation and selection), plus training logs in the trainer's format, one test image
@@ -113,7 +113,7 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
                 assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
                 print(f"report screenshot: {shot}")
                 if os.environ.get("SELFUNET_UPDATE_SCREENSHOT") == "1":  # refresh the committed copy on purpose
-                    shutil.copyfile(shot, REPO / "docs" / "report-screenshot.png")
+                    shutil.copyfile(shot, REPO / "docs" / "images" / "report-screenshot.png")
             else:
                 assert driver.execute_script("return document.querySelectorAll('table.tasks tbody tr').length;") == 2
                 assert driver.execute_script(

@@ -146,7 +146,7 @@ def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) 
     print(compared.output)
     assert compared.exit_code == 0, compared.output
 
-    # the same check as the drop-in CI files' compare step (docs/ci/), run as their CI runner would
+    # the same check as the drop-in CI files' compare step (docs/guide/ci/), run as their CI runner would
     from test_ci_workflows import run_step, step
 
     ci = run_step("github", step("github", "harness compare"), RESULTS=str(tmp_path / "results"))

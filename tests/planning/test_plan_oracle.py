@@ -3,7 +3,7 @@
 Needs the reference (the ``reference_python`` fixture: ``$SELFUNET_REFERENCE_PYTHON``; CI installs
 it with bench/reference/setup_reference.sh and sets ``SELFUNET_REQUIRE_REFERENCE=1``, so a missing
 reference fails there instead of skipping). The comparison itself lives in bench/oracle_plans.py,
-which also writes the side-by-side table of docs/planning.md. One reference process plans every
+which also writes the side-by-side table of docs/reference/planning.md. One reference process plans every
 fingerprint (nnunetv2 is imported once), shared by the three tests.
 """
 

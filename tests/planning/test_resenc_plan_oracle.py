@@ -2,7 +2,7 @@
 
 The ten Decathlon-shaped fingerprints of bench/oracle_plans.py, planned by all three reference
 planners in one reference process (bench/oracle_resenc_plans.py, which also writes the table of
-docs/planning.md) and by our presets: every configuration's spacing, strides, kernels, features,
+docs/reference/planning.md) and by our presets: every configuration's spacing, strides, kernels, features,
 residual blocks per stage, patch size, batch size and memory estimate must be identical.
 """
 
