@@ -334,34 +334,13 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, resume: bool = False, restart: bool = False) -> Path:
-        cfg = self.config
-        latest, final = self.out / CHECKPOINT_LATEST, self.out / CHECKPOINT_FINAL
-        if restart:
-            for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST, CHECKPOINT_FINAL, "log.jsonl", "progress.png"):
-                (self.out / name).unlink(missing_ok=True)
-        elif final.is_file() and resume and (problem := checkpoint_problem(final)):
-            moved = final.with_name(f"{final.name}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
-            final.replace(moved)  # e.g. torn by a full disk: never trusted, kept for inspection
-            log.warning("%s is %s: moved to %s; resuming from %s", final, problem, moved.name, latest.name)
-        if final.is_file() and resume and not restart:
-            self.console.print(escape(f"{final} exists: training of this fold is complete."), highlight=False)
+        """Train the fold to ``checkpoint_final.pt`` and return its path: prepare (resume or
+        start), then one epoch after another, each closed by its bookkeeping."""
+        final = self.out / CHECKPOINT_FINAL
+        state = self._prepare_fold(resume, restart)
+        if state is None:
             return final
-        elif latest.is_file() and not resume:
-            raise SelfUNetError(
-                f"{latest} exists: add --resume to continue that run, or --restart to start over."
-            )
-        self.out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.out)  # half-written checkpoint/plot of a killed run (never a live writer's)
-        self._build()
-        state = LoopState()
-        log_path = self.out / "log.jsonl"
-        if resume and latest.is_file():
-            state = self._restore(load_checkpoint(latest))
-            truncate_log(log_path, state.epoch)
-            self.console.print(f"resuming at epoch {state.epoch}, iteration {state.iteration}")
-        elif log_path.exists():
-            log_path.unlink()
-        cfg.save(self.out / "train_config.json")
+        cfg = self.config
         precision = precision_reason(self.amp_dtype, cfg.amp, self.device)
         self.console.print(escape(f"precision: {precision}"), highlight=False)
         iterations = cfg.iterations_per_epoch
@@ -381,52 +360,19 @@ class Trainer:
         )
         self.network.train()
         with stop_on_signals(), loader, progress:
-            total = progress.add_task(
+            bar = progress.add_task(
                 f"{self.configuration.name} fold {self.fold}", total=cfg.epochs * iterations,
                 completed=state.epoch * iterations + state.iteration, status="",
             )
+
+            def show(status: str) -> None:
+                progress.update(bar, advance=1, status=status)
+                plain.note(state.epoch * iterations + state.iteration, status)
+
             while state.epoch < cfg.epochs:
-                lr = poly_lr(cfg.initial_lr, state.epoch, cfg.epochs, cfg.poly_exponent)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
                 epoch_start = time.perf_counter()
-                for it in range(state.iteration, iterations):
-                    image, label = self._device_batch(next(loader))
-                    state.loss_sum += self._train_step(image, label)
-                    state.iteration = it + 1
-                    status = (
-                        f"epoch {state.epoch + 1}/{cfg.epochs} loss {state.loss_sum / state.iteration:.4f} "
-                        f"lr {lr:.2e} pseudo-Dice {state.ema if state.ema is not None else float('nan'):.3f}"
-                    )
-                    progress.update(total, advance=1, status=status)
-                    plain.note(state.epoch * iterations + state.iteration, status)
-                    if stop_requested() is not None:
-                        self._stop(state, latest)
-                validated = self._validate()
-                if validated is None:
-                    self._stop(state, latest)
-                val_loss, dice = validated  # type: ignore[misc]
-                finite = [d for d in dice if not math.isnan(d)]
-                mean_dice = float(np.mean(finite)) if finite else 0.0
-                state.ema = mean_dice if state.ema is None else (
-                    cfg.pseudo_dice_ema * state.ema + (1 - cfg.pseudo_dice_ema) * mean_dice)
-                record = {
-                    "epoch": state.epoch, "train_loss": state.loss_sum / iterations, "val_loss": val_loss,
-                    "pseudo_dice_per_class": dice, "pseudo_dice": mean_dice, "pseudo_dice_ema": state.ema,
-                    "lr": lr, "epoch_seconds": time.perf_counter() - epoch_start,
-                }
-                append_log(log_path, record)
-                plot_log(read_log(log_path), self.out / "progress.png")
-                state.epoch += 1
-                state.iteration = 0
-                state.loss_sum = 0.0
-                if state.ema > state.best_ema:
-                    state.best_ema = state.ema
-                    save_checkpoint(self.out / CHECKPOINT_BEST, self._checkpoint_payload(state))
-                if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.epochs:
-                    save_checkpoint(latest, self._checkpoint_payload(state))
-                log.info("epoch %d: loss %.4f, val loss %.4f, pseudo-Dice %s (EMA %.4f)", state.epoch - 1,
-                         record["train_loss"], val_loss, [round(d, 4) for d in dice], state.ema)
+                lr = self._train_epoch(state, loader, show)
+                self._end_epoch(state, lr, time.perf_counter() - epoch_start)
         save_checkpoint(final, self._checkpoint_payload(state))
         atomic_write_json(self.out / "training_summary.json", {
             "configuration": self.configuration.name, "fold": self.fold, "epochs": cfg.epochs,
@@ -436,6 +382,90 @@ class Trainer:
             "precision": precision,
         })
         return final
+
+    def _prepare_fold(self, resume: bool, restart: bool) -> LoopState | None:
+        """Decide where this fold starts: ``None`` when it is already complete; else the network
+        built and the state to continue from (a fresh one, or the latest checkpoint's). A torn
+        final checkpoint is set aside, never trusted; an unfinished run is never overwritten
+        without ``--resume`` or ``--restart``."""
+        latest, final = self.out / CHECKPOINT_LATEST, self.out / CHECKPOINT_FINAL
+        if restart:
+            for name in (CHECKPOINT_LATEST, CHECKPOINT_BEST, CHECKPOINT_FINAL, "log.jsonl", "progress.png"):
+                (self.out / name).unlink(missing_ok=True)
+        elif final.is_file() and resume and (problem := checkpoint_problem(final)):
+            moved = final.with_name(f"{final.name}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
+            final.replace(moved)  # e.g. torn by a full disk: never trusted, kept for inspection
+            log.warning("%s is %s: moved to %s; resuming from %s", final, problem, moved.name, latest.name)
+        if final.is_file() and resume and not restart:
+            self.console.print(escape(f"{final} exists: training of this fold is complete."), highlight=False)
+            return None
+        elif latest.is_file() and not resume:
+            raise SelfUNetError(
+                f"{latest} exists: add --resume to continue that run, or --restart to start over."
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.out)  # half-written checkpoint/plot of a killed run (never a live writer's)
+        self._build()
+        state = LoopState()
+        log_path = self.out / "log.jsonl"
+        if resume and latest.is_file():
+            state = self._restore(load_checkpoint(latest))
+            truncate_log(log_path, state.epoch)
+            self.console.print(f"resuming at epoch {state.epoch}, iteration {state.iteration}")
+        elif log_path.exists():
+            log_path.unlink()
+        self.config.save(self.out / "train_config.json")
+        return state
+
+    def _train_epoch(self, state: LoopState, loader, show) -> float:
+        """The training iterations of ``state.epoch`` that are not done yet (a resumed epoch goes
+        on where it stopped); returns the epoch's learning rate. A stop signal checkpoints and
+        raises :class:`TrainingInterrupted` after the iteration in flight."""
+        cfg = self.config
+        lr = poly_lr(cfg.initial_lr, state.epoch, cfg.epochs, cfg.poly_exponent)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for it in range(state.iteration, cfg.iterations_per_epoch):
+            image, label = self._device_batch(next(loader))
+            state.loss_sum += self._train_step(image, label)
+            state.iteration = it + 1
+            show(f"epoch {state.epoch + 1}/{cfg.epochs} loss {state.loss_sum / state.iteration:.4f} "
+                 f"lr {lr:.2e} pseudo-Dice {state.ema if state.ema is not None else float('nan'):.3f}")
+            if stop_requested() is not None:
+                self._stop(state, self.out / CHECKPOINT_LATEST)
+        return lr
+
+    def _end_epoch(self, state: LoopState, lr: float, seconds: float) -> None:
+        """Validation, the pseudo-Dice EMA, the log line and plot, and the checkpoints (best when
+        the EMA improves; latest every ``checkpoint_every`` epochs and at the end)."""
+        cfg = self.config
+        latest = self.out / CHECKPOINT_LATEST
+        validated = self._validate()
+        if validated is None:  # a stop signal during validation
+            self._stop(state, latest)
+        val_loss, dice = validated  # type: ignore[misc]
+        finite = [d for d in dice if not math.isnan(d)]
+        mean_dice = float(np.mean(finite)) if finite else 0.0
+        state.ema = mean_dice if state.ema is None else (
+            cfg.pseudo_dice_ema * state.ema + (1 - cfg.pseudo_dice_ema) * mean_dice)
+        record = {
+            "epoch": state.epoch, "train_loss": state.loss_sum / cfg.iterations_per_epoch, "val_loss": val_loss,
+            "pseudo_dice_per_class": dice, "pseudo_dice": mean_dice, "pseudo_dice_ema": state.ema,
+            "lr": lr, "epoch_seconds": seconds,
+        }
+        log_path = self.out / "log.jsonl"
+        append_log(log_path, record)
+        plot_log(read_log(log_path), self.out / "progress.png")
+        state.epoch += 1
+        state.iteration = 0
+        state.loss_sum = 0.0
+        if state.ema > state.best_ema:
+            state.best_ema = state.ema
+            save_checkpoint(self.out / CHECKPOINT_BEST, self._checkpoint_payload(state))
+        if state.epoch % cfg.checkpoint_every == 0 or state.epoch == cfg.epochs:
+            save_checkpoint(latest, self._checkpoint_payload(state))
+        log.info("epoch %d: loss %.4f, val loss %.4f, pseudo-Dice %s (EMA %.4f)", state.epoch - 1,
+                 record["train_loss"], val_loss, [round(d, 4) for d in dice], state.ema)
 
     def _stop(self, state: LoopState, latest: Path) -> None:
         signum = stop_requested()
