@@ -61,7 +61,7 @@ from selfunet.evaluation.crossval import (
     run_crossval,
 )
 from selfunet.evaluation.postprocess_selection import determine_postprocessing
-from selfunet.inference.postprocess import PostprocessingRule
+from selfunet.inference.postprocess import PostprocessingRule, describe_rule
 from selfunet.workdir import WorkDir, member_name, split_member
 
 if TYPE_CHECKING:
@@ -337,17 +337,6 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _describe(rule: PostprocessingRule | None, labels: dict[str, str]) -> str:
-    if rule is None:
-        return "not computed"
-    parts = []
-    if rule.largest_component_all_foreground:
-        parts.append("largest fg component")
-    if rule.largest_component_per_class:
-        parts.append("per class: " + ", ".join(labels.get(str(c), str(c)) for c in rule.largest_component_per_class))
-    return "; ".join(parts) or "none"
-
-
 def render_selection(selection: Selection, console: Console) -> None:
     """One row per candidate, without and with its postprocessing; the selected one marked."""
     table = Table(title="model selection (cross-validation, mean Dice over cases)",
@@ -370,9 +359,9 @@ def render_selection(selection: Selection, console: Console) -> None:
         table.add_row(
             "[bold green]*[/]" if chosen else "", f"[bold]{candidate.name}[/]" if chosen else candidate.name,
             _fmt(candidate.mean_foreground_dice), *(_fmt(candidate.dice.get(v)) for v in selection.labels),
-            spread_text, _describe(rule, selection.labels),
+            spread_text, describe_rule(rule, selection.labels),
             _fmt(rule.mean_foreground_dice_after) if rule is not None else "-",
         )
     console.print(table)
     console.print(f"selected: [bold]{escape(selection.selected)}[/] (members {escape(', '.join(selection.members))}); "
-                  f"postprocessing: {escape(_describe(selection.postprocessing, selection.labels))}", highlight=False)
+                  f"postprocessing: {escape(describe_rule(selection.postprocessing, selection.labels))}", highlight=False)

@@ -82,6 +82,22 @@ class PostprocessingRule(BaseModel):
     def is_identity(self) -> bool:
         return not self.largest_component_all_foreground and not self.largest_component_per_class
 
+    def describe(self, labels: dict[str, str]) -> str:
+        """The rule in words, with class (region) names from ``labels``: the one wording shown by
+        ``selfunet select`` and written to leaderboards."""
+        parts = []
+        if self.largest_component_all_foreground:
+            parts.append("largest foreground component")
+        if self.largest_component_per_class:
+            names = ", ".join(labels.get(str(c), str(c)) for c in self.largest_component_per_class)
+            parts.append(f"largest component of {names}")
+        return "; ".join(parts) or "none (no rule helped)"
+
+
+def describe_rule(rule: PostprocessingRule | None, labels: dict[str, str]) -> str:
+    """:meth:`PostprocessingRule.describe`, or "not computed" where no rule was decided."""
+    return "not computed" if rule is None else rule.describe(labels)
+
 
 # -- applying -------------------------------------------------------------------------------------
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
