@@ -19,23 +19,22 @@ import numpy as np
 import SimpleITK as sitk
 
 from selfunet.data.dataset import CaseSpec
-from selfunet.data.io import SPACING_2D_PLACEHOLDER, ImageGeometry
+from selfunet.data.grids import (  # noqa: F401 (the tolerances are re-exported for selfunet.data.check)
+    DIRECTION_ATOL,
+    ORIGIN_ATOL_MM,
+    ORIGIN_VOXEL_FRACTION,
+    SPACING_RTOL,
+    grid_problems,
+)
+from selfunet.data.header import ImageRefused, header_problems, read_image_header, sitk_reason
+from selfunet.data.io import ImageGeometry, header_geometry
 from selfunet.data.nifti_raw import RawScan, is_nifti, scan_nifti
+from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
 
 Severity = Literal["error", "warning"]
 
-#: image and label spacings may differ by this fraction per axis (headers are stored as float32,
-#: and converters round differently; a real mismatch is orders of magnitude larger).
-SPACING_RTOL = 1e-3
-#: origins may differ by this many mm ...
-ORIGIN_ATOL_MM = 1e-3
-#: ... or by this fraction of the smallest voxel size, whichever is larger (coarse images are
-#: often written with rounded origins; a hundredth of a voxel moves no label boundary).
-ORIGIN_VOXEL_FRACTION = 1e-2
-#: direction cosines may differ by this much per matrix entry (float32 quaternions in NIfTI).
-DIRECTION_ATOL = 1e-3
 #: label maps whose values lie in ``[0, this)`` are counted with ``bincount`` instead of ``unique``.
 _BINCOUNT_LIMIT = 1 << 16
 _SLAB_VOXELS = 1 << 22
@@ -85,10 +84,8 @@ def _fmt(values: Iterable[float]) -> str:
 
 
 def _sitk_reason(exc: RuntimeError, path: Path) -> str:
-    text = str(exc).strip()
     # the last line says what went wrong; the full path is already in the report's file column
-    reason = text.splitlines()[-1].strip().replace(str(path), path.name) if text else "unknown error"
-    return f"SimpleITK cannot read the file ({reason})"
+    return sitk_reason(exc, path)
 
 
 @dataclass
@@ -100,41 +97,23 @@ class _Header:
     is_float: bool
 
 
-def _read_header(path: Path) -> _Header | str:
-    """Geometry and channel count from the header alone, in :mod:`selfunet.data.io`'s conventions."""
+def _read_header(path: Path) -> _Header | list[tuple[str, str]]:
+    """Geometry and channel count from the header alone, in :mod:`selfunet.data.io`'s conventions,
+    checked (:mod:`selfunet.data.header`: bounds, external data files) before any voxel is read;
+    else the (problem, fix) pairs that keep the voxels unread."""
+    try:
+        header = read_image_header(path)
+    except ImageRefused as exc:
+        fix = _unreadable_fix(path) if exc.reason == "unreadable" else exc.fix
+        return [(exc.problem if exc.reason == "unreadable" else f"{exc.reason}: {exc.problem}", fix)]
+    except SelfUNetError as exc:
+        return [(str(exc).removeprefix(f"{path}: "), _unreadable_fix(path))]
+    problems = header_problems(header)
+    if problems:
+        return [(f"{p.reason} ({p.field}): {p.message}", p.fix) for p in problems]
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        return _sitk_reason(exc, path)
-    dim, components = reader.GetDimension(), reader.GetNumberOfComponents()
-    if components != 1:
-        return f"vector pixels ({components} components) are not supported; store one channel per volume"
-    size, spacing = reader.GetSize(), reader.GetSpacing()
-    origin, direction = tuple(reader.GetOrigin()), tuple(reader.GetDirection())
-    channels = 1
-    if dim == 2:
-        shape = (1, size[1], size[0])
-        spacing_zyx = (SPACING_2D_PLACEHOLDER, spacing[1], spacing[0])
-    elif dim == 3:
-        shape, spacing_zyx = tuple(reversed(size)), tuple(reversed(spacing))
-    elif dim == 4:
-        shape, spacing_zyx = tuple(reversed(size[:3])), tuple(reversed(spacing[:3]))
-        channels = size[3]
-        origin = origin[:3]
-        direction = tuple(np.asarray(direction).reshape(4, 4)[:3, :3].ravel().tolist())
-    else:
-        return f"{dim}D images are not supported (2D, 3D or 4D only)"
-    geometry = ImageGeometry(
-        shape=tuple(int(v) for v in shape),  # type: ignore[arg-type]
-        spacing=tuple(float(v) for v in spacing_zyx),  # type: ignore[arg-type]
-        origin=tuple(float(v) for v in origin),
-        direction=tuple(float(v) for v in direction),
-        ndim_on_disk=2 if dim == 2 else 3,
-    )
-    is_float = reader.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
-    return _Header(reader, channels, geometry, is_float)
+    return _Header(reader, header.channels, header_geometry(header), header.is_float)
 
 
 def _count_nonfinite(path: Path, header: _Header) -> tuple[int, int] | str:
@@ -156,60 +135,6 @@ def _count_nonfinite(path: Path, header: _Header) -> tuple[int, int] | str:
         return 0, 0
     array = sitk.GetArrayViewFromImage(image)
     return int(np.count_nonzero(np.isnan(array))), int(np.count_nonzero(np.isinf(array)))
-
-
-def _geometry_problems(
-    what: str, reference: str, ref: ImageGeometry, other: ImageGeometry
-) -> list[tuple[str, str]]:
-    """(message, fix) for each way ``other``'s grid differs from ``ref``'s, beyond the tolerances."""
-    if ref.ndim_on_disk != other.ndim_on_disk:
-        return [
-            (
-                f"{what} is {other.ndim_on_disk}D, {reference} is {ref.ndim_on_disk}D",
-                f"store {what} with the same dimensionality as {reference}",
-            )
-        ]
-    if ref.shape != other.shape:
-        return [
-            (
-                f"{what} shape {other.shape} differs from {reference}'s {ref.shape} (z, y, x)",
-                f"resample or crop {what} onto {reference}'s voxel grid; both must have the same shape",
-            )
-        ]
-    found = []
-    copy_fix = (
-        f"if the voxels already correspond, copy {reference}'s header onto {what} "
-        f"(SimpleITK: CopyInformation); otherwise resample it onto {reference}'s grid"
-    )
-    spacing_ok = np.allclose(other.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0.0)
-    if not spacing_ok:
-        found.append(
-            (
-                f"{what} spacing {_fmt(other.spacing)} differs from {reference}'s {_fmt(ref.spacing)} "
-                f"(z, y, x in mm; relative tolerance {SPACING_RTOL:g})",
-                copy_fix,
-            )
-        )
-    origin_tol = max(ORIGIN_ATOL_MM, ORIGIN_VOXEL_FRACTION * min(ref.spacing))
-    offset = np.abs(np.subtract(other.origin, ref.origin)).max(initial=0.0)
-    if len(other.origin) != len(ref.origin) or offset > origin_tol:
-        found.append(
-            (
-                f"{what} origin {_fmt(other.origin)} differs from {reference}'s {_fmt(ref.origin)} "
-                f"by {offset:.4g} mm (x, y, z; tolerance {origin_tol:.3g} mm)",
-                copy_fix,
-            )
-        )
-    turn = np.abs(np.subtract(other.direction, ref.direction)).max(initial=0.0)
-    if len(other.direction) != len(ref.direction) or turn > DIRECTION_ATOL:
-        found.append(
-            (
-                f"{what} direction {_fmt(other.direction)} differs from {reference}'s "
-                f"{_fmt(ref.direction)} by up to {turn:.3g} (tolerance {DIRECTION_ATOL:g} per cosine)",
-                copy_fix,
-            )
-        )
-    return found
 
 
 def _nonfinite_problems(case_id: str, path: Path, nan: int, inf: int, what: str) -> list[Problem]:
@@ -338,8 +263,9 @@ def _check_images(job: CaseJob, result: CaseResult) -> ImageGeometry | None:
             problems.append(Problem("error", cid, path, f"{what} missing", fix))
             continue
         header = _read_header(path)
-        if isinstance(header, str):
-            problems.append(Problem("error", cid, path, f"unreadable {what}: {header}", _unreadable_fix(path)))
+        if isinstance(header, list):
+            problems.extend(Problem("error", cid, path, f"unreadable {what}: {message}", fix)
+                            for message, fix in header)
             continue
         counts = _count_nonfinite(path, header)
         if isinstance(counts, str):
@@ -370,7 +296,7 @@ def _check_images(job: CaseJob, result: CaseResult) -> ImageGeometry | None:
             reference = geometry
             result.image_file, result.ndim_on_disk = path, geometry.ndim_on_disk
         else:
-            for message, mismatch_fix in _geometry_problems(f"channel {k}", "channel 0", reference, geometry):
+            for message, mismatch_fix in grid_problems(f"channel {k}", "channel 0", reference, geometry):
                 problems.append(Problem("error", cid, path, message, mismatch_fix))
     return reference
 
@@ -386,8 +312,9 @@ def _check_label(job: CaseJob, path: Path, reference: ImageGeometry | None, prob
         problems.append(Problem("error", cid, path, "label file missing", fix))
         return
     header = _read_header(path)
-    if isinstance(header, str):
-        problems.append(Problem("error", cid, path, f"unreadable label file: {header}", _unreadable_fix(path)))
+    if isinstance(header, list):
+        problems.extend(Problem("error", cid, path, f"unreadable label file: {message}", fix)
+                        for message, fix in header)
         return
     if header.channels != 1:
         problems.append(
@@ -404,7 +331,7 @@ def _check_label(job: CaseJob, path: Path, reference: ImageGeometry | None, prob
         )
         return
     if reference is not None:
-        for message, mismatch_fix in _geometry_problems("the label", "the image", reference, header.geometry):
+        for message, mismatch_fix in grid_problems("the label", "the image", reference, header.geometry):
             problems.append(Problem("error", cid, path, message, mismatch_fix))
     if header.is_float and is_nifti(path):
         scan = scan_nifti(path)

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from selfunet.artifacts import read_user_text
+from selfunet.data.grids import read_channel_files
 from selfunet.data.io import ImageGeometry, file_ending, read_image, strip_ending
 from selfunet.data.labels import LabelScheme, scheme_from_declaration
 from selfunet.errors import SelfUNetError, clip, quote
@@ -353,27 +354,11 @@ def _case_of(stem: str) -> str:
 
 
 def read_case_image(dataset: DatasetSpec, case: CaseSpec) -> tuple[np.ndarray, ImageGeometry]:
-    """All channels of a case as float32 ``(C, z, y, x)`` plus the geometry of the first channel."""
-    arrays = []
-    geometry: ImageGeometry | None = None
-    for path in case.images:
-        array, geo = read_image(path)
-        arrays.append(array)
-        if geometry is None:
-            geometry = geo
-        elif geo.shape != geometry.shape:
-            raise SelfUNetError(
-                f"case '{case.case_id}': channel file {path} has shape {geo.shape}, the first "
-                f"channel {geometry.shape}; all channels must share one grid."
-            )
-    image = np.concatenate(arrays, axis=0).astype(np.float32, copy=False)
-    if image.shape[0] != dataset.num_channels:
-        raise SelfUNetError(
-            f"case '{case.case_id}' ({case.images[0]}): {image.shape[0]} channel(s) found, "
-            f"dataset.json declares {dataset.num_channels}; fix the image or the channel list."
-        )
-    assert geometry is not None
-    return image, geometry
+    """All channels of a case as float32 ``(C, z, y, x)`` plus the geometry of the first channel.
+
+    Headers first: each is checked against the image bounds and every channel against channel 0's
+    grid before a voxel is read (:func:`selfunet.data.grids.read_channel_files`)."""
+    return read_channel_files(case.case_id, case.images, dataset.num_channels, "dataset.json declares")
 
 
 def read_case_label(case: CaseSpec) -> tuple[np.ndarray, ImageGeometry]:

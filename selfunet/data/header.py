@@ -10,14 +10,15 @@ The API, for selfunet's own readers and for the harness (``harness/challenge/sco
 ``gc_case.py``)::
 
     read_image_header(path, *, external="inside", allow_symlink=True) -> ImageHeader
-        the header only; raises SelfUNetError naming the file when the file is missing, not a
+        the header only; raises ImageRefused (a SelfUNetError with a short ``reason``: symlink,
+        external data file, too large, ...) naming the file when the file is missing, not a
         regular file, unreadable, or names a voxel file it may not (``external="inside"``: an
         external data file only for .mhd/.nhdr and only inside the image's own folder;
         ``external="refuse"``: none at all, for container outputs). ``allow_symlink=False``
         refuses a path that is a symbolic link.
     header_problems(header, bounds=None) -> list[HeaderProblem]   (field, message, fix) each
     check_header(header, bounds=None) -> None
-        raises SelfUNetError naming the file, the field, the bound and how to change it
+        raises ImageRefused naming the file, the field, the bound and how to change it
     ImageBounds(max_voxels=2**31, max_bytes=16 GiB, min_spacing_mm=1e-4, max_spacing_mm=1e3,
                 max_components=1)
         ``image_bounds()`` is the default, with the environment's overrides
@@ -37,32 +38,27 @@ What is checked, and why each bound is what it is: docs/guide/security.md.
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import struct
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 
+from selfunet.data.voxel_files import (  # noqa: F401 (re-exported: the API of this module)
+    DEFLATE_MAX_RATIO,
+    DETACHED_ENDINGS,
+    HEADER_READ_LIMIT,
+    External,
+    ImageRefused,
+    VoxelLayout,
+    voxel_layout,
+)
 from selfunet.errors import SelfUNetError, clip, quote
 
 #: file endings SimpleITK reads and writes for us, longest first so ``.nii.gz`` wins over ``.gz``.
 SUPPORTED_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-#: the formats whose header may name a separate voxel file (the others keep the voxels inside).
-DETACHED_ENDINGS: tuple[str, ...] = (".mhd", ".nhdr")
-
-#: the most bytes of a MetaImage or NRRD header read to find where its voxels are.
-HEADER_READ_LIMIT = 64 * 1024
-#: deflate (gzip, zlib) cannot expand data by more than 1032:1 (a 258-byte match per 2 bits), so a
-#: compressed file of n bytes holds at most this many times n bytes of voxels.
-DEFLATE_MAX_RATIO = 1032
-
-External = Literal["inside", "refuse"]
 
 ENV_MAX_VOXELS = "SELFUNET_MAX_IMAGE_VOXELS"
 ENV_MAX_BYTES = "SELFUNET_MAX_IMAGE_BYTES"
@@ -201,16 +197,7 @@ class ImageHeader:
 
     def max_decodable_bytes(self) -> int | None:
         """The most voxel bytes the stored data can hold, or None where that cannot be bounded."""
-        n = self.stored_bytes
-        if self.encoding == "raw":
-            return n
-        if self.encoding in ("gzip", "zlib"):
-            return DEFLATE_MAX_RATIO * n + 4096
-        if self.encoding == "hex":
-            return n // 2
-        if self.encoding == "text":
-            return ((n + 1) // 2) * self.itemsize  # a value and a separator per voxel at the least
-        return None
+        return VoxelLayout((), self.encoding, self.stored_bytes).max_decodable_bytes(self.itemsize)
 
 
 #: SimpleITK pixel ids -> numpy name of one component.
@@ -228,36 +215,35 @@ _PIXEL_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class _Layout:
-    data_files: tuple[Path, ...]
-    encoding: str
-    stored_bytes: int
-
-
 def read_image_header(path: str | Path, *, external: External = "inside", allow_symlink: bool = True) -> ImageHeader:
     """The header of ``path``, without reading a voxel; see the module docstring."""
     path = Path(path)
-    fmt = file_ending(path)
+    try:
+        fmt = file_ending(path)
+    except SelfUNetError as exc:
+        raise ImageRefused(path, "unsupported format", "unsupported image format",
+                           f"use one of {', '.join(SUPPORTED_ENDINGS)}") from exc
     if path.is_symlink() and not allow_symlink:
-        raise SelfUNetError(f"{path}: is a symbolic link, not a regular file; links are not followed here: "
-                            "write the image itself.")
+        raise ImageRefused(path, "symlink", "is a symbolic link, not a regular file (links are not followed here)",
+                           "write the image itself, not a link to it")
     if not path.exists():
-        raise SelfUNetError(f"{path}: file not found.")
+        raise ImageRefused(path, "not found", "file not found", "check the path")
     if not path.is_file():
-        raise SelfUNetError(f"{path}: not a regular file; give an image file ({', '.join(SUPPORTED_ENDINGS)}).")
-    if fmt in (".nii", ".nii.gz"):
-        layout = _nifti_layout(path, fmt)
-    elif fmt in (".mha", ".mhd"):
-        layout = _metaimage_layout(path, fmt, external)
-    else:
-        layout = _nrrd_layout(path, fmt, external)
+        raise ImageRefused(path, "not a regular file", "not a regular file",
+                           f"give an image file ({', '.join(SUPPORTED_ENDINGS)})")
+    nifti = fmt in (".nii", ".nii.gz")
+    # where the voxels are is settled before SimpleITK opens anything (NIfTI names no other file,
+    # and its header is read by SimpleITK first, for SimpleITK's own wording of a broken file)
+    layout = None if nifti else voxel_layout(path, fmt, external)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise SelfUNetError(f"{path}: {sitk_reason(exc, path)}; re-export it as NIfTI (.nii.gz) or MHA.") from None
+        raise ImageRefused(path, "unreadable", sitk_reason(exc, path),
+                           "re-export it as NIfTI (.nii.gz) or MHA") from None
+    if layout is None:
+        layout = voxel_layout(path, fmt, external)
     pixel_id = reader.GetPixelID()
     return ImageHeader(
         path=path,
@@ -282,172 +268,6 @@ def sitk_reason(exc: RuntimeError, path: Path) -> str:
     return f"SimpleITK cannot read the file ({clip(reason)})"
 
 
-# ---- NIfTI: the voxels are in the file (a .nii with magic ni1/ni2 names an .img: refused)
-
-
-def _nifti_layout(path: Path, fmt: str) -> _Layout:
-    compressed = fmt == ".nii.gz"
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
-            head = stream.read(544)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SelfUNetError(f"{path}: the file is corrupt ({type(exc).__name__}: {clip(str(exc))}); "
-                            "re-export or download it again.") from None
-    if len(head) < 348:
-        raise SelfUNetError(f"{path}: shorter than a NIfTI header ({len(head)} bytes); re-export or download it again.")
-    for order in ("<", ">"):
-        (size,) = struct.unpack(order + "i", head[:4])
-        if size in (348, 540):
-            break
-    else:
-        raise SelfUNetError(f"{path}: not a NIfTI file (bad header size); check the file's format.")
-    if size == 348:
-        (offset,) = struct.unpack(order + "f", head[108:112])
-        magic = head[344:348]
-    else:
-        if len(head) < 540:
-            raise SelfUNetError(f"{path}: shorter than a NIfTI-2 header; re-export or download it again.")
-        (offset,) = struct.unpack(order + "q", head[168:176])
-        magic = head[4:8]
-    if magic[:3] not in (b"n+1", b"n+2"):
-        raise SelfUNetError(
-            f"{path}: the NIfTI header (magic {magic[:3]!r}) says its voxels are in a separate .img file; "
-            "selfunet reads single-file NIfTI only: save the image as .nii.gz."
-        )
-    stored = path.stat().st_size
-    if not compressed:
-        stored -= int(offset) if math.isfinite(offset) and offset > 0 else 0
-    return _Layout((), "gzip" if compressed else "raw", max(stored, 0))
-
-
-# ---- MetaImage (.mha: voxels in the file; .mhd: a separate data file, inside the folder)
-
-
-def _bounded_head(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as stream:
-            return stream.read(HEADER_READ_LIMIT)
-    except OSError as exc:
-        raise SelfUNetError(f"{path}: cannot be read ({exc.strerror or exc}); check the file's permissions.") from None
-
-
-def _header_too_long(path: Path, what: str) -> SelfUNetError:
-    return SelfUNetError(f"{path}: no end of the {what} header in its first {HEADER_READ_LIMIT // 1024} KiB; "
-                         "the file is not an image selfunet reads: re-export it as NIfTI (.nii.gz) or MHA.")
-
-
-def _metaimage_layout(path: Path, fmt: str, external: External) -> _Layout:
-    head = _bounded_head(path)
-    fields: dict[str, str] = {}
-    position = 0
-    data_file = None
-    while position < len(head):
-        end = head.find(b"\n", position)
-        if end < 0:
-            if len(head) == HEADER_READ_LIMIT:
-                raise _header_too_long(path, "MetaImage")
-            end = len(head)
-        line = head[position:end].decode("latin-1").strip()
-        position = end + 1
-        if not line:
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise SelfUNetError(f"{path}: not a MetaImage header (line {quote(clip(line, 60))} has no '='); "
-                                "re-export it as NIfTI (.nii.gz) or MHA.")
-        key, value = key.strip().lower(), value.strip()
-        fields[key] = value
-        if key == "elementdatafile":
-            data_file = value
-            break
-    if data_file is None:
-        raise SelfUNetError(f"{path}: the MetaImage header has no ElementDataFile line; re-export the image.")
-    compressed = fields.get("compresseddata", "false").lower() == "true"
-    binary = fields.get("binarydata", "true").lower() != "false"
-    encoding = "zlib" if compressed else ("raw" if binary else "text")
-    if data_file.lower() == "local":
-        return _Layout((), encoding, max(path.stat().st_size - position, 0))
-    what = f"ElementDataFile = {quote(clip(data_file, 80))}"
-    if data_file[:4].upper() == "LIST" or "%" in data_file:
-        raise SelfUNetError(f"{path}: {what} spreads the voxels over several files (a list or a file name "
-                            "pattern); selfunet reads one file per image: save it as one .mha.")
-    target = _inside_folder(path, data_file, what, fmt, external)
-    return _Layout((target,), encoding, target.stat().st_size)
-
-
-def _inside_folder(path: Path, name: str, what: str, fmt: str, external: External) -> Path:
-    """The external data file ``name`` of ``path``, checked: allowed for this format and call, a
-    relative path inside the header's folder (after following links), and a regular file."""
-    if external == "refuse":
-        raise SelfUNetError(f"{path}: {what} names an external data file; external data files are not accepted "
-                            "here: write the voxels into the image file itself (.mha with ElementDataFile = LOCAL, "
-                            ".nrrd, .nii.gz).")
-    if fmt not in DETACHED_ENDINGS:
-        raise SelfUNetError(f"{path}: {what}: a {fmt} file keeps its voxels inside itself; a separate data file "
-                            f"needs a detached header ({' or '.join(DETACHED_ENDINGS)}): save the image again.")
-    written = name.replace("\\", "/")
-    parts = [p for p in written.split("/") if p not in ("", ".")]
-    if written.startswith("/") or (len(written) > 1 and written[1] == ":") or ".." in parts or not parts:
-        raise SelfUNetError(f"{path}: {what} points outside the image's folder; the data file must lie next to "
-                            "its header: copy it there and name it without a folder or '..'.")
-    folder = path.parent.resolve()
-    target = (path.parent / Path(*parts)).resolve()
-    if target != folder and folder not in target.parents:
-        raise SelfUNetError(f"{path}: {what} is a link that leads outside the image's folder (to "
-                            f"{clip(str(target), 120)}); copy the data file itself next to its header.")
-    if not target.is_file():
-        raise SelfUNetError(f"{path}: {what}: no such data file next to the header; copy it there, or save the "
-                            "image as one .mha or .nii.gz.")
-    return target
-
-
-# ---- NRRD (.nrrd: voxels in the file; .nhdr: a detached header naming one data file)
-
-
-_NRRD_ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2",
-                   "txt": "text", "text": "text", "ascii": "text", "hex": "hex"}
-
-
-def _nrrd_layout(path: Path, fmt: str, external: External) -> _Layout:
-    head = _bounded_head(path)
-    if not head.startswith(b"NRRD000"):
-        raise SelfUNetError(f"{path}: not an NRRD file (it does not start with NRRD000x); check its format.")
-    fields: dict[str, str] = {}
-    position, ended = 0, False
-    first = True
-    while position < len(head):
-        end = head.find(b"\n", position)
-        if end < 0:
-            if len(head) == HEADER_READ_LIMIT:
-                raise _header_too_long(path, "NRRD")
-            end = len(head)
-        line = head[position:end].decode("latin-1").rstrip("\r")
-        position = end + 1
-        if first:
-            first = False
-            continue
-        if not line:
-            ended = True  # the voxels follow (attached data)
-            break
-        if line.startswith("#") or ":=" in line:
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[" ".join(key.lower().split())] = value.strip()
-    if not ended and len(head) == HEADER_READ_LIMIT and position >= len(head):
-        raise _header_too_long(path, "NRRD")
-    encoding = _NRRD_ENCODINGS.get(fields.get("encoding", "raw").lower(), "unknown")
-    data_file = fields.get("data file", fields.get("datafile"))
-    if data_file is None:
-        return _Layout((), encoding, max(path.stat().st_size - position, 0) if ended else 0)
-    what = f"data file: {quote(clip(data_file, 80))}"
-    if data_file.split()[:1] == ["LIST"] or "%" in data_file:
-        raise SelfUNetError(f"{path}: {what} spreads the voxels over several files (a list or a file name "
-                            "pattern); selfunet reads one file per image: save it as one .nrrd.")
-    target = _inside_folder(path, data_file, what, fmt, external)
-    return _Layout((target,), encoding, target.stat().st_size)
-
-
 # ---------------------------------------------------------------------------------------------
 # the checks
 
@@ -458,6 +278,8 @@ class HeaderProblem:
     """dimension, components, size, spacing, origin, direction or voxel data."""
     message: str
     fix: str
+    reason: str = "bad header"
+    """as :attr:`ImageRefused.reason`: ``bad header``, ``too large`` or ``truncated``."""
 
 
 _RAISE_HINT = (f"if the image really is this large, raise the bound ({ENV_MAX_VOXELS} / {ENV_MAX_BYTES}, "
@@ -481,11 +303,12 @@ def header_problems(header: ImageHeader, bounds: ImageBounds | None = None) -> l
     elif header.voxels > bounds.max_voxels:
         found.append(HeaderProblem(
             "size", f"the header declares {header.voxels:,} voxels (size {header.size}), more than the bound of "
-            f"{bounds.max_voxels:,}", f"crop or downsample the image; {_RAISE_HINT}"))
+            f"{bounds.max_voxels:,}", f"crop or downsample the image; {_RAISE_HINT}", "too large"))
     elif header.nbytes > bounds.max_bytes:
         found.append(HeaderProblem(
             "size", f"the header declares {_gib(header.nbytes)} of {header.pixel_type} voxels (size {header.size}), "
-            f"more than the bound of {_gib(bounds.max_bytes)}", f"store a narrower pixel type; {_RAISE_HINT}"))
+            f"more than the bound of {_gib(bounds.max_bytes)}", f"store a narrower pixel type; {_RAISE_HINT}",
+            "too large"))
     spatial = header.spacing[: min(header.dimension, 3)]
     bad = [s for s in spatial if not (math.isfinite(s) and bounds.min_spacing_mm <= s <= bounds.max_spacing_mm)]
     if bad:
@@ -508,16 +331,18 @@ def header_problems(header: ImageHeader, bounds: ImageBounds | None = None) -> l
             "voxel data", f"the header declares {_gib(header.nbytes)} of voxels (size {header.size}, "
             f"{header.pixel_type}), but {where} holds only {header.stored_bytes:,} bytes of {header.encoding} data "
             f"(at most {_gib(capacity)} when decoded): the file is truncated or its header lies",
-            "re-export or download the image again"))
+            "re-export or download the image again", "truncated"))
     return found
 
 
 def check_header(header: ImageHeader, bounds: ImageBounds | None = None) -> None:
-    """Raise :class:`SelfUNetError` naming the file, the field and the fix for every problem found."""
+    """Raise :class:`ImageRefused` naming the file, the field and the fix of every problem found
+    (its ``reason`` is the first problem's)."""
     problems = header_problems(header, bounds)
     if problems:
-        text = "; ".join(f"{p.field}: {p.message} ({p.fix})" for p in problems)
-        raise SelfUNetError(f"{header.path}: {text}.")
+        text = "; ".join(f"{p.field}: {p.message}" for p in problems)
+        fixes = "; ".join(dict.fromkeys(p.fix for p in problems))
+        raise ImageRefused(header.path, problems[0].reason, text, fixes)
 
 
 def _fmt(values) -> str:

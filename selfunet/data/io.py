@@ -29,6 +29,7 @@ from selfunet.data.header import (
     External,
     ImageBounds,
     ImageHeader,
+    ImageRefused,
     check_header,
     file_ending,
     read_image_header,
@@ -122,7 +123,7 @@ def read_image(
 
         scan = scan_nifti(path)
         if isinstance(scan, str):
-            raise SelfUNetError(f"{path}: {scan}; re-export or download the image again.")
+            raise ImageRefused(path, "unreadable", scan, "re-export or download the image again")
         if isinstance(scan, RawScan):
             _refuse_nonfinite(path, scan.nan, scan.inf, " (SimpleITK would silently read them as 0)")
     reader = sitk.ImageFileReader()
@@ -130,7 +131,7 @@ def read_image(
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise SelfUNetError(f"{path}: {sitk_reason(exc, path)}; re-export it as NIfTI or MHA.") from exc
+        raise ImageRefused(path, "unreadable", sitk_reason(exc, path), "re-export it as NIfTI or MHA") from exc
     array, geometry = image_to_array(image, source=str(path))
     del image
     if nonfinite == "refuse" and array.dtype.kind == "f":
@@ -145,10 +146,12 @@ def _refuse_nonfinite(path: Path, nan: int, inf: int, note: str) -> None:
     if not nan and not inf:
         return
     counts = " and ".join(part for part in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if part)
-    raise SelfUNetError(
-        f"{path}: {counts} voxel value(s){note}; a network's output on them is meaningless (one +inf voxel can "
-        "turn a whole prediction into background). Replace them by finite values (e.g. NaN by the image minimum, "
-        "+-inf clipped to the finite range) and save the file again; `selfunet check` lists every such case."
+    raise ImageRefused(
+        path, "non-finite",
+        f"{counts} voxel value(s){note}; a network's output on them is meaningless (one +inf voxel can turn a whole "
+        "prediction into background)",
+        "replace them by finite values (e.g. NaN by the image minimum, +-inf clipped to the finite range) and save "
+        "the file again; `selfunet check` lists every such case",
     )
 
 

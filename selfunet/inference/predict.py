@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from selfunet.data.io import SUPPORTED_ENDINGS, file_ending, read_image, strip_ending
+from selfunet.data.grids import read_channel_files
+from selfunet.data.io import SUPPORTED_ENDINGS, file_ending, strip_ending
 from selfunet.errors import SelfUNetError
 from selfunet.inference.sliding_window import InferenceConfig, predict_probabilities
 from selfunet.planning.plan_types import Configuration, Plan
@@ -179,18 +180,10 @@ def discover_inputs(inputs: list[Path], num_channels: int) -> list[InputCase]:
 
 
 def read_input_case(case: InputCase, num_channels: int):
-    arrays, geometry = [], None
-    for path in case.files:
-        array, geo = read_image(path)
-        arrays.append(array)
-        geometry = geometry or geo
-    image = np.concatenate(arrays, axis=0).astype(np.float32, copy=False)
-    if image.shape[0] != num_channels:
-        raise SelfUNetError(
-            f"case '{case.case_id}' ({case.files[0]}): {image.shape[0]} channel(s), the model expects "
-            f"{num_channels}; give all channels (one 4D file or case_0000.. files)."
-        )
-    return image, geometry
+    """The case's channels as float32 ``(C, z, y, x)`` and channel 0's geometry; every header is
+    checked (bounds, external data files, one grid for all channels) before a voxel is read, and
+    NaN or infinite voxels are refused (docs/guide/security.md)."""
+    return read_channel_files(case.case_id, case.files, num_channels, "the model expects")
 
 
 def find_checkpoints(work: WorkDir, configuration: str, folds: list[int] | None, name: str) -> list[Path]:
