@@ -53,13 +53,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from harness.challenge.gc_case import output_files, read_inputs_json, write_case
-from harness.challenge.gc_templates import (
-    BUILD_SH,
-    DOCKERFILE,
-    INFERENCE_PY,
-    SAVE_SH,
-    TEST_SH,
-)
+from harness.challenge.gc_templates import DOCKERFILE, INFERENCE_PY, SCRIPTS, render_script
 from harness.tasks.names import (
     check_configuration,
     check_image_reference,
@@ -186,15 +180,11 @@ def write_scripts(out: Path, tag: str, output_slug: str, base: str, model_tarbal
     check_slug(output_slug, "--output-slug")
     check_image_reference(base, "--image")
     archive = tag.replace(":", "_").replace("/", "_") + ".tar.gz"
-    mount = f'EXTRA+=(-v "$PWD/model:{MODEL_MOUNT}:ro")  # the model tarball, as the platform mounts it\n'
-    texts = {"do_build.sh": BUILD_SH, "do_test_run.sh": TEST_SH, "do_save.sh": SAVE_SH}
-    for script, text in texts.items():
-        (out / script).write_text(text.format(
-            tag=shlex.quote(tag), output_slug=shlex.quote(output_slug), archive=shlex.quote(archive),
-            base=shlex.quote(base), platform=PLATFORM, model_mount=mount if model_tarball else "",
-            model_note=" and the model tarball (model.tar.gz)" if model_tarball else "",
-            save_model='tar -C model -czf model.tar.gz .\n' if model_tarball else "",
-            model_listing=' model.tar.gz' if model_tarball else ""))
+    values = {"TAG": shlex.quote(tag), "OUTPUT_SLUG": shlex.quote(output_slug), "ARCHIVE": shlex.quote(archive),
+              "BASE": shlex.quote(base), "PLATFORM": PLATFORM, "MODEL_MOUNT": MODEL_MOUNT,
+              "MODEL_TARBALL": "1" if model_tarball else "0"}
+    for script in SCRIPTS:
+        (out / script).write_text(render_script(script, values))
         (out / script).chmod(0o755)
 
 

@@ -1,12 +1,17 @@
 """The files ``harness export gc`` writes into an algorithm's build context, as text templates.
 
-``inference.py`` (the container's entry point, standard library + selfunet only), the
-``Dockerfile`` and the platform template's ``do_build.sh`` / ``do_test_run.sh`` / ``do_save.sh``.
+``inference.py`` (the container's entry point, standard library + selfunet only) and the
+``Dockerfile`` are Python string templates here; the platform template's ``do_build.sh`` /
+``do_test_run.sh`` / ``do_save.sh`` are real shell scripts in ``templates/`` (so a shell linter
+sees them), whose ``@NAME@`` values :func:`render_script` fills in.
 Kept apart from :mod:`harness.challenge.gc_export`, which fills them in: every value pasted into them is
 checked by :mod:`harness.tasks.names` and quoted there first.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 INFERENCE_PY = '''"""grand-challenge algorithm entry point, written by `harness export gc` (selfunet).
 
@@ -117,60 +122,17 @@ ENTRYPOINT ["python", "{algorithm}/inference.py"]
 CMD []
 """
 
-BUILD_SH = """#!/usr/bin/env bash
-# Build the algorithm image for {platform} (the platform runs no other architecture; no network
-# needed: everything is in this folder and the base image).
-set -euo pipefail
-cd "$(dirname "$0")"
-DEFAULT_TAG={tag}
-TAG="${{1:-$DEFAULT_TAG}}"
-BASE={base}
-# the platform runs an algorithm as its image's user: refuse a base image that runs as root
-BASE_USER=$(docker image inspect --format '{{{{.Config.User}}}}' "$BASE")
-case "$BASE_USER" in
-  ""|root|0|root:*|0:*)
-    echo "error: $BASE runs as root (User='$BASE_USER'); build FROM an image with a non-root USER" >&2
-    exit 1 ;;
-esac
-docker build --platform {platform} --network none -t "$TAG" .
-"""
 
-TEST_SH = """#!/usr/bin/env bash
-# Run the algorithm on a case the way grand-challenge does (no network, read-only /input, the
-# GPUs when the host has one) and, when test/expected/ exists, compare its label map with it voxel
-# for voxel.  Usage: ./do_test_run.sh [TAG] [INPUT_FOLDER (default test/input: inputs.json + images)]
-set -euo pipefail
-cd "$(dirname "$0")"
-DEFAULT_TAG={tag}
-TAG="${{1:-$DEFAULT_TAG}}"
-OUTPUT_SLUG={output_slug}
-INPUT=$(cd "${{2:-test/input}}" && pwd)
-OUT=$(mktemp -d)
-chmod 777 "$OUT"
-EXTRA=()
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then EXTRA+=(--gpus all); fi
-{model_mount}docker run --rm --platform {platform} --network none --shm-size 2g "${{EXTRA[@]}}" \\
-  -v "$INPUT:/input:ro" -v "$OUT:/output" "$TAG"
-ls -R "$OUT"
-if [ -d test/expected ] && [ -z "${{2:-}}" ]; then
-  docker run --rm --network none --entrypoint python -v "$PWD/test/expected:/expected:ro" \\
-    -v "$OUT:/output:ro" "$TAG" -c '
-import sys, glob, SimpleITK as sitk
-got = sorted(glob.glob("/output/images/" + sys.argv[1] + "/*.mha")); want = sorted(glob.glob("/expected/*"))
-assert len(got) == 1 and len(want) == 1, (got, want)
-a, b = sitk.GetArrayFromImage(sitk.ReadImage(got[0])), sitk.GetArrayFromImage(sitk.ReadImage(want[0]))
-same = a.shape == b.shape and (a == b).all()
-print("output equals selfunet predict:", same); sys.exit(0 if same else 1)' "$OUTPUT_SLUG"
-fi
-"""
+#: the shell scripts of the build context, in ``templates/`` beside this module.
+SCRIPTS = ("do_build.sh", "do_test_run.sh", "do_save.sh")
+_PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 
-SAVE_SH = """#!/usr/bin/env bash
-# The files to upload to grand-challenge: the image (docker save | gzip){model_note}.
-set -euo pipefail
-cd "$(dirname "$0")"
-DEFAULT_TAG={tag}
-TAG="${{1:-$DEFAULT_TAG}}"
-ARCHIVE={archive}
-docker save "$TAG" | gzip -c > "$ARCHIVE"
-{save_model}ls -l "$ARCHIVE"{model_listing}
-"""
+
+def render_script(name: str, values: dict[str, str]) -> str:
+    """The script ``name`` with every ``@KEY@`` replaced by ``values[KEY]``. The values must be
+    shell-quoted already; a placeholder without a value is a bug, not a silent blank."""
+    text = (Path(__file__).resolve().parent / "templates" / name).read_text()
+    missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
+    if missing:
+        raise KeyError(f"{name}: no value for {', '.join(missing)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)

@@ -45,7 +45,8 @@ def test_context_has_the_template_scripts_platform_and_socket_labels(work: Path,
     assert "FROM --platform=linux/amd64 selfunet:latest" in dockerfile
     assert "COPY model /opt/algorithm/model" in dockerfile
     assert 'org.selfunet.gc.inputs="image"' in dockerfile and 'org.selfunet.gc.output="segmentation"' in dockerfile
-    assert "--platform linux/amd64" in (out / "do_build.sh").read_text()
+    build = (out / "do_build.sh").read_text()
+    assert "PLATFORM=linux/amd64" in build and '--platform "$PLATFORM"' in build
     assert "nvidia-smi" in (out / "do_test_run.sh").read_text() and "--gpus all" in (out / "do_test_run.sh").read_text()
     assert "export-gc" not in (out / "inference.py").read_text() and "export-gc" not in gc.__doc__
     # one socket, two channels: one 4D image
@@ -66,7 +67,8 @@ def test_one_socket_per_channel_and_a_model_tarball(work: Path, demo_root: Path,
         assert sitk.ReadImage(str(image)).GetDimension() == 3
     assert "COPY model" not in (out / "Dockerfile").read_text()
     assert "model" in (out / ".dockerignore").read_text().split()
-    assert f"{gc.MODEL_MOUNT}:ro" in (out / "do_test_run.sh").read_text()
+    script = (out / "do_test_run.sh").read_text()
+    assert "MODEL_TARBALL=1" in script and f"MODEL_MOUNT={gc.MODEL_MOUNT}" in script
     assert "model.tar.gz" in (out / "do_save.sh").read_text()
     with tarfile.open(out / "model.tar.gz") as tar:
         names = set(tar.getnames())
