@@ -1,6 +1,6 @@
 """Training data loader, side by side with the reference's: voxels read and host CPU per batch.
 
-Three plan shapes (issue 13): a 4-channel 128^3 patch at batch 2, a 64x192x160 patch at batch 2,
+Three plan shapes: a 4-channel 128^3 patch at batch 2, a 64x192x160 patch at batch 2,
 and a 2D 512x512 patch at batch 12. The same synthetic preprocessed cases are written in both
 formats (ours: ``<case>.npy``, ``_seg.npy``, ``_fg.npz``, ``.json``; the reference's numpy
 dataset: the same ``.npy`` files plus a ``.pkl`` with the class locations), so both read the

@@ -40,7 +40,7 @@ def demo_root(demo_dataset: DatasetSpec) -> Path:
     return Path(demo_dataset.root)
 
 
-# ---- H9 (training / prediction tests): a tiny plan on the demo task, preprocessed once ----------
+# ---- training and prediction tests: a tiny plan on the demo task, preprocessed once ----------
 @pytest.fixture(scope="session")
 def tiny_work_template(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fingerprint + tiny plan + preprocessed demo data. Read-only: copy it (``tiny_work``)."""

@@ -56,8 +56,8 @@ def downsample(image: sitk.Image, ct: np.ndarray, lab: np.ndarray, factor: int
     """Coarser voxels by an integer ``factor`` per axis: the CT block-averaged (no aliasing), the
     labels by majority per block; the grid keeps its direction, its origin moves to the first
     block's centre. Why: on a 2-core CPU one training iteration at the source's 3 mm plan
-    (20x112x128 patch) takes ~15 s, which puts 3 folds x 250 iterations x 2 implementations out
-    of reach of a session; at 6 mm the plan's patch has ~8x fewer voxels."""
+    (20x112x128 patch) takes ~15 s, which puts 3 folds x 250 iterations x 2 implementations at
+    about six hours; at 6 mm the plan's patch has ~8x fewer voxels."""
     if factor == 1:
         return image, ct, lab
     z, y, x = (n // factor * factor for n in ct.shape)
