@@ -30,7 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_NAME = "selfunet"
 #: the Dockerfile's default base: CUDA PyTorch runtime (needs a registry; torch comes with it).
 DEFAULT_BASE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
