@@ -2,6 +2,7 @@
 
 * ``ls``, ``validate``: list and check descriptors and their datasets;
 * ``run``: the job graph of every task, through an executor and a sandbox, resumable;
+* ``status``: what a run is doing, read from its work root (from any terminal);
 * ``leaderboard``: re-render ``results/`` (leaderboards, rankings, report) from disk;
 * ``compare``: the CI regression check against a committed baseline;
 * ``export task``, ``export gc``: challenge-format predictions, a grand-challenge container;
@@ -204,6 +205,43 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def status(
+    work_root: Annotated[Path, typer.Argument(help="the work root of the run (harness run --work-root)")]
+    = Path("work"),
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="redraw every --interval seconds until Ctrl-C")]
+    = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="--watch: seconds between redraws")] = 5.0,
+    all_jobs: Annotated[bool, typer.Option("--all", help="list every job, also pending and finished ones")] = False,
+) -> None:
+    """What a run is doing, from any terminal: jobs by state, running jobs (time, slot, log), failures, ETA."""
+    import time as _time
+
+    from rich.live import Live
+
+    from harness.run.status import read_state, render, state_path, summarize
+
+    def view():
+        data = read_state(work_root)
+        if data is None:
+            raise SelfUNetError(f"{state_path(work_root)}: no run state (has `harness run --work-root {work_root}` "
+                                "started here?); pass the run's work root.")
+        return render(summarize(data), all_jobs)
+
+    out = Console()
+    if not watch:
+        out.print(view())
+        return
+    with Live(view(), console=out, refresh_per_second=1, screen=False) as live:
+        try:
+            while True:
+                _time.sleep(interval)
+                live.update(view())
+        except KeyboardInterrupt:
+            pass
+
+
 # -- results: leaderboard, export, compare (harness/results/publish.py, export.py, compare.py) -------------
 ResultsOpt = Annotated[Path, typer.Option("--results", help="results root (holds <task>/)")]
 
@@ -282,6 +320,8 @@ def compare(
 
     comparison = run_compare(results, baseline, max_drop)
     Console().print(comparison_table(comparison))
+    for warning in comparison.warnings:  # numbers from unlike environments: said, not judged
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if not comparison.ok:
         for c in comparison.failures:
             change = "" if c.delta is None else f" {c.baseline:.4f} -> {c.current:.4f} ({c.delta:+.4f})"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -53,8 +55,22 @@ class Executor(ABC):
     would ``submit`` a remote task holding ``num_gpus=1`` and ``wait`` with ``ray.wait``.
     """
 
+    #: set by the runner (:mod:`harness.run.status`): called as ``on_job_info(key, info)``.
+    on_job_info: Callable[[str, dict], None] | None = None
+
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
+
+    def job_info(self, key: str, **info: object) -> None:
+        """Say where a submitted job runs, as soon as that is known: ``slot`` and ``host``, and any
+        executor-specific id (``ray_task_id``, ``slurm_job_id``, ...). Shown by ``harness status``;
+        may be called from any thread, more than once per job; never raises."""
+        if self.on_job_info is None:
+            return
+        try:
+            self.on_job_info(key, info)
+        except Exception:  # watching must never stop a job
+            logging.getLogger(__name__).debug("job_info(%s) failed", key, exc_info=True)
 
     @property
     @abstractmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import traceback
@@ -91,6 +92,8 @@ class LocalExecutor(Executor):
     def _run(self, key: str, request: SandboxRequest) -> Completion:
         slot = self.pool.acquire()
         started = time.time()
+        self.job_info(key, slot=f"{slot.index}" + (f" gpu {slot.gpu}" if slot.gpu is not None else ""),
+                      host=socket.gethostname())
         try:
             code, error = self.sandbox.run(request, slot), ""
         except Exception as exc:  # the sandbox broke: report it as this job's failure

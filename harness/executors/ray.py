@@ -304,6 +304,8 @@ class RayExecutor(Executor):
         ref = self._remote.options(**options).remote(self._shipped, key, request, index)
         with self._lock:
             self._pending[ref] = _Pending(key, request, time.time())
+        with contextlib.suppress(Exception):  # the node is known once it runs: the log's first line says it
+            self.job_info(key, ray_task_id=ref.task_id().hex())
 
     def _completion(self, ref: Any, job: _Pending) -> Completion:
         ray = self._ray

@@ -5,22 +5,24 @@ and no request to the network, so the folder can be zipped, mailed or kept as a 
 
 A task page holds the run record (code version, budget, seeds, device, job timings), the
 leaderboard, the rankings (cross-validation and, when submissions were scored, held-out test) with
-their rank-stability plots, per-case Dice per class, training curves per fold (``log.jsonl`` of
+the challenge-report figures (significance map, blob plot, podium plot, ranking robustness under
+four schemes with Kendall's tau: :mod:`harness.report.sections`), the matched-compute comparison
+(Dice against training time and peak memory, Pareto-optimal candidates marked), the environment
+fingerprint, per-case Dice per class, training curves per fold (``log.jsonl`` of
 every ``WORK/train/<configuration>/fold_<k>/``) and mid-slice overlays of a few test predictions.
 What is not on disk any more (a deleted work directory) is left out with a note, never invented.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import time
 from pathlib import Path
 
-from harness.report import plots
+from harness.report import plots, sections
+from harness.report.markup import e, image, page, table
 from harness.results.leaderboard import NA, Leaderboard
-from harness.results.ranking import TaskRanking
 from harness.results.publish import budget_text, read_selected, read_task_ranks, task_dirs
 from harness.results.tables import display_rows
 from selfunet.artifacts import atomic_write_text
@@ -29,44 +31,6 @@ log = logging.getLogger(__name__)
 
 #: test predictions shown as overlays per task.
 OVERLAYS = 3
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #f0f0f0; } td.text, th.text { text-align: left; }
-tr.selected { font-weight: bold; background: #eef8ee; }
-img { max-width: 100%; margin: 0.4em 0.4em 0.4em 0; } div.scroll { overflow-x: auto; }
-p.note { color: #555; font-size: 0.9em; }
-"""
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def table(header: list[str], rows: list[list[str]], css: str, selected: list[bool] | None = None,
-          text_columns: tuple[int, ...] = (0,)) -> str:
-    head = "".join(f'<th class="{"text" if i in text_columns else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = []
-    for n, row in enumerate(rows):
-        cls = ' class="selected"' if selected and selected[n] else ""
-        cells = "".join(f'<td class="{"text" if i in text_columns else ""}">{_e(c)}</td>' for i, c in enumerate(row))
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return (f'<div class="scroll"><table class="{css}"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
-
-
-def image(uri: str, alt: str) -> str:
-    return f'<img src="{uri}" alt="{_e(alt)}">'
-
-
-def page(title: str, body: list[str]) -> str:
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head>"
-            f"<body>{''.join(body)}</body></html>\n")
-
 
 # -- one task -------------------------------------------------------------------------------------
 def record_section(record: dict | None) -> list[str]:
@@ -85,21 +49,11 @@ def record_section(record: dict | None) -> list[str]:
         ["wall time", f"{float(record.get('seconds', 0)):.1f} s"],
         ["succeeded", "yes" if record.get("succeeded") else "no"],
     ]
+    rows += sections.environment_rows(record)
     jobs = [[j.get("job", ""), j.get("status", ""), f"{float(j.get('seconds') or 0):.1f}"]
             for j in record.get("jobs", [])]
     return ["<h2 id=\"record\">Run record</h2>", table(["", "value"], rows, "record", text_columns=(0, 1)),
             table(["job", "status", "seconds"], jobs, "jobs", text_columns=(0, 1))]
-
-
-def ranking_section(ranking: TaskRanking, title: str, css: str) -> list[str]:
-    rows = [[str(r.rank), r.name, f"{r.mean_fg_dice:.4f}", f"{r.rank_low}-{r.rank_high}", f"{r.p_first:.3f}",
-             f"{r.case_rank} ({r.mean_case_rank:.2f})", ", ".join(r.better_than) or "-"] for r in ranking.rows]
-    header = ["rank", "candidate", "mean fg Dice", "rank 95% CI", "P(first)", "case rank (mean)",
-              f"significantly better than (Holm, p < {ranking.alpha:g})"]
-    return [f"<h3>{_e(title)}</h3>", table(header, rows, css, text_columns=(1, 6)),
-            f"<p class=\"note\">{ranking.resamples} bootstrap resamples of {len(ranking.cases)} cases (seed "
-            f"{ranking.seed}); one-sided Wilcoxon signed-rank tests on per-case mean foreground Dice.</p>",
-            image(plots.rank_stability(ranking), f"rank stability: {title}")]
 
 
 def _per_case(board: Leaderboard) -> dict[str, dict[str, dict[str, float]]]:
@@ -136,7 +90,7 @@ def overlay_section(task_dir: Path, record: dict | None, labels: dict[str, str])
     try:
         spec = load_dataset(Path(record["dataset"]))
     except SelfUNetError as exc:
-        return [*body, f"<p class=\"note\">Test images not readable: {_e(exc)}</p>"]
+        return [*body, f"<p class=\"note\">Test images not readable: {e(exc)}</p>"]
     shown = 0
     for case in spec.test:
         candidates = [folders[0] / f"{case.case_id}{spec.file_ending}", folders[0] / case.images[0].name]
@@ -158,22 +112,23 @@ def write_task_page(board: Leaderboard, task_dir: Path, record: dict | None = No
     task_dir = Path(task_dir)
     header, rows = display_rows(board)
     rows = [[c.replace("**→**", "→") for c in row] for row in rows]
-    body = [f"<h1>{_e(board.task)}</h1>", "<p><a href=\"../index.html\">all tasks</a></p>"]
+    body = [f"<h1>{e(board.task)}</h1>", "<p><a href=\"../index.html\">all tasks</a></p>"]
     sel = board.selected_row
     if sel is not None:
-        body.append(f"<p>Selected: <b>{_e(sel.candidate)}</b> (postprocessing: {_e(sel.postprocessing)}), "
+        body.append(f"<p>Selected: <b>{e(sel.candidate)}</b> (postprocessing: {e(sel.postprocessing)}), "
                     f"cross-validation mean foreground Dice {sel.mean_fg_dice or float('nan'):.4f}.</p>")
     body += ["<h2 id=\"leaderboard\">Leaderboard</h2>",
              table(header, rows, "leaderboard", [r.selected for r in board.rows], text_columns=(0, 1, 2)),
-             f"<p class=\"note\">Empty masks: {_e(board.empty_mask_rule)}</p>",
-             *(f"<p class=\"note\">{_e(n)}</p>" for n in board.notes)]
+             f"<p class=\"note\">Empty masks: {e(board.empty_mask_rule)}</p>",
+             *(f"<p class=\"note\">{e(n)}</p>" for n in board.notes)]
     body.append("<h2 id=\"ranking\">Ranking</h2>")
     if board.ranking is None and board.test_ranking is None:
         body.append("<p class=\"note\">No per-case scores to rank (the work directory is not here).</p>")
     if board.ranking is not None:
-        body += ranking_section(board.ranking, "cross-validation cases", "ranking")
+        body += sections.ranking_section(board.ranking, "cross-validation cases", "ranking")
     if board.test_ranking is not None:
-        body += ranking_section(board.test_ranking, "held-out test cases (harness score)", "test-ranking")
+        body += sections.ranking_section(board.test_ranking, "held-out test cases (harness score)", "test-ranking")
+    body += sections.matched_section(board)
     body.append("<h2 id=\"per-case\">Per-case Dice</h2>")
     per_case = _per_case(board)
     body.append(image(plots.per_case_dice(per_case, board.labels), "per-case Dice") if per_case else
@@ -189,8 +144,6 @@ def write_task_page(board: Leaderboard, task_dir: Path, record: dict | None = No
 # -- the index ------------------------------------------------------------------------------------
 def write_index(results_root: Path) -> Path:
     """``results/index.html``: one row per task (linking its page) and the consensus rankings."""
-    from harness.results.ranking import consensus
-
     root = Path(results_root)
     rows, links = [], []
     for d in task_dirs(root):
@@ -204,16 +157,12 @@ def write_index(results_root: Path) -> Path:
             table(["task", "selected model", "CV mean fg Dice", "budget", "run"], rows, "tasks",
                   text_columns=(0, 1, 3, 4))]
     if any(links):
-        items = "".join(f'<li><a href="{_e(n)}/index.html">{_e(n)}</a></li>' for n in links if n)
+        items = "".join(f'<li><a href="{e(n)}/index.html">{e(n)}</a></li>' for n in links if n)
         body.append(f"<ul>{items}</ul>")
     for kind, title in (("crossval", "cross-validation"), ("test", "held-out test cases")):
         ranks = read_task_ranks(root, kind)
         if len(ranks) >= 2:
-            tasks = sorted(ranks)
-            cons = [[NA if r.rank is None else str(r.rank), r.name, f"{r.mean_rank:.2f}",
-                     *(str(r.ranks.get(t, "-")) for t in tasks)] for r in consensus(ranks)]
-            body += [f"<h2>Consensus over tasks: {_e(title)}</h2>",
-                     table(["rank", "candidate", "mean rank", *tasks], cons, "consensus", text_columns=(1,))]
+            body += sections.consensus_section(ranks, title, kind)
     path = root / "index.html"
     atomic_write_text(path, page("selfunet results", body))
     return path

@@ -1,5 +1,7 @@
 """The figures of the HTML report, each returned as a base64 PNG (inline ``data:`` URI, no network).
 
+The ranking and cost figures are in :mod:`harness.report.plots_ranking`.
+
 matplotlib with the Agg backend (no display); every figure is closed after it is encoded, so a
 report over many tasks does not accumulate open figures.
 """
@@ -13,8 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-
-from harness.results.ranking import TaskRanking
 
 DPI = 80
 #: overlay colours per foreground class (cycled), RGBA.
@@ -59,28 +59,6 @@ def per_case_dice(candidates: Mapping[str, Mapping[str, Mapping[str, float]]], l
         ax.set_ylim(-0.02, 1.02)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("per-case Dice (undefined left out)")
-    return encode(fig)
-
-
-def rank_stability(ranking: TaskRanking) -> str:
-    """Blob plot: the share of bootstrap resamples giving each candidate each rank (area), the
-    observed rank (cross) and the 95 % interval (line)."""
-    plt = _pyplot()
-    n = len(ranking.rows)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * n + 1.5), 3.2))
-    boot = ranking.bootstrap_ranks
-    for i, row in enumerate(ranking.rows):
-        ranks, counts = np.unique(boot[:, i], return_counts=True) if boot.size else ([row.rank], [1])
-        shares = np.asarray(counts) / max(1, boot.shape[0])
-        ax.scatter(np.full(len(ranks), i), ranks, s=600 * shares, alpha=0.5, color="tab:blue")
-        ax.plot([i, i], [row.rank_low, row.rank_high], color="black", lw=1)
-        ax.scatter([i], [row.rank], marker="x", color="black", s=30)
-    ax.set_xticks(range(n), [r.name for r in ranking.rows], rotation=30, ha="right")
-    ax.set_ylabel("rank")
-    ax.set_yticks(range(1, n + 1))
-    ax.set_ylim(n + 0.5, 0.5)
-    ax.set_title(f"rank stability ({ranking.resamples} bootstrap resamples)")
-    ax.grid(axis="y", alpha=0.3)
     return encode(fig)
 
 

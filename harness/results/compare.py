@@ -7,12 +7,18 @@ below the baseline is a failure, and so is a value that became n/a or a task mis
 RESULTS; a value more than ``max_drop`` above is reported as improved; a task only in RESULTS is
 reported as new. Which model was selected may change (that is reported, not judged): the check is
 about the quality of what would be deployed.
+
+Numbers are comparable only from like environments: when a task's environment fingerprint
+(``environment.json``, :mod:`harness.results.environment`) differs from the baseline's in a way
+that changes numbers (the precision the trainings ran in, the GPU model, GPU against CPU), the
+comparison says so as a warning (``Comparison.warnings``), not a failure; a baseline written
+before fingerprints existed is compared as before, with a note.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.table import Table
@@ -49,6 +55,8 @@ class Change:
 class Comparison:
     changes: list[Change]
     max_drop: float
+    warnings: list[str] = field(default_factory=list)
+    """environment differences that change numbers (harness.results.environment.differences)."""
 
     @property
     def failures(self) -> list[Change]:
@@ -86,8 +94,14 @@ def compare(results: Path, baseline: Path, max_drop: float = DEFAULT_MAX_DROP) -
     if not base_tasks:
         raise SelfUNetError(f"{baseline}: no baseline leaderboards (expected BASELINE/<task>/leaderboard.csv); "
                             "pass the folder that holds them, e.g. results/baselines.")
+    from harness.results import environment
+
     changes: list[Change] = []
+    warnings: list[str] = []
     for task, folder in sorted(base_tasks.items()):
+        if task in new_tasks:
+            warnings += [f"{task}: {d}" for d in environment.differences(environment.read(folder),
+                                                                        environment.read(new_tasks[task]))]
         base = read_selected(folder / "leaderboard.csv")
         if base is None:
             raise SelfUNetError(f"{folder / 'leaderboard.csv'}: no row marked selected; regenerate the baseline.")
@@ -121,7 +135,7 @@ def compare(results: Path, baseline: Path, max_drop: float = DEFAULT_MAX_DROP) -
         row = read_selected(new_tasks[task] / "leaderboard.csv")
         changes.append(Change(task, "mean_fg_dice", None, _value(row["mean_fg_dice"]) if row else None, "new",
                               "task not in the baseline"))
-    return Comparison(changes, max_drop)
+    return Comparison(changes, max_drop, warnings)
 
 
 STYLE = {"ok": "green", "dropped": "bold red", "missing": "bold red", "improved": "cyan", "new": "yellow",
@@ -134,8 +148,10 @@ def _num(value: float | None, signed: bool = False) -> str:
 
 def comparison_table(comparison: Comparison) -> Table:
     failed = len(comparison.failures)
-    table = Table(title=f"compare (tolerance: a drop of more than {comparison.max_drop:g} fails)",
-                  caption=f"{failed} failure(s)" if failed else "no drop beyond the tolerance")
+    caption = f"{failed} failure(s)" if failed else "no drop beyond the tolerance"
+    if comparison.warnings:
+        caption += "; environment differs from the baseline's: " + "; ".join(comparison.warnings)
+    table = Table(title=f"compare (tolerance: a drop of more than {comparison.max_drop:g} fails)", caption=caption)
     for column in ("task", "metric", "baseline", "current", "change", "status", "note"):
         table.add_column(column, justify="right" if column in ("baseline", "current", "change") else "left")
     for c in comparison.changes:

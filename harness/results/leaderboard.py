@@ -36,7 +36,7 @@ from typing import Any
 from rich.console import Console
 
 from harness.results.costs import apply_costs
-from harness.results.ranking import CandidateScores, RankRow, TaskRanking, rank_task
+from harness.results.ranking import CandidateScores, MissingPolicy, RankRow, TaskRanking, rank_task
 from harness.results.seeds import SEEDS_FILE, apply_seed_means, load_seed_scores
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
@@ -106,6 +106,8 @@ class Leaderboard:
     """the cross-validation ranking of the rows that have per-case scores (:func:`rank_rows`)."""
     test_ranking: TaskRanking | None = None
     """submissions (and selfunet's model) on the held-out test cases: ``results/<task>/scores/``."""
+    policy: MissingPolicy = field(default_factory=MissingPolicy)
+    """how a missing or failed case counts in the rankings (descriptor ``scoring.missing``)."""
 
     @property
     def selected_row(self) -> Row | None:
@@ -323,7 +325,7 @@ def describe_rule(rule, labels: dict[str, str]) -> str:
 
 def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_tolerance_mm: float | None = None,
                       hd95: bool = False, meta: dict[str, str] | None = None, compute: bool = True,
-                      processes: int = 1) -> Leaderboard:
+                      processes: int = 1, policy: MissingPolicy | None = None) -> Leaderboard:
     """Every candidate of ``selection_path`` without and with its postprocessing (see module doc)."""
     from selfunet.evaluation.ensemble import Selection
     from selfunet.evaluation.metrics import EMPTY_MASK_RULE
@@ -385,7 +387,7 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
     notes.append("Fold spread: population std, min and max over folds of each fold's mean foreground Dice.")
     board = Leaderboard(task=task, labels=labels, rows=rows, nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
                         selected=selection.selected, empty_mask_rule=selection.empty_mask_rule or EMPTY_MASK_RULE,
-                        notes=notes, meta=dict(meta or {}))
+                        notes=notes, meta=dict(meta or {}), policy=policy or MissingPolicy())
     board.ranking = rank_rows(board)
     scores = load_seed_scores((work if have_work else selection_path.parent) / SEEDS_FILE)
     if scores is not None:
@@ -454,5 +456,6 @@ def rank_rows(board: Leaderboard) -> TaskRanking | None:
             seen[row.rank_name] = row
     if len(seen) < 2:
         return None
-    return rank_task(board.task, [CandidateScores(name, row.per_case or {}) for name, row in seen.items()])
+    return rank_task(board.task, [CandidateScores(name, row.per_case or {}) for name, row in seen.items()],
+                     policy=board.policy)
 

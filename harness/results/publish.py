@@ -15,7 +15,7 @@ from rich.console import Console
 
 from harness.executors.base import FINISHED_WELL
 from harness.results.leaderboard import NA, NOT_TASKS, SELECTED, Leaderboard, build_leaderboard
-from harness.results.ranking import consensus, rank_scores
+from harness.results.ranking import consensus, policy_of, rank_scores
 from harness.results.seeds import SEEDS_FILE
 from harness.results.tables import consensus_markdown, md_table, ranking_csv, rich_table, short, to_csv, to_markdown
 from selfunet.artifacts import atomic_write_text
@@ -38,6 +38,10 @@ def _meta(record: dict | None) -> dict[str, str]:
         meta["seeds"] = ", ".join(f"{k} {v}" for k, v in record["seeds"].items())
     if record.get("code_version"):
         meta["code"] = str(record["code_version"])
+    if record.get("environment"):
+        from harness.results.environment import describe
+
+        meta["environment"] = describe(record["environment"])
     return meta
 
 
@@ -86,9 +90,10 @@ def render_task(task: str, results_root: Path, work: Path | None = None, nsd_tol
         log.warning("task %s: no selection.json in %s or %s; no leaderboard (did `selfunet select` run?).",
                     task, work, out)
         return None
+    policy = policy_of((record or {}).get("descriptor_content"))
     board = build_leaderboard(task, work, out / "selection.json", nsd_tolerance_mm, hd95, _meta(record),
-                              compute=compute, processes=processes)
-    board.test_ranking = rank_scores(task, out / "scores")
+                              compute=compute, processes=processes, policy=policy)
+    board.test_ranking = rank_scores(task, out / "scores", policy=policy)
     atomic_write_text(out / "leaderboard.csv", to_csv(board))
     atomic_write_text(out / "leaderboard.md", to_markdown(board))
     rankings = {k: v for k, v in (("crossval", board.ranking), ("test", board.test_ranking)) if v is not None}

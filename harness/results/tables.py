@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.results.leaderboard import COST_COLUMNS, NA, RANK_COLUMNS, SELECTED, Leaderboard, class_column, fmt
-from harness.results.ranking import CASE_RULE, ConsensusRow, RankRow, TaskRanking
+from harness.results.ranking import SCHEMES, ConsensusRow, RankRow, TaskRanking, case_rule, kendall_taus
 
 #: the p-value matrix is written for at most this many candidates.
 MATRIX_MAX = 10
@@ -103,15 +103,45 @@ def ranking_markdown(ranking: TaskRanking, title: str) -> str:
              f"bootstrap resamples of the {len(ranking.cases)} cases (seed {ranking.seed}). case rank: "
              "rank-then-aggregate (mean over cases of each case's rank). Significance: one-sided Wilcoxon "
              f"signed-rank tests on per-case mean foreground Dice, Holm-corrected over {pairs} ordered pairs.",
-             "", CASE_RULE, ""]
+             "", case_rule(ranking.policy), ""]
     if ranking.missing:
-        lines += ["Cases without a score (counted as 0): "
+        lines += [f"Cases without a score or failed ({ranking.policy.describe()}): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(ranking.missing.items())), ""]
+    if ranking.excluded:
+        lines += [f"Cases left out for every candidate: {', '.join(ranking.excluded)}", ""]
     names = [r.name for r in ranking.rows]
     if 1 < len(names) <= MATRIX_MAX:
         matrix = [[a, *("-" if a == b else f"{ranking.p_values[(a, b)]:.3g}" for b in names)] for a in names]
         lines += ["Holm-adjusted p-values of \"row better than column\":", "", md_table(["", *names], matrix), ""]
+    if ranking.schemes:
+        header, rows = robustness_rows(ranking)
+        taus = ", ".join(f"{a} vs {b} {tau_text(t)}" for (a, b), t in kendall_taus(ranking.schemes).items())
+        lines += ["Ranking robustness: the rank of each candidate under each scheme.", "", md_table(header, rows), "",
+                  f"Kendall's tau between schemes: {taus}.", ""]
     return "\n".join(lines)
+
+
+def tau_text(tau: float) -> str:
+    return NA if tau != tau else f"{tau:.2f}"
+
+
+def robustness_rows(ranking: TaskRanking) -> tuple[list[str], list[list[str]]]:
+    """candidate x scheme ranks (the robustness table of the Markdown and the HTML report)."""
+    header = ["candidate", *(SCHEMES[k] for k in ranking.schemes)]
+    rows = [[r.name, *(str(ranking.schemes[k][r.name]) for k in ranking.schemes)] for r in ranking.rows]
+    return header, rows
+
+
+def matched_markdown(board: Leaderboard) -> str:
+    """The matched-compute table (harness.results.matched); empty when no candidate has cost files."""
+    from harness.results.matched import MATCHED_NOTE, cost_points, matched_rows
+
+    points = cost_points(board)
+    if not any(p.has_cost for p in points):
+        return ""
+    header, rows = matched_rows(points)
+    return "\n".join(["## Matched compute: Dice against training time and peak memory", "", md_table(header, rows), "",
+                      MATCHED_NOTE, ""])
 
 
 def consensus_markdown(rows: list[ConsensusRow], tasks: list[str]) -> str:
@@ -135,6 +165,9 @@ def to_markdown(board: Leaderboard) -> str:
               "cross-validation cases.", "", md_table(header, rows), ""]
     lines += [f"Empty masks: {board.empty_mask_rule}", ""]
     lines += [f"{note}" + "\n" for note in board.notes]
+    matched = matched_markdown(board)
+    if matched:
+        lines += [matched]
     if board.ranking is not None:
         lines += [ranking_markdown(board.ranking, "Ranking on the cross-validation cases")]
     if board.test_ranking is not None:

@@ -26,6 +26,7 @@ from rich.table import Table
 from harness.executors.base import FINISHED_WELL, Completion, Executor, JobStatus
 from harness.run.jobs import Job, TaskGraph, code_version, invalid_outputs, is_done, job_hash, set_aside
 from harness.run.progress import RunProgress, live_view
+from harness.run.status import RunState
 from harness.sandboxes.base import SandboxRequest
 from selfunet.artifacts import atomic_write_json
 from selfunet.errors import SelfUNetError, os_error_message
@@ -101,7 +102,8 @@ class JobRecord:
 
 class Runner:
     def __init__(self, graphs: list[TaskGraph], executor: Executor, force: bool = False,
-                 console: Console | None = None, version: str | None = None, progress: bool = True) -> None:
+                 console: Console | None = None, version: str | None = None, progress: bool = True,
+                 state: RunState | None = None) -> None:
         self.graphs = {g.task.name: g for g in graphs}
         self.executor = executor
         self.force = force
@@ -112,6 +114,17 @@ class Runner:
         self._settled: set[str] = set()
         self.task_started: dict[str, float] = {}
         self.progress = progress
+        self.state = state
+        """``<work_root>/.harness/state.json`` and ``results/status.html`` (:mod:`harness.run.status`)."""
+        if state is not None:
+            executor.on_job_info = state.job_info
+
+    def _track(self, key: str, page: bool = False) -> None:
+        """The run-state file (and the status page) after a job changed."""
+        if self.state is not None:
+            self.state.job(key, self.records[key])
+            if page:
+                self.state.write_page()
 
     # --- bookkeeping
     def _add(self, task: str, jobs: list[Job]) -> None:
@@ -121,6 +134,10 @@ class Runner:
                 raise SelfUNetError(f"task '{task}': job '{job.id}' defined twice (a bug in the graph).")
             self.jobs[key] = job
             self.records[key] = JobRecord(task, job.id, job.stage, log=str(self.graphs[task].markers.log(job.id)))
+            if self.state is not None:
+                self.state.job(key, self.records[key], write=False)
+        if self.state is not None and jobs:
+            self.state.flush()
 
     def _finish(self, key: str, status: str, exit_code: int | None = None, reason: str = "") -> None:
         rec, job = self.records[key], self.jobs[key]
@@ -146,6 +163,7 @@ class Runner:
                                              "reason": rec.reason, "log_tail": rec.log_tail})
         symbol = {JobStatus.SUCCEEDED: "[green]done[/]", JobStatus.FAILED: "[bold red]FAILED[/]",
                   JobStatus.SKIPPED: "[dim]skipped[/]", JobStatus.BLOCKED: "[yellow]blocked[/]"}[rec.status]
+        self._track(key, page=rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED))
         took = f" ({rec.seconds:.1f} s)" if rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) and rec.started else ""
         self.console.print(f"{symbol} {rec.task}/{job.id}{took}" + (
             f"  log: {escape(rec.log)}" if rec.status == JobStatus.FAILED else ""), highlight=False)
@@ -204,6 +222,7 @@ class Runner:
             cpus=task.resources.cpus, memory_gb=task.resources.memory_gb,
             container=task.container, timeout_s=task.container.timeout_for(job.stage),
         )
+        self._track(key)
         self.executor.submit(key, request, uses_gpu=job.uses_gpu)
         return "submitted"
 
@@ -237,6 +256,9 @@ class Runner:
                     "job": rec.job, "task": rec.task, "hash": rec.hash, "status": JobStatus.INTERRUPTED, "signal": name,
                     "started": rec.started, "finished": rec.finished, "log": rec.log, "reason": rec.reason,
                     "owner": owner_record()})
+            self._track(key)
+        if self.state is not None:
+            self.state.finish(JobStatus.INTERRUPTED)
         return running
 
     def _complete(self, done: Completion) -> None:
@@ -291,6 +313,10 @@ class Runner:
             if rec.status == JobStatus.PENDING:
                 rec.status, rec.reason = JobStatus.BLOCKED, "its dependencies never became ready"
         self._settle(on_task_done)
+        if self.state is not None:
+            for key in self.records:
+                self.state.job(key, self.records[key], write=False)
+            self.state.finish()
         return list(self.records.values())
 
     def _settle(self, on_task_done) -> None:
@@ -355,13 +381,17 @@ def _device() -> dict:
 
 def run_record(graph: TaskGraph, records: list[JobRecord], started: float, executor: str, sandbox: str,
                image: str | None, version: str) -> dict:
-    """results/<task>/run.json: what ran, with which software, where, and how long each job took."""
+    """results/<task>/run.json: what ran, with which software, where (the environment fingerprint,
+    :mod:`harness.results.environment`), and how long each job took."""
+    from harness.results.environment import fingerprint
+
     task = graph.task
     return {
         "schema_version": 1, "task": task.name, "descriptor": str(task.source), "descriptor_hash": task.digest(),
         "descriptor_content": task.content(), "dataset": str(task.dataset), "work": str(graph.work),
         "code_version": version, "packages": _package_versions(), "device": _device(), "executor": executor,
         "sandbox": sandbox, "image": image, "command": sys.argv,
+        "environment": fingerprint(graph.work, sandbox, image, graph.train_config.amp),
         "seeds": {"train": graph.train_config.seed, "split": graph.train_config.split_seed},
         "train_seeds": graph.seeds,
         "train_config": graph.train_config.model_dump(mode="json"),
@@ -382,6 +412,10 @@ def write_results(graph: TaskGraph, record: dict) -> Path:
     out = graph.results / graph.task.name
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run.json", record)
+    if record.get("environment"):
+        from harness.results.environment import FILE
+
+        atomic_write_json(out / FILE, record["environment"])
     board = write_task_results(graph.task, graph.work, graph.results, record)
     if board is not None:
         write_report([board], graph.results)
@@ -413,7 +447,8 @@ def _run_locked(tasks: list, executor: Executor, work_root: Path, results_root: 
                 console: Console, executor_name: str, version: str,
                 seeds: list[int] | None = None) -> list[JobRecord]:
     graphs = [TaskGraph(t, Path(work_root) / t.name, results_root, seeds) for t in tasks]
-    runner = Runner(graphs, executor, force=force, console=console, version=version)
+    state = RunState(work_root, results_root, executor_name, executor.sandbox.name, executor.capacity)
+    runner = Runner(graphs, executor, force=force, console=console, version=version, state=state)
 
     def task_done(graph: TaskGraph, records: list[JobRecord]) -> None:
         record = run_record(graph, records, runner.task_started[graph.task.name], executor_name,

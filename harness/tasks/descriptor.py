@@ -152,6 +152,18 @@ class Scoring(_Strict):
     """default: ``resources.memory_gb``."""
     cpus: Optional[float] = Field(default=None, gt=0)
     """default: ``resources.cpus``."""
+    missing: Literal["worst", "value", "exclude"] = "worst"
+    """how a missing or failed case counts in the rankings (:class:`harness.results.ranking.MissingPolicy`):
+    the worst value (Dice 0), ``missing_value``, or left out for every candidate."""
+    missing_value: Optional[float] = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _missing_value_with_value(self) -> Scoring:
+        if self.missing == "value" and self.missing_value is None:
+            raise ValueError("'missing: value' needs 'missing_value' (a Dice between 0 and 1)")
+        if self.missing != "value" and self.missing_value is not None:
+            raise ValueError(f"'missing_value' is used only with 'missing: value' (not '{self.missing}'); remove it")
+        return self
 
 
 class TaskDescriptor(_Strict):
@@ -291,6 +303,10 @@ class TaskDescriptor(_Strict):
         content = json.loads(self.model_dump_json())
         if not content.get("training"):
             content.pop("training", None)
+        scoring = content.get("scoring") or {}
+        if scoring.get("missing") == "worst" and scoring.get("missing_value") is None:  # the default: hash as before
+            scoring.pop("missing", None)
+            scoring.pop("missing_value", None)
         return content
 
     def digest(self) -> str:

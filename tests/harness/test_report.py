@@ -2,8 +2,10 @@
 image decoded, the tables with the expected rows; a screenshot is saved (tmp dir and docs/images/).
 
 The results folder is built from the constructed work directory of test_leaderboard (real label
-maps, real evaluation and selection), plus training logs in the trainer's format, one test image
-with an exported prediction, and two scored submissions.
+maps, real evaluation and selection), plus training logs in the trainer's format, cost files, one
+test image with an exported prediction, two scored submissions (one with a failed case) and an
+environment fingerprint; the descriptor counts a missing case as Dice 0.25 (``scoring.missing``).
+Every figure the report draws is checked by its id: present, decoded, not empty.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from test_leaderboard import CASES, SHAPE, _reference, _write, build_work
 
 from harness.report.html import write_report
+from harness.results.environment import fingerprint
 from harness.results.publish import render_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +42,11 @@ def make_results(tmp_path: Path) -> tuple[Path, list]:
         log.write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1 + fold), "val_loss": 1.1 / (e + 1),
                                            "pseudo_dice": 0.5 + 0.1 * e, "pseudo_dice_ema": 0.5 + 0.08 * e,
                                            "lr": 0.01, "epoch_seconds": 1.5}) + "\n" for e in range(5)))
+        for config, seconds, memory in (("3d_fullres", 60.0, 900.0), ("2d", 20.0, 400.0)):
+            cost = work / "train" / config / f"fold_{fold}" / "cost.json"
+            cost.parent.mkdir(parents=True, exist_ok=True)
+            cost.write_text(json.dumps({"train_seconds": seconds, "prediction_seconds": 2.0,
+                                        "peak_memory_mb": memory + fold, "memory": "rss"}))
     results = tmp_path / "results"
     boards = []
     for task in ("tiny", "tiny2"):
@@ -47,13 +55,16 @@ def make_results(tmp_path: Path) -> tuple[Path, list]:
         scores = out / "scores"
         scores.mkdir(parents=True)
         for name, organ in (("team_a", 0.9), ("team_b", 0.6)):
+            status = ["crash" if name == "team_b" and i == 0 else "ok" for i in range(len(CASES))]
             (scores / f"{name}.csv").write_text("case,class,dice,status,reason,seconds\n" + "".join(
-                f"{c},organ,{organ + i / 100:.3f},ok,,1.0\n{c},lesion,{organ:.3f},ok,,1.0\n"
+                f"{c},organ,{organ + i / 100:.3f},{status[i]},,1.0\n{c},lesion,{organ:.3f},{status[i]},,1.0\n"
                 for i, c in enumerate(CASES)))
         record = {"task": task, "work": str(work), "dataset": str(data), "code_version": "0.1.0+tree.test",
                   "finished": 1_700_000_000.0, "seconds": 321.0, "succeeded": True, "executor": "local",
                   "sandbox": "process", "seeds": {"train": 0, "split": 12345}, "device": {"type": "cpu"},
-                  "descriptor_content": {"budget": {"preset": "ci"}},
+                  "descriptor_content": {"budget": {"preset": "ci"},
+                                         "scoring": {"missing": "value", "missing_value": 0.25}},
+                  "environment": fingerprint(work, "process", None, "auto"),
                   "train_config": {"epochs": 5, "iterations_per_epoch": 12, "num_folds": 2},
                   "jobs": [{"job": "plan", "status": "succeeded", "seconds": 1.2},
                            {"job": "train-3d_fullres-fold0", "status": "succeeded", "seconds": 60.0}]}
@@ -66,13 +77,24 @@ def make_results(tmp_path: Path) -> tuple[Path, list]:
 def test_pages_are_written_self_contained(tmp_path: Path) -> None:
     results, _ = make_results(tmp_path)
     page = (results / "tiny" / "index.html").read_text()
-    assert page.count("<img ") == page.count('src="data:image/png;base64,') >= 5
+    assert page.count("<img ") == page.count('src="data:image/png;base64,') >= len(FIGURES) + 3
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for section in ('id="leaderboard"', 'id="ranking"', 'id="per-case"', 'id="training"', 'id="predictions"',
-                    'id="record"', "0.1.0+tree.test", "ci (5 epochs x 12 iterations, 2 folds)"):
+                    'id="record"', 'id="matched"', "0.1.0+tree.test", "ci (5 epochs x 12 iterations, 2 folds)",
+                    *(f'id="{f}"' for f in FIGURES), "scoring.missing: value", "counts as Dice 0.25",
+                    "Kendall", "Pareto-optimal", "team_b 1", "torch "):
         assert section in page, section
     index = (results / "index.html").read_text()
     assert 'href="tiny/index.html"' in index and "Consensus over tasks" in index
+    assert 'id="consensus-heatmap-crossval"' in index and 'id="consensus-heatmap-test"' in index
+    markdown = (results / "tiny" / "leaderboard.md").read_text()
+    assert "## Matched compute" in markdown and "Kendall's tau between schemes" in markdown
+    assert "- environment: CPU " in markdown and "scoring.missing: value" in markdown
+
+
+#: the ids of the figures on a task page (sections.ranking_section / matched_section), each checked in the browser
+FIGURES = (*(f"{kind}-{css}" for css in ("ranking", "test-ranking")
+             for kind in ("significance", "blob", "podium", "robustness-plot")), "cost-plot")
 
 
 @pytest.mark.skipif(CHROMEDRIVER is None or CHROMIUM is None,
@@ -99,14 +121,23 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
             widths = driver.execute_script(
                 "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0);")
             assert all(w > 0 for w in widths), widths
+            figures = FIGURES if page.parent.name == "tiny" else ("consensus-heatmap-crossval",
+                                                                 "consensus-heatmap-test")
+            for figure in figures:  # present, decoded, drawn at a size
+                size = driver.execute_script(
+                    "const i = document.getElementById(arguments[0]);"
+                    "return i && i.complete ? [i.naturalWidth, i.naturalHeight] : null;", figure)
+                assert size is not None and min(size) > 0, (figure, size)
             if page.parent.name == "tiny":
-                assert len(widths) >= 5  # rank stability x2, per-case Dice, training curves, overlay
+                assert len(widths) >= len(FIGURES) + 3  # and per-case Dice, training curves, overlay
                 count = "return document.querySelectorAll(arguments[0]).length;"
                 assert driver.execute_script(count, "table.leaderboard tbody tr") == len(board.rows)
                 assert driver.execute_script(count, "table.ranking tbody tr") == len(board.ranking.rows)
                 assert driver.execute_script(count, "table.test-ranking tbody tr") == 2
                 assert driver.execute_script(count, "table.leaderboard tr.selected") == 1
                 assert driver.execute_script(count, "table.jobs tbody tr") == 2
+                assert driver.execute_script(count, "table.matched tbody tr") == 3
+                assert driver.execute_script(count, "table.ranking-robustness tbody tr") == len(board.ranking.rows)
                 height = driver.execute_script("return document.body.scrollHeight;")
                 driver.set_window_size(1280, min(int(height) + 40, 6000))
                 shot = tmp_path / "report-screenshot.png"
