@@ -5,6 +5,8 @@ The chain for one case: read the image(s) -> preprocess in memory exactly like t
 original crop space and shape -> write with the input's header. Out-of-fold validation
 predictions use the same chain on the already preprocessed arrays, and keep their probabilities
 (in the original crop space, where every configuration of a case agrees) for ensemble selection.
+Everything after preprocessing runs slab by slab (:mod:`selfunet.inference.streaming`), so the
+memory of a case does not grow with classes x volume.
 """
 
 from __future__ import annotations
@@ -24,15 +26,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from selfunet.data.grids import read_channel_files
 from selfunet.data.io import SUPPORTED_ENDINGS, file_ending, strip_ending
 from selfunet.errors import SelfUNetError
-from selfunet.inference.sliding_window import InferenceConfig, predict_probabilities
+from selfunet.inference.sliding_window import InferenceConfig
+from selfunet.inference.streaming import (
+    Rows,
+    average_rows,
+    collect_rows,
+    crop_labels_from_rows,
+    crop_rows,
+    labels_from_rows,
+    whole_rows,
+)
 from selfunet.planning.plan_types import Configuration, Plan
 from selfunet.preprocessing.preprocess import PreprocessedCase, preprocess_image_for_inference
-from selfunet.preprocessing.revert import (
-    revert_probabilities,
-    revert_to_labels,
-    save_probabilities,
-    write_prediction,
-)
+from selfunet.preprocessing.revert import write_prediction
 from selfunet.runtime import check_stop
 from selfunet.workdir import WorkDir, member_name, split_member
 
@@ -72,14 +78,13 @@ def inference_config(configuration: Configuration, mirroring: bool, amp_dtype: t
     return InferenceConfig(**values)
 
 
-def predict_array(models: list[TrainedModel], data: np.ndarray, config: InferenceConfig) -> np.ndarray:
-    """Averaged softmax (regions: sigmoid) probabilities ``(K, *spatial)`` for one preprocessed case."""
+def model_rows(models: list[TrainedModel], data: np.ndarray, config: InferenceConfig,
+               properties: PreprocessedCase) -> Rows:
+    """Crop-space probability rows of one preprocessed case, averaged over the folds ``models``."""
     first = models[0]
-    probabilities = predict_probabilities(
-        [m.network for m in models], torch.from_numpy(np.array(data, dtype=np.float32)),
-        first.configuration.patch_size, first.plan.num_outputs, config, activation=first.plan.label_scheme.activation,
-    )
-    return probabilities.numpy()
+    return crop_rows([m.network for m in models], np.asarray(data, dtype=np.float32),
+                     first.configuration.patch_size, first.plan.num_outputs, config, properties,
+                     first.configuration.resampling, first.plan.label_scheme.activation)
 
 
 def _progress(console: Console) -> Progress:
@@ -118,11 +123,9 @@ def predict_validation_cases(work: WorkDir, configuration: str, fold: int, case_
             if not (label_path.is_file() and prob_path.is_file()):
                 properties = PreprocessedCase.load(folder / f"{case_id}.json")
                 data = np.load(folder / f"{case_id}.npy", mmap_mode="r")
-                probabilities = predict_array([model], data, config)
-                save_probabilities(prob_path, revert_probabilities(
-                    probabilities, properties, model.configuration.resampling), properties)
-                labels = revert_to_labels(probabilities, properties, model.configuration.resampling,
-                                          model.plan.label_scheme)
+                rows = model_rows([model], np.array(data, dtype=np.float32), config, properties)
+                labels = labels_from_rows(rows, properties, model.plan.label_scheme, model.plan.num_outputs,
+                                          probabilities_path=prob_path)
                 write_prediction(label_path, labels, properties)
             progress.advance(task)
     return out
@@ -202,9 +205,9 @@ def find_checkpoints(work: WorkDir, configuration: str, folds: list[int] | None,
     return paths
 
 
-def case_probabilities(stage: str, image: np.ndarray, geometry, case_id: str, models: dict[str, list[TrainedModel]],
-                       configs: dict[str, InferenceConfig]) -> tuple[np.ndarray, PreprocessedCase]:
-    """Crop-space probabilities ``(K, *shape_after_crop)`` of one stage for one case.
+def case_rows(stage: str, image: np.ndarray, geometry, case_id: str, models: dict[str, list[TrainedModel]],
+              configs: dict[str, InferenceConfig]) -> tuple[Rows, PreprocessedCase]:
+    """Crop-space probability rows of one stage for one case (computed as they are consumed).
 
     Crop space is the same for every configuration of a case, so ensembles average there; a
     cascade stage first predicts its previous stage and appends that segmentation as channels.
@@ -216,11 +219,13 @@ def case_probabilities(stage: str, image: np.ndarray, geometry, case_id: str, mo
     data, properties = preprocess_image_for_inference(image, geometry, plan, configuration, case_id)
     if configuration.previous_stage is not None:
         previous_member = member_name(configuration.previous_stage, split_member(stage)[1])
-        previous, _ = case_probabilities(previous_member, image, geometry, case_id, models, configs)
-        extra = previous_stage_channels(plan.label_scheme.to_labels(previous), properties, plan.num_classes)
+        previous, previous_properties = case_rows(previous_member, image, geometry, case_id, models, configs)
+        previous_plan = models[previous_member][0].plan
+        crop_labels = crop_labels_from_rows(previous, previous_properties, previous_plan.label_scheme,
+                                            previous_plan.num_outputs)
+        extra = previous_stage_channels(crop_labels, properties, plan.num_classes)
         data = np.concatenate([data, extra], axis=0)
-    probabilities = predict_array(models[stage], data, configs[stage])
-    return revert_probabilities(probabilities, properties, configuration.resampling), properties
+    return model_rows(models[stage], data, configs[stage], properties), properties
 
 
 def _load_stage_models(workdir: WorkDir, members: list[str], folds: list[int] | None, checkpoint_name: str,
@@ -255,7 +260,6 @@ def predict_cases(inputs: list[Path], output: Path, work: Path | None, configura
     ``models`` (configuration -> loaded folds, e.g. from a model.zip) replaces reading the
     checkpoints of ``work``; their device must be ``device``.
     """
-    from selfunet.preprocessing.revert import labels_from_cropped_probabilities
     from selfunet.runtime import resolve_amp, resolve_device
 
     if not configurations:
@@ -281,15 +285,19 @@ def predict_cases(inputs: list[Path], output: Path, work: Path | None, configura
         for case in cases:
             check_stop("while predicting")
             image, geometry = read_input_case(case, plan.num_input_channels)
-            probabilities, properties = None, None
+            streams: list[Rows] = []
+            properties: PreprocessedCase | None = None
             for member in configurations:
-                member_probabilities, properties = case_probabilities(
-                    member, image, geometry, case.case_id, models, configs)
-                probabilities = member_probabilities if probabilities is None else probabilities + member_probabilities
-            probabilities /= len(configurations)
-            if save_probabilities_files:
-                save_probabilities(output / f"{case.case_id}.npz", probabilities, properties)
-            labels = labels_from_cropped_probabilities(probabilities, properties, plan.label_scheme)
+                rows, member_properties = case_rows(member, image, geometry, case.case_id, models, configs)
+                if properties is not None and member_properties.transpose_forward != properties.transpose_forward:
+                    # rows of another axis order do not line up: this member is reverted whole
+                    whole = collect_rows(rows, plan.num_outputs, member_properties)
+                    rows = whole_rows(whole, properties.transpose_forward)
+                properties = properties or member_properties
+                streams.append(rows)
+            probabilities_path = output / f"{case.case_id}.npz" if save_probabilities_files else None
+            labels = labels_from_rows(average_rows(streams), properties, plan.label_scheme, plan.num_outputs,
+                                      probabilities_path)
             if postprocessing is not None:
                 from selfunet.inference.postprocess import apply_postprocessing
 

@@ -7,10 +7,14 @@ lacks context; dividing by the summed weights turns the sum into a weighted aver
 augmentation (TTA) mirrors every window along every subset of the mirror axes and averages the
 mirrored-back logits. Folds are averaged as softmax probabilities.
 
-Memory: a large CT volume times K classes in float32 can be gigabytes, so the accumulators live on
-``accumulate_device`` (CPU by default) and only a batch of windows at a time travels to the
+Memory: a large CT volume times K classes in float32 is tens of gigabytes, so the sums are never
+kept for the whole volume. Windows are visited in row order (spatial axis 0, the slowest) and
+:func:`stream_logits` hands over each slab of rows as soon as no window left to run touches it;
+only the rows under the windows in flight (about one patch height) are kept, on
+``accumulate_device`` (CPU by default), and only a batch of windows at a time travels to the
 compute device. The weight sum does not depend on the data, so it is kept once per window grid
-(not per class, and for 2D-on-3D not per slice).
+(not per class, and for 2D-on-3D not per slice). docs/explanation/prediction-memory.md follows a
+slab to the written label map.
 
 Exactness: the window grid and the Gaussian are both mirror-symmetric (one rare exception in
 :func:`compute_window_starts`), so for any network, predicting a mirrored image with TTA on that
@@ -108,23 +112,34 @@ def compute_window_starts(
     return starts
 
 
-def predict_sliding_window(
-    network: nn.Module,
+def stream_logits(
+    networks: Sequence[nn.Module],
     image: torch.Tensor | np.ndarray,
     patch_size: Sequence[int],
     num_classes: int,
     config: InferenceConfig | None = None,
-) -> torch.Tensor:
-    """Logits ``[K, *spatial]`` (float32, on ``config.accumulate_device``) of one case.
+) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+    """Logits of every network, one finished slab of rows (spatial axis 0) at a time.
 
-    ``image`` is ``[C, *spatial]``. A patch with one axis fewer than the image (a 2D network on
-    a 3D volume) is applied slice by slice along spatial axis 0, windows of several slices
-    sharing a forward pass. Axes smaller than the patch are zero-padded (centred) and cropped back.
+    Yields ``(start, stop, [logits [K, stop - start, *spatial[1:]] per network])`` covering the
+    image's rows in order. ``image`` is ``[C, *spatial]``. A patch with one axis fewer than the
+    image (a 2D network on a 3D volume) is applied slice by slice along spatial axis 0, windows of
+    several slices sharing a forward pass. Axes smaller than the patch are zero-padded (centred)
+    and cropped back.
+
+    Why slabs: windows are visited in row order, so once every window starting above a row has
+    been added, that row's sums are final. Only the rows still covered by windows in flight (about
+    one patch height) are kept per network, whatever the image's height: memory grows with
+    classes x patch height x slice area, not classes x volume. The windows, their batches and
+    the order of every sum are those of the whole-volume computation, so the numbers are the same.
+    Several networks (folds) advance together, batch by batch, so their slabs finish together.
     """
     config = config or InferenceConfig()
     image = torch.as_tensor(image)
     if image.ndim < 2:
         raise SelfUNetError(f"predict_sliding_window: image of shape {list(image.shape)} must be [C, *spatial]")
+    if len(networks) == 0:
+        raise SelfUNetError("predict_probabilities: no networks given (did the checkpoint list come out empty?)")
     patch = [int(p) for p in patch_size]
     spatial = list(image.shape[1:])
     if len(patch) == len(spatial):
@@ -138,7 +153,7 @@ def predict_sliding_window(
             "on a 3D volume)"
         )
     mirror_axes = _resolve_mirror_axes(config.mirror_axes, len(patch))
-    device = _compute_device(network, config.device)
+    device = _compute_device(networks[0], config.device)
     acc_device = torch.device(config.accumulate_device)
 
     # Pad the window axes (not the slice axis) up to the patch, centred like the training crops.
@@ -162,39 +177,119 @@ def predict_sliding_window(
     gaussian_acc = gaussian.to(acc_device)
     for w in grid:
         weight_sum[w] += gaussian_acc
-    logits_sum = torch.zeros([num_classes, *padded], dtype=torch.float32, device=acc_device)
     gaussian_dev = gaussian.to(device)
 
+    def rows(w: Window) -> tuple[int, int]:
+        first = w[0]
+        return (first, first + 1) if isinstance(first, int) else (first.start, first.stop)
+
+    batches = [windows[i : i + config.windows_per_batch] for i in range(0, len(windows), config.windows_per_batch)]
+    # rows [first start of a batch, last stop of that batch) are the most ever live at once
+    capacity = max(rows(b[-1])[1] - rows(b[0])[0] for b in batches)
+    sums = [torch.zeros([num_classes, capacity, *padded[1:]], dtype=torch.float32, device=acc_device)
+            for _ in networks]
+    base = 0  # padded row of sums[:, 0]
+    # rows of the padded image -> rows of the image, and the crop of the other axes
+    row_offset = 0 if slice_axis else pad_before[0]
+    rest_crop = [slice(b, b + s) for b, s in zip(pad_before[int(not slice_axis):], window_shape[int(not slice_axis):])]
+    padded_any = any(pad_before) or any(pad_after)
+
     log.debug(
-        "sliding window: image %s (padded %s), patch %s, %d windows, mirror axes %s",
-        spatial,
-        padded,
-        patch,
-        len(windows),
-        mirror_axes,
+        "sliding window: image %s (padded %s), patch %s, %d windows, mirror axes %s, %d network(s), %d live rows",
+        spatial, padded, patch, len(windows), mirror_axes, len(networks), capacity,
     )
-    with _eval_without_deep_supervision(network), torch.inference_mode():
-        for batch in _batches(windows, config.windows_per_batch, config.progress):
+    with contextlib.ExitStack() as stack:
+        for net in networks:
+            stack.enter_context(_eval_without_deep_supervision(net))
+        stack.enter_context(torch.inference_mode())
+        for index, batch in enumerate(_progress(batches, config.progress)):
             check_stop("during a sliding-window prediction")  # a stop request is answered within one batch
             x = torch.stack([image[(slice(None), *w)] for w in batch]).to(device, torch.float32)
-            out = _predict_mirrored(network, x, mirror_axes, config.amp_dtype, device)
-            if out.shape[1] != num_classes or list(out.shape[2:]) != patch:
-                raise SelfUNetError(
-                    f"predict_sliding_window: the network returned {list(out.shape)} for input "
-                    f"{list(x.shape)}; expected [N, {num_classes}, *{patch}] (num_classes wrong, or not "
-                    "fully convolutional at this patch size?)"
-                )
-            out = (out * gaussian_dev).to(acc_device)
-            for i, w in enumerate(batch):
-                logits_sum[(slice(None), *w)] += out[i]
-    logits_sum /= weight_sum  # broadcasts over classes (and slices for 2D-on-3D)
+            for net, acc in zip(networks, sums):
+                out = _predict_mirrored(net, x, mirror_axes, config.amp_dtype, device)
+                if out.shape[1] != num_classes or list(out.shape[2:]) != patch:
+                    raise SelfUNetError(
+                        f"predict_sliding_window: the network returned {list(out.shape)} for input "
+                        f"{list(x.shape)}; expected [N, {num_classes}, *{patch}] (num_classes wrong, or not "
+                        "fully convolutional at this patch size?)"
+                    )
+                out = (out * gaussian_dev).to(acc_device)
+                for i, w in enumerate(batch):
+                    first = w[0] - base if isinstance(w[0], int) else slice(w[0].start - base, w[0].stop - base)
+                    acc[(slice(None), first, *w[1:])] += out[i]
+            done = rows(batches[index + 1][0])[0] if index + 1 < len(batches) else padded[0]
+            if done <= base:
+                continue
+            n = done - base
+            weights = weight_sum if slice_axis else weight_sum[base:done]
+            # rows of the image (the padding rows of axis 0 are dropped)
+            first, last = max(base - row_offset, 0), min(done - row_offset, spatial[0])
+            if last > first:
+                keep = (slice(None), slice(first + row_offset - base, last + row_offset - base), *rest_crop)
+                logits = [(acc[:, :n] / weights)[keep] for acc in sums]
+                yield first, last, [t.contiguous() if padded_any else t for t in logits]
+            for acc in sums:
+                acc[:, : capacity - n] = acc[:, n:].clone()
+                acc[:, capacity - n :] = 0
+            base = done
 
-    crop: list[slice] = [slice(None)] * (1 + int(slice_axis))
-    crop += [slice(b, b + s) for b, s in zip(pad_before, window_shape)]
-    if any(pad_before) or any(pad_after):
-        # a compact copy, so the padded accumulator can be freed
-        return logits_sum[tuple(crop)].clone()
-    return logits_sum
+
+def predict_sliding_window(
+    network: nn.Module,
+    image: torch.Tensor | np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    config: InferenceConfig | None = None,
+) -> torch.Tensor:
+    """Logits ``[K, *spatial]`` (float32, on ``config.accumulate_device``) of one whole case.
+
+    The slabs of :func:`stream_logits` put together; prediction of real cases consumes the slabs
+    as they come (:mod:`selfunet.inference.streaming`) and never holds this array.
+    """
+    config = config or InferenceConfig()
+    image = torch.as_tensor(image)
+    out: torch.Tensor | None = None
+    for start, stop, (logits,) in stream_logits([network], image, patch_size, num_classes, config):
+        if out is None:
+            out = torch.empty([num_classes, *image.shape[1:]], dtype=torch.float32, device=logits.device)
+        out[:, start:stop] = logits
+    if out is None:  # pragma: no cover - every padded image has a row
+        raise SelfUNetError(f"predict_sliding_window: image of shape {list(image.shape)} has no rows")
+    return out
+
+
+def average_probabilities(logits: Sequence[torch.Tensor], activation: str = "softmax") -> torch.Tensor:
+    """Softmax (regions: sigmoid) of each network's logits, averaged: the fold ensemble.
+
+    Averaging probabilities, not logits, is the method's rule: a fold that is confidently wrong
+    cannot outvote the others by an unbounded margin.
+    """
+    if activation not in ("softmax", "sigmoid"):
+        raise SelfUNetError(f"predict_probabilities: activation must be softmax or sigmoid, got {activation!r}.")
+
+    def probabilities(values: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(values, dim=0) if activation == "softmax" else torch.sigmoid(values)
+
+    total = probabilities(logits[0])
+    for values in logits[1:]:
+        total += probabilities(values)
+    total /= len(logits)
+    return total
+
+
+def stream_probabilities(
+    networks: Sequence[nn.Module],
+    image: torch.Tensor | np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    config: InferenceConfig | None = None,
+    activation: str = "softmax",
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(start, stop, probabilities [K, stop - start, ...])`` slabs averaged over ``networks``."""
+    if activation not in ("softmax", "sigmoid"):
+        raise SelfUNetError(f"predict_probabilities: activation must be softmax or sigmoid, got {activation!r}.")
+    for start, stop, logits in stream_logits(networks, image, patch_size, num_classes, config):
+        yield start, stop, average_probabilities(logits, activation)
 
 
 def predict_probabilities(
@@ -206,25 +301,19 @@ def predict_probabilities(
     activation: str = "softmax",
 ) -> torch.Tensor:
     """Softmax (or, for region-based models, sigmoid) probabilities ``[K, *spatial]`` averaged over
-    several networks (folds, members).
-
-    Averaging probabilities, not logits, is the method's rule: a fold that is confidently wrong cannot
-    outvote the others by an unbounded margin.
-    """
+    several networks (folds, members), for the whole case at once."""
     if len(networks) == 0:
         raise SelfUNetError("predict_probabilities: no networks given (did the checkpoint list come out empty?)")
-    if activation not in ("softmax", "sigmoid"):
-        raise SelfUNetError(f"predict_probabilities: activation must be softmax or sigmoid, got {activation!r}.")
-
-    def probabilities(logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits, dim=0) if activation == "softmax" else torch.sigmoid(logits)
-
     image = torch.as_tensor(image)
-    total = probabilities(predict_sliding_window(networks[0], image, patch_size, num_classes, config))
-    for net in networks[1:]:
-        total += probabilities(predict_sliding_window(net, image, patch_size, num_classes, config))
-    total /= len(networks)
-    return total
+    out: torch.Tensor | None = None
+    for start, stop, probabilities in stream_probabilities(networks, image, patch_size, num_classes, config,
+                                                           activation):
+        if out is None:
+            out = torch.empty([num_classes, *image.shape[1:]], dtype=torch.float32, device=probabilities.device)
+        out[:, start:stop] = probabilities
+    if out is None:  # pragma: no cover - every padded image has a row
+        raise SelfUNetError(f"predict_probabilities: image of shape {list(image.shape)} has no rows")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -299,8 +388,7 @@ def _forward(network: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None,
     return y.float()
 
 
-def _batches(windows: list[Window], size: int, progress: bool) -> Iterator[list[Window]]:
-    chunks = [windows[i : i + size] for i in range(0, len(windows), size)]
+def _progress(chunks: list[list[Window]], progress: bool) -> Iterator[list[Window]]:
     if not progress:
         yield from chunks
         return

@@ -22,9 +22,11 @@ Crop-space probabilities are stored with the properties needed to un-crop them
 from __future__ import annotations
 
 import io as _io
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from selfunet.artifacts import atomic_write_bytes
 from selfunet.data.io import ImageGeometry, write_label
@@ -32,7 +34,10 @@ from selfunet.data.labels import LabelScheme
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import ResamplingSettings
 from selfunet.preprocessing.preprocess import PreprocessedCase
-from selfunet.preprocessing.resample import interpolation_orders, resample_volume
+from selfunet.preprocessing.resample import _apply_axis, _axis_matrix, interpolation_orders, resample_volume
+
+#: the largest crop-space chunk :func:`revert_rows` hands over at once (all classes, float32).
+CHUNK_BYTES = 64 * 2**20
 
 
 def _crop_shape_plan_order(properties: PreprocessedCase) -> list[int]:
@@ -86,6 +91,103 @@ def revert_probabilities(
     for k in range(probabilities.shape[0]):
         out[k] = resample_volume(probabilities[k], target, orders).transpose(backward)
     return out
+
+
+def revert_rows(
+    slabs: Iterable[tuple[int, int, np.ndarray]],
+    properties: PreprocessedCase,
+    settings: ResamplingSettings = ResamplingSettings(),
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Slabs of preprocessed probabilities in, crop-space rows out, both in plan axis order.
+
+    ``slabs`` yields ``(start, stop, (K, stop - start, *preprocessed[1:]))`` covering the
+    preprocessed rows in order (as :func:`selfunet.inference.sliding_window.stream_probabilities`
+    does); this yields ``(start, stop, (K, stop - start, *crop[1:]))`` float32 covering the crop
+    rows (plan order) in order, each chunk at most about ``chunk_bytes``.
+
+    The numbers are those of :func:`revert_probabilities` (before its transpose), bit for bit:
+    every axis is resampled in the same order as :func:`resample_volume` does, the pass along
+    axis 0 uses the rows of the same sparse matrix (each output row reads the one or two input
+    rows it always reads: they are kept across slabs as a halo), and the passes along the other
+    axes work on each row alone. A cubic (order 3) pass along axis 0 prefilters the whole axis and
+    cannot be split: only then are all slabs gathered first (no preset plans it).
+    """
+    target, orders = _back_orders(properties, settings)
+    pre = [int(n) for n in properties.shape_after_resampling]
+    todo = [a for a in range(3) if pre[a] != target[a]]
+    todo.sort(key=lambda a: target[a] / pre[a])  # resample_volume's order of passes
+    if 0 in todo and orders[0] == 3:
+        yield from _revert_rows_whole(slabs, properties, target, orders)
+        return
+    if 0 in todo:
+        matrix = _axis_matrix(pre[0], target[0], orders[0])
+        first_row = np.array([matrix.indices[matrix.indptr[o]:matrix.indptr[o + 1]].min() for o in range(target[0])])
+        last_row = np.array([matrix.indices[matrix.indptr[o]:matrix.indptr[o + 1]].max() for o in range(target[0])])
+    else:
+        matrix = None
+        first_row = last_row = np.arange(target[0])
+    buffer: np.ndarray | None = None
+    buffer_start = expected = emitted = 0
+    for start, stop, slab in slabs:
+        slab = np.asarray(slab, dtype=np.float32)
+        if start != expected or list(slab.shape[2:]) != pre[1:] or slab.shape[1] != stop - start:
+            raise SelfUNetError(
+                f"case '{properties.case_id}': slab of rows {start}..{stop} with shape {tuple(slab.shape)} does not "
+                f"continue rows 0..{expected} of the preprocessed shape {tuple(pre)}."
+            )
+        expected = stop
+        if buffer is None or buffer.shape[1] == 0:
+            buffer, buffer_start = slab, start
+        else:
+            buffer = np.concatenate([buffer, slab], axis=1)
+        rows_per_chunk = max(1, chunk_bytes // (4 * slab.shape[0] * target[1] * target[2]))
+        while emitted < target[0] and last_row[emitted] < stop:
+            end = emitted + 1
+            while end < target[0] and end - emitted < rows_per_chunk and last_row[end] < stop:
+                end += 1
+            lo, hi = int(first_row[emitted]), int(last_row[end - 1]) + 1
+            rows = buffer[:, lo - buffer_start : hi - buffer_start]
+            out = np.empty((slab.shape[0], end - emitted, *target[1:]), dtype=np.float32)
+            for k in range(slab.shape[0]):
+                out[k] = _resample_rows(rows[k], lo, (emitted, end), pre, target, orders, todo, matrix)
+            yield emitted, end, out
+            emitted = end
+        keep_from = min(int(first_row[emitted]) if emitted < target[0] else stop, stop)
+        buffer, buffer_start = buffer[:, keep_from - buffer_start :].copy(), keep_from
+    if expected != pre[0] or emitted != target[0]:
+        raise SelfUNetError(
+            f"case '{properties.case_id}': the slabs ended at row {expected} of {pre[0]}; the prediction stopped early."
+        )
+
+
+def _resample_rows(rows: np.ndarray, first: int, out_rows: tuple[int, int], pre: list[int], target: list[int],
+                   orders: list[int], todo: list[int], matrix) -> np.ndarray:
+    """Output rows ``out_rows`` of ``resample_volume(volume, target, orders)`` from the input rows
+    ``first..first + len(rows)`` of ``volume`` (which hold every row those output rows read)."""
+    out = rows
+    for axis in todo:
+        if axis == 0:
+            out = _apply_axis(out, 0, matrix[out_rows[0]:out_rows[1], first:first + out.shape[0]])
+            continue
+        if orders[axis] == 3 and out.shape[axis] > 1:
+            out = ndimage.spline_filter1d(out, order=3, axis=axis, output=np.float32, mode="mirror")
+        out = _apply_axis(out, axis, _axis_matrix(out.shape[axis], int(target[axis]), int(orders[axis])))
+    if 0 not in todo:
+        out = out[out_rows[0] - first : out_rows[1] - first]
+    return out
+
+
+def _revert_rows_whole(slabs: Iterable[tuple[int, int, np.ndarray]], properties: PreprocessedCase,
+                       target: list[int], orders: list[int]) -> Iterator[tuple[int, int, np.ndarray]]:
+    parts = [np.asarray(slab, dtype=np.float32) for _, _, slab in slabs]
+    whole = np.concatenate(parts, axis=1)
+    del parts
+    _check_shape(whole, properties, "probabilities")
+    out = np.empty((whole.shape[0], *target), dtype=np.float32)
+    for k in range(whole.shape[0]):
+        out[k] = resample_volume(whole[k], target, orders)
+    yield 0, target[0], out
 
 
 def revert_to_labels(

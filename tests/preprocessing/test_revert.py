@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,57 @@ def test_wrong_prediction_shape_rejected(tmp_path):
         revert_probabilities(np.zeros((3, 5, 5, 5), np.float32), props)
     with pytest.raises(SelfUNetError, match="crop shape"):
         uncrop(np.zeros((2, 2, 2), np.uint8), props)
+
+
+def _props(tmp_path, shape, spacing, target, forward):
+    image_path, _ = write_case(tmp_path, shape, spacing)
+    image, geometry = read_image(image_path)
+    plan, config = make_plan(target, forward)
+    return preprocess_case(image, None, geometry, plan, config, "case")[2]
+
+
+def _slabs(probs: np.ndarray, cuts: list[int]):
+    edges = [0, *cuts, probs.shape[1]]
+    for a, b in itertools.pairwise(edges):
+        yield a, b, probs[:, a:b].copy()
+
+
+ROW_CASES = [
+    # shape, spacing, target, forward, settings: z up/down-sampled, z unchanged, transposed, cubic
+    pytest.param((14, 40, 36), (4.0, 0.7, 0.7), (2.5, 0.9, 0.6), [0, 1, 2], {}, id="z-upsampled-nearest"),
+    pytest.param((30, 28, 26), (1.0, 1.0, 1.0), (1.7, 0.8, 1.1), [0, 1, 2], {}, id="z-downsampled-linear"),
+    pytest.param((24, 30, 28), (1.0, 0.8, 0.8), (1.0, 1.1, 0.7), [0, 1, 2], {}, id="z-unchanged"),
+    pytest.param((26, 24, 12), (0.8, 0.9, 3.6), (3.0, 0.7, 1.0), [2, 0, 1], {}, id="transposed"),
+    pytest.param((22, 26, 24), (1.0, 1.0, 1.0), (0.7, 1.3, 0.9), [0, 1, 2], {"probabilities_order": 3},
+                 id="cubic-whole"),
+]
+
+
+@pytest.mark.parametrize(("shape", "spacing", "target", "forward", "settings"), ROW_CASES)
+def test_reverting_slab_by_slab_equals_reverting_the_whole_volume(tmp_path, shape, spacing, target, forward,
+                                                                  settings):
+    """Bit for bit, whatever the slab cuts and the chunk size (one row per chunk included)."""
+    from selfunet.planning.plan_types import ResamplingSettings
+    from selfunet.preprocessing.revert import revert_rows
+
+    props = _props(tmp_path, shape, spacing, target, forward)
+    resampling = ResamplingSettings(**settings)
+    rng = np.random.default_rng(1)
+    probs = rng.random((3, *props.shape_after_resampling), dtype=np.float32)
+    whole = revert_probabilities(probs, props, resampling).transpose(0, *[1 + a for a in forward])
+    n = probs.shape[1]
+    for cuts, chunk_bytes in (([n // 3, n // 3 + 1, n - 2], 1), ([5, 11], 1 << 30), ([], 2000)):
+        rows = list(revert_rows(_slabs(probs, [c for c in cuts if 0 < c < n]), props, resampling, chunk_bytes))
+        assert [r[0] for r in rows] == [0, *[r[1] for r in rows[:-1]]]
+        np.testing.assert_array_equal(np.concatenate([r[2] for r in rows], axis=1), whole)
+
+
+def test_slabs_out_of_order_rejected(tmp_path):
+    from selfunet.preprocessing.revert import revert_rows
+
+    props = _props(tmp_path, (20, 24, 22), (1.0, 1.0, 1.0), (1.5, 1.5, 1.5), [0, 1, 2])
+    probs = np.zeros((2, *props.shape_after_resampling), np.float32)
+    with pytest.raises(SelfUNetError, match="does not continue"):
+        list(revert_rows([(0, 2, probs[:, :2]), (3, 5, probs[:, 3:5])], props))
+    with pytest.raises(SelfUNetError, match="stopped early"):
+        list(revert_rows([(0, 2, probs[:, :2])], props))
