@@ -156,7 +156,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 folder, image, out = sys.argv[1:4]
 torch.set_num_threads(int(sys.argv[4]))
-predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+predictor = nnUNetPredictor(tile_step_size=float(sys.argv[5]), use_gaussian=True, use_mirroring=False,
                             perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
 predictor.initialize_from_trained_model_folder(folder, use_folds=(0,), checkpoint_name="checkpoint_final.pth")
 data, properties = SimpleITKIO().read_images([image])
@@ -227,6 +227,8 @@ def main() -> None:
     parser.add_argument("--old-tree", type=Path, help="a checkout of the path to compare with (git worktree)")
     parser.add_argument("--reference-python", help="python of a venv with nnunetv2")
     parser.add_argument("--cap-gb", type=float, default=12.0)
+    parser.add_argument("--step-fraction", type=float, default=0.5,
+                        help="window step for both sides (1.0: 3x fewer windows on a slow machine)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -241,6 +243,7 @@ def main() -> None:
         os.link(image, inputs / image.name)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     results = {"machine": machine(), "shape": args.shape, "spacing": args.spacing, "patch": PATCH,
+               "step_fraction": args.step_fraction, "threads": args.threads,
                "features": FEATURES, "input_mb": round(image.stat().st_size / 2**20, 1), "runs": []}
     for classes in args.classes:
         work = root / f"work_{classes}"
@@ -254,7 +257,8 @@ def main() -> None:
                 if tree is None:
                     continue
                 argv = [sys.executable, "-m", "selfunet.cli", "predict", str(inputs), "-o", str(out), "-w", str(work),
-                        "-c", "3d_fullres", "-f", "0", "--no-mirroring", "--amp", "off", "--device", "cpu"]
+                        "-c", "3d_fullres", "-f", "0", "--no-mirroring", "--amp", "off", "--device", "cpu",
+                        "--step-fraction", str(args.step_fraction)]
                 run = measure(argv, int(args.cap_gb * 2**30), {**env, "PYTHONPATH": str(Path(tree).resolve())},
                               cwd=root)
             else:
@@ -266,7 +270,7 @@ def main() -> None:
                                     json.dumps(PATCH), json.dumps(FEATURES), json.dumps(TARGET), json.dumps(CT)],
                                    check=True)
                 argv = [args.reference_python, "-c", REFERENCE_PREDICT, str(folder), str(image), str(out / "ct"),
-                        str(args.threads)]
+                        str(args.threads), str(args.step_fraction)]
                 run = measure(argv, int(args.cap_gb * 2**30), {**env, "nnUNet_raw": str(root),
                               "nnUNet_preprocessed": str(root), "nnUNet_results": str(root)}, cwd=root)
             row = {"impl": impl, "classes": classes, **run, "load_after": os.getloadavg()[0]}

@@ -28,7 +28,8 @@ class InferenceConfig:
     mirror_axes: tuple[int, ...] | None = None
     """axes of the *patch* (0-based, spatial) to mirror for TTA; None = all of them, () = no TTA."""
     windows_per_batch: int = 4
-    """windows per forward pass; more is faster on a GPU until memory runs out."""
+    """windows per forward pass; more is faster on a GPU until memory runs out. Fewer are used where
+    a batch's outputs would pass 256 MB (many classes x a large patch)."""
     amp_dtype: torch.dtype | None = None
     """torch.bfloat16 / torch.float16 runs the network under autocast; accumulation stays float32."""
     accumulate_device: str | torch.device = "cpu"

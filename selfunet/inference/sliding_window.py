@@ -42,6 +42,10 @@ from selfunet.runtime import check_stop
 
 log = logging.getLogger(__name__)
 
+#: the most bytes of network output one batch of windows may hold (float32, all classes): with a
+#: hundred classes a 128^3 window alone is 0.8 GB, so such plans predict one window at a time.
+BATCH_OUTPUT_BYTES = 256 * 2**20
+
 Window = tuple[slice | int, ...]
 """Index into the spatial axes of the (padded) image: an ``int`` picks a slice (2D-on-3D)."""
 
@@ -183,7 +187,9 @@ def stream_logits(
         first = w[0]
         return (first, first + 1) if isinstance(first, int) else (first.start, first.stop)
 
-    batches = [windows[i : i + config.windows_per_batch] for i in range(0, len(windows), config.windows_per_batch)]
+    # a batch's outputs (and their mirrored and weighted copies) grow with the classes: cap them
+    per_batch = max(1, min(config.windows_per_batch, BATCH_OUTPUT_BYTES // (4 * num_classes * math.prod(patch))))
+    batches = [windows[i : i + per_batch] for i in range(0, len(windows), per_batch)]
     # rows [first start of a batch, last stop of that batch) are the most ever live at once
     capacity = max(rows(b[-1])[1] - rows(b[0])[0] for b in batches)
     sums = [torch.zeros([num_classes, capacity, *padded[1:]], dtype=torch.float32, device=acc_device)
