@@ -8,9 +8,11 @@
 #      change take seconds)
 #   4. pytest -m docker tests/docker: sandbox failures, OOM, timeout, read-only data, no network,
 #      file ownership, the GPU device request; the demo task end to end with --sandbox docker
-#      (leaderboard equal to the process sandbox's); the grand-challenge container built, run with
+#      (leaderboard equal to the process sandbox's), then a second training seed in containers
+#      (--seeds 0,1 on the same work root: seed 0 reused); the grand-challenge container built, run with
 #      no network and a read-only /input, and compared with `selfunet predict --selection`;
-#      `harness score` of that export (one 4D socket; a socket per channel with a model tarball)
+#      `harness score` of that export (one 4D socket; a socket per channel with a model tarball,
+#      also scored with `--model NAME=model.tar.gz` mounted at /opt/ml/model)
 #      beside an independent threshold container (tests/docker/threshold_algorithm, built from the
 #      base image and the wheelhouse's SimpleITK) and its crash/timeout/oom/missing/wrong-geometry tags
 #   5. the engine stopped (also on failure)

@@ -397,6 +397,9 @@ def score(
     submission: Annotated[Optional[list[str]], typer.Option(
         "--submission", "-s", help="NAME=IMAGE (a grand-challenge algorithm image) or NAME=FOLDER (label maps "
         "named like the cases); repeat")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", help="NAME=MODEL.tar.gz: the separate model tarball of container submission NAME (harness export "
+        "gc --model-tarball), mounted read-only at /opt/ml/model as the platform mounts it; repeat")] = None,
     no_selfunet: Annotated[bool, typer.Option("--no-selfunet", help="leave selfunet's own selected model out")]
     = False,
     input_slug: Annotated[Optional[list[str]], typer.Option(
@@ -419,10 +422,10 @@ def score(
     data_root: DataRootOpt = None,
 ) -> None:
     """Score submissions (and selfunet's model) on the task's held-out test set: results/<task>/scores/."""
-    from harness.challenge.score import ScoreOptions, parse_submission, score_task
+    from harness.challenge.score import ScoreOptions, parse_submission, score_task, with_models
 
     t = _find_task(task, tasks_dir, data_root)
-    submissions = [parse_submission(s) for s in submission or []]
+    submissions = with_models([parse_submission(s) for s in submission or []], model or [])
     if not submissions and no_selfunet:
         raise SelfUNetError("nothing to score: give --submission NAME=IMAGE_OR_FOLDER, or drop --no-selfunet.")
     options = ScoreOptions(input_slugs=input_slug, output_slug=output_slug, gpu=gpu, case_timeout_s=case_timeout,

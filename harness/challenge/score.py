@@ -2,7 +2,9 @@
 
 A submission is a grand-challenge algorithm container image (run once per case: the case laid
 out under ``/input`` by :mod:`harness.challenge.gc_case`, the label map read from
-``/output/images/<output slug>/``) or a folder of label maps named like the cases
+``/output/images/<output slug>/``; with ``--model NAME=model.tar.gz`` its separate model tarball,
+as ``harness export gc --model-tarball`` writes it, extracted once and mounted read-only at
+``/opt/ml/model`` as the platform mounts it) or a folder of label maps named like the cases
 (``<case><ending>``). selfunet's own selected model (``WORK/selection.json``, predicted with
 ``selfunet predict --selection`` one case at a time, as a container would) is scored beside them
 on the same cases as the submission ``selfunet`` (``--no-selfunet`` leaves it out).
@@ -55,6 +57,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.challenge.gc_case import clean_metadata, geometry_problem, output_files, write_case
+from harness.challenge.model_tarball import mounted_model, with_models  # noqa: F401 (with_models: the CLI's)
 from harness.tasks.descriptor import TaskDescriptor
 from selfunet.artifacts import atomic_write_json, atomic_write_text
 from selfunet.data.io import SUPPORTED_ENDINGS, save_image, strip_ending
@@ -127,6 +130,9 @@ class Submission:
     name: str
     kind: Literal["container", "folder", "selfunet"]
     ref: str
+    model: Path | None = None
+    """a container's separate model: a ``.tar.gz`` (or a folder) mounted at /opt/ml/model
+    (:mod:`harness.challenge.model_tarball`)."""
 
 
 def parse_submission(text: str) -> Submission:
@@ -244,7 +250,7 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
     import docker.errors
 
     from harness.sandboxes.image import docker_client
-    from harness.sandboxes.algorithm import AlgorithmSandbox
+    from harness.sandboxes.algorithm import MODEL_MOUNT, AlgorithmSandbox
     from harness.sandboxes.base import SandboxRequest, Slot
     from harness.sandboxes.docker import EXIT_OOM, EXIT_TIMEOUT
 
@@ -266,7 +272,7 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
         folder.mkdir(parents=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="selfunet-score-", ignore_cleanup_errors=True) as tmp, \
-            _progress(console) as progress:
+            _progress(console) as progress, mounted_model(sub.model) as sandbox.model_dir:
         bar = progress.add_task(f"{task.name}: {sub.name}", total=len(cases))
         for case in cases:
             inputs = scores / ".inputs" / "-".join(sockets.inputs) / case.case_id
@@ -303,6 +309,11 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
             progress.advance(bar)
     record = {"kind": "container", "ref": sub.ref, "image": image.id, "tags": image.tags,
               "sockets": {"inputs": list(sockets.inputs), "output": sockets.output}, "limits": limits}
+    if sub.model is not None:
+        from harness.run.jobs import file_digest
+
+        record["model"] = {"path": str(sub.model.resolve()), "mounted_at": MODEL_MOUNT,
+                           "sha256": file_digest(sub.model) if sub.model.is_file() else None}
     return results, record
 
 

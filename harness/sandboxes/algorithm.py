@@ -12,7 +12,10 @@ container always removed), with the platform's contract instead of ``selfunet AR
   the user its image declares; the output folder is made writable for it), except root: an image
   that declares none (or root) runs as ``nobody`` (:data:`NOBODY`), since a submission is code
   nobody here reviewed;
-- no host paths inside the container besides those two.
+- an algorithm's separate model (the tarball uploaded beside the image) extracted and mounted
+  read-only at ``/opt/ml/model`` (:data:`MODEL_MOUNT`), as the platform mounts it, when
+  ``model_dir`` is given;
+- no host paths inside the container besides those.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from selfunet.errors import SelfUNetError
 
 #: who an image that would run as root runs as instead.
 NOBODY = "65534:65534"
+#: where the platform mounts an algorithm's separate model (its model tarball, extracted).
+MODEL_MOUNT = "/opt/ml/model"
 
 
 def is_root(user: str) -> bool:
@@ -35,11 +40,19 @@ def is_root(user: str) -> bool:
 class AlgorithmSandbox(DockerSandbox):
     name = "algorithm"
 
+    def __init__(self, *args: Any, model_dir: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the extracted model tarball, mounted read-only at /opt/ml/model (None: the image has its model)
+        self.model_dir = None if model_dir is None else Path(model_dir)
+
     def mounts(self, request: SandboxRequest) -> dict[str, dict[str, str]]:
         if len(request.read_only) != 1 or len(request.read_write) != 1:
             raise SelfUNetError(f"job {request.job_id}: an algorithm run needs one input and one output folder.")
-        return {str(Path(request.read_only[0]).resolve()): {"bind": "/input", "mode": "ro"},
-                str(Path(request.read_write[0]).resolve()): {"bind": "/output", "mode": "rw"}}
+        volumes = {str(Path(request.read_only[0]).resolve()): {"bind": "/input", "mode": "ro"},
+                   str(Path(request.read_write[0]).resolve()): {"bind": "/output", "mode": "rw"}}
+        if self.model_dir is not None:
+            volumes[str(self.model_dir.resolve())] = {"bind": MODEL_MOUNT, "mode": "ro"}
+        return volumes
 
     def container_kwargs(self, request: SandboxRequest, slot: Slot) -> dict[str, Any]:
         kwargs = super().container_kwargs(request, slot)

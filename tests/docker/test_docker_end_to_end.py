@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def demo_descriptor(root: Path) -> Path:
     if os.environ.get("SELFUNET_DOCKER_E2E_FULL") == "1":
         return REPO / "tasks" / "demo.yaml"
     descriptor = root / "demo_2d.yaml"
-    descriptor.write_text(f"include: {REPO / 'tasks' / 'demo.yaml'}\nconfigurations: [2d]\n")
+    shutil.copy(REPO / "tasks" / "demo.yaml", root / "_demo.yaml")  # includes stay in the tasks folder
+    descriptor.write_text("include: _demo.yaml\nconfigurations: [2d]\n")
     return descriptor
 
 
@@ -122,3 +124,28 @@ def test_grand_challenge_container_matches_selfunet_predict(demo_runs, engine, p
     result = test_container(context, client=engine, keep_image=False)
     assert result["equal"] and result["differing_voxels"] == 0 and len(result["labels"]) > 1, result
     print("grand-challenge container:", result)
+
+
+def test_a_second_seed_trains_in_the_docker_sandbox_and_the_first_is_reused(demo_runs, engine, project_image) -> None:
+    """``--seeds 0,1`` on the Docker run's work root: seed 0's jobs are skipped as done, seed 1 trains,
+    cross-validates and selects in containers, and the leaderboard shows the mean over both seeds.
+    Last in this file: it replaces the Docker run's selection by the seed-mean one."""
+    root = demo_runs["root"]
+    args = ["run", str(demo_descriptor(root)), "--budget", "ci", "--seeds", "0,1", "--work-root",
+            str(root / "work_docker"), "--results", str(root / "results_seeds"), "--data-root", str(root / "data"),
+            "--sandbox", "docker", "--image", project_image]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    record = json.loads((root / "results_seeds" / "demo" / "run.json").read_text())
+    jobs = {j["job"]: j["status"] for j in record["jobs"]}
+    assert record["train_seeds"] == [0, 1] and record["sandbox"] == "docker"
+    assert all(s == "skipped" for j, s in jobs.items() if j.startswith("train-") and "-seed" not in j), jobs
+    seed1 = [j for j in jobs if j.endswith("-seed1")]
+    assert seed1 and all(jobs[j] == "succeeded" for j in seed1) and jobs["seeds"] == "succeeded"
+    work = root / "work_docker" / "demo"
+    for log in sorted((work / ".harness" / "logs").glob("train-*-seed1.log")):
+        assert f"docker {project_image}" in log.read_text().splitlines()[0]
+    board = read_board(root / "results_seeds" / "demo")
+    assert {r["seeds"] for r in board} == {"2"} and all(r["std_mean_fg_dice"] != "n/a" for r in board)
+    assert record["environment"]["sandbox"] == "docker" and record["environment"]["image"] == record["image"]
+

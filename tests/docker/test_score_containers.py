@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness.challenge import gc_export as gc
-from harness.challenge.score import SELFUNET, ScoreOptions, parse_submission, score_task
+from harness.challenge.score import SELFUNET, ScoreOptions, parse_submission, score_task, with_models
 from harness.tasks.descriptor import TaskDescriptor
 
 pytestmark = [pytest.mark.docker]
@@ -182,8 +182,16 @@ def test_socket_per_channel_and_model_tarball_with_the_phase_inputs_json(
     with tarfile.open(context / "model.tar.gz") as tar:
         names = tar.getnames()
     assert "selection.json" in names and any(n.endswith("checkpoint_final.pt") for n in names)
-    checked = gc.test_container(context, client=engine, keep_image=False)  # model mounted at /opt/ml/model
+    checked = gc.test_container(context, client=engine)  # model mounted at /opt/ml/model
     assert checked["equal"] and checked["input_slugs"] == ["t1-mri", "t2-mri"] and not checked["model_in_image"]
+    # the same image through `harness score`, its model tarball mounted at /opt/ml/model as the platform does
+    # (the image carries no weights: without the mount every case would crash)
+    subs = with_models([parse_submission(f"ours={OURS}-sockets:latest")], [f"ours={context / 'model.tar.gz'}"])
+    ours = score_task(task, subs, trained, tmp_path / "r-model", ScoreOptions(), selfunet=False)["ours"]
+    assert {r.status for r in ours} == {"ok"} and max(r.dice[1] for r in ours) > 0.3, ours
+    record = json.loads((tmp_path / "r-model" / "demo" / "scores" / "ours.json").read_text())
+    assert record["model"]["mounted_at"] == "/opt/ml/model" and len(record["model"]["sha256"]) == 64
+    engine.images.remove(f"{OURS}-sockets:latest", force=True)
     # the independent container with one socket per channel, through `harness score`
     out = score_task(task, [parse_submission(f"threshold={threshold_images['ok']}")], trained, tmp_path / "r",
                      ScoreOptions(input_slugs=["t1", "t2"]), selfunet=False)
