@@ -221,6 +221,7 @@ def _predict_test(workdir: WorkDir, dataset: Path, selection_path: Path, options
     from selfunet.data.dataset import load_dataset
     from selfunet.evaluation.ensemble import Selection
     from selfunet.inference.predict import predict_cases
+    from selfunet.training.budgets import prediction_overrides
 
     spec = load_dataset(dataset)
     if not spec.test:
@@ -235,7 +236,7 @@ def _predict_test(workdir: WorkDir, dataset: Path, selection_path: Path, options
     stages.run("test predictions", done, lambda: predict_cases(
         files, out, workdir.root, list(selection.members), postprocessing=selection.postprocessing,
         mirroring=options.train.validation_mirroring, amp=options.train.amp, device=options.train.device,
-        inference=options.inference, console=console))
+        inference=prediction_overrides(options.train, options.inference), console=console))
     report.test_predictions = out
 
 
@@ -264,10 +265,11 @@ def run_training(work: Path, configuration: str, fold: int, config: TrainConfig,
         trained = time.perf_counter()
         if config.predict_validation and trainer.val_ids:
             from selfunet.inference.predict import predict_validation_cases
+            from selfunet.training.budgets import prediction_overrides
 
             predict_validation_cases(trainer.work, trainer.configuration.name, fold, trainer.val_ids, final,
                                      mirroring=config.validation_mirroring, amp=config.amp, device=config.device,
-                                     inference=inference, console=trainer.console)
+                                     inference=prediction_overrides(config, inference), console=trainer.console)
         write_cost(trainer.out, trainer.device, trained - started, time.perf_counter() - trained,
                    len(trainer.val_ids) if config.predict_validation else 0, resumed=resume)
     return final

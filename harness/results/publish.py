@@ -1,6 +1,10 @@
 """The results folder: ``results/<task>/`` (selection.json, leaderboard.csv/.md, predictions) and
 ``results/leaderboard.md`` (one row per task), written when a task settles and re-rendered by
 ``harness leaderboard`` from what is on disk.
+
+``WORK/selection.json`` and ``WORK/seeds.json`` were written by jobs: they are copied into
+``results/<task>/`` as the regular files they are, never through a link (a link is a clean error
+naming it; :mod:`harness.results.safe_files`), and ``results/<task>/`` must be a real folder.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from rich.console import Console
 from harness.executors.base import FINISHED_WELL
 from harness.results.leaderboard import NA, NOT_TASKS, SELECTED, Leaderboard, build_leaderboard
 from harness.results.ranking import consensus, policy_of, rank_scores
+from harness.results.safe_files import MAX_JSON_BYTES, plain_folder, read_below
 from harness.results.seeds import SEEDS_FILE
 from harness.results.tables import consensus_markdown, md_table, ranking_csv, rich_table, short, to_csv, to_markdown
-from selfunet.artifacts import atomic_write_text
+from selfunet.artifacts import atomic_write_bytes, atomic_write_text
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -51,8 +56,13 @@ def budget_text(record: dict | None) -> str:
     preset = ((record.get("descriptor_content") or {}).get("budget") or {}).get("preset", "?")
     cfg = record.get("train_config") or {}
     if "epochs" in cfg:
+        shortcuts = "".join([
+            f", batch <= {cfg['max_voxels_per_batch']} voxels" if cfg.get("max_voxels_per_batch") else "",
+            "" if cfg.get("validation_mirroring", True) else ", no mirroring",
+            f", prediction <= {cfg['prediction_max_window_voxels']} window voxels per case (rest background)"
+            if cfg.get("prediction_max_window_voxels") else ""])
         return (f"{preset} ({cfg['epochs']} epochs x {cfg.get('iterations_per_epoch', '?')} iterations, "
-                f"{cfg.get('num_folds', record.get('folds', '?'))} folds)")
+                f"{cfg.get('num_folds', record.get('folds', '?'))} folds{shortcuts})")
     return str(preset)
 
 
@@ -80,12 +90,13 @@ def render_task(task: str, results_root: Path, work: Path | None = None, nsd_tol
         nsd_tolerance_mm = metrics.get("nsd_tolerance_mm")
     if hd95 is None:
         hd95 = bool(metrics.get("hd95", False))
-    source = work / "selection.json" if work is not None and (work / "selection.json").is_file() else None
-    out.mkdir(parents=True, exist_ok=True)
-    if source is not None:
-        atomic_write_text(out / "selection.json", source.read_text())
-        if (work / SEEDS_FILE).is_file():  # several seeds: their scores travel with the selection
-            atomic_write_text(out / SEEDS_FILE, (work / SEEDS_FILE).read_text())
+    selection = _work_file(work, "selection.json")
+    plain_folder(Path(results_root), Path(task), "the task's results")
+    if selection is not None:
+        atomic_write_bytes(out / "selection.json", selection)
+        seeds = _work_file(work, SEEDS_FILE)
+        if seeds is not None:  # several seeds: their scores travel with the selection
+            atomic_write_bytes(out / SEEDS_FILE, seeds)
     elif not (out / "selection.json").is_file():
         log.warning("task %s: no selection.json in %s or %s; no leaderboard (did `selfunet select` run?).",
                     task, work, out)
@@ -104,6 +115,16 @@ def render_task(task: str, results_root: Path, work: Path | None = None, nsd_tol
     if console is not None:
         console.print(rich_table(board, console.width))
     return board
+
+
+def _work_file(work: Path | None, name: str) -> bytes | None:
+    """``WORK/<name>`` as written by a job (None when there is none); a link is refused."""
+    if work is None or not Path(work).is_dir():
+        return None
+    try:
+        return read_below(Path(work), Path(name), name, MAX_JSON_BYTES)
+    except FileNotFoundError:
+        return None
 
 
 def task_dirs(results_root: Path) -> list[Path]:

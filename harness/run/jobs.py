@@ -288,6 +288,10 @@ class TaskGraph:
                             outputs=(work / "plan.json",)))
         return jobs
 
+    def expands(self, job_id: str) -> bool:
+        """Whether the graph grows once ``job_id`` has finished (plan, preprocess)."""
+        return job_id in self._expanders
+
     def expand(self, job_id: str) -> list[Job]:
         """Jobs that become known once ``job_id`` has finished (raises SelfUNetError if it cannot)."""
         expander = self._expanders.get(job_id)
@@ -453,6 +457,11 @@ class TaskGraph:
         return ([f"--nsd-tolerance-mm={m.nsd_tolerance_mm}"] if m.nsd_tolerance_mm else []) + (
             ["--hd95"] if m.hd95 else [])
 
+    def _prediction_cap(self) -> tuple[str, ...]:
+        """Small budgets bound the voxels of windows per predicted case, for test images as for validation."""
+        cap = self.train_config.prediction_max_window_voxels
+        return () if cap is None else ("--max-window-voxels", str(cap))
+
     def _prediction_jobs(self) -> list[Job]:
         from selfunet.data.dataset import load_dataset
 
@@ -465,7 +474,8 @@ class TaskGraph:
                             ("predict", *files, "-o", str(self._w("test_predictions")), "-w", str(self.work),
                              "--selection", str(self._w("selection.json")),
                              # small budgets (ci, demo) skip mirror TTA for test images as for validation
-                             *(() if self.train_config.validation_mirroring else ("--no-mirroring",))), deps,
+                             *(() if self.train_config.validation_mirroring else ("--no-mirroring",)),
+                             *self._prediction_cap()), deps,
                             {"test_cases": sorted(c.case_id for c in spec.test)},
                             artifacts=(self._w("selection.json"),), outputs=(self._w("test_predictions"),),
                             uses_gpu=True, read_only=(self.task.dataset,)))

@@ -36,6 +36,11 @@ class InferenceConfig:
     """where the full-size logit and weight sums live; 'cpu' keeps GPU memory for the network."""
     device: str | torch.device | None = None
     """compute device; None = the device of the network's parameters."""
+    max_window_voxels: int | None = None
+    """at most this many voxels of windows (windows x patch voxels, at least one window) per case:
+    small budgets bound prediction this way. The step becomes a whole patch, and if that grid still
+    has more windows, those nearest the centre are predicted and voxels outside every window are
+    background. None = every window of the grid."""
     progress: bool = False
     """show a rich progress bar over window batches (useful for very large cases)."""
 
@@ -50,6 +55,8 @@ class InferenceConfig:
                 f"InferenceConfig.gaussian_sigma_fraction={self.gaussian_sigma_fraction}: must be > 0; "
                 "1/8 is the method's default"
             )
+        if self.max_window_voxels is not None and self.max_window_voxels < 1:
+            raise SelfUNetError(f"InferenceConfig.max_window_voxels={self.max_window_voxels}: must be >= 1 (or None)")
         if self.windows_per_batch < 1:
             raise SelfUNetError(f"InferenceConfig.windows_per_batch={self.windows_per_batch}: must be >= 1")
         if self.amp_dtype is not None and str(self.amp_dtype) not in ("torch.bfloat16", "torch.float16"):

@@ -177,10 +177,23 @@ def stream_logits(
     windows: list[Window] = [(z, *w) for z in range(padded[0]) for w in grid] if slice_axis else list(grid)
 
     gaussian = gaussian_importance_map(patch, config.gaussian_sigma_fraction)
-    weight_sum = torch.zeros(padded_window_shape, dtype=torch.float32, device=acc_device)
     gaussian_acc = gaussian.to(acc_device)
-    for w in grid:
-        weight_sum[w] += gaussian_acc
+    max_windows = None if config.max_window_voxels is None else max(1, config.max_window_voxels // math.prod(patch))
+    if max_windows is not None and len(windows) > max_windows:
+        windows = _bounded_windows(padded, patch, slice_axis, max_windows)
+        log.info("sliding window: %d of the grid's windows at most (max_window_voxels=%d): %d predicted",
+                 max_windows, config.max_window_voxels, len(windows))
+        # weights of the windows kept, per voxel; a voxel no window covers keeps logits 0 (background)
+        weight_sum = torch.zeros(padded, dtype=torch.float32, device=acc_device)
+        for w in windows:
+            weight_sum[w] += gaussian_acc
+        weight_sum[weight_sum == 0] = 1.0
+        slice_weights = False
+    else:
+        weight_sum = torch.zeros(padded_window_shape, dtype=torch.float32, device=acc_device)
+        for w in grid:
+            weight_sum[w] += gaussian_acc
+        slice_weights = slice_axis
     gaussian_dev = gaussian.to(device)
 
     def rows(w: Window) -> tuple[int, int]:
@@ -208,8 +221,26 @@ def stream_logits(
         for net in networks:
             stack.enter_context(_eval_without_deep_supervision(net))
         stack.enter_context(torch.inference_mode())
+        def finish(done: int) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+            """Hand over rows [base, done), which no window left to run touches."""
+            nonlocal base
+            while base < done:
+                n = min(done - base, capacity)  # more only where no window covers rows (a capped grid)
+                weights = weight_sum if slice_weights else weight_sum[base : base + n]
+                # rows of the image (the padding rows of axis 0 are dropped)
+                first, last = max(base - row_offset, 0), min(base + n - row_offset, spatial[0])
+                if last > first:
+                    keep = (slice(None), slice(first + row_offset - base, last + row_offset - base), *rest_crop)
+                    logits = [(acc[:, :n] / weights)[keep] for acc in sums]
+                    yield first, last, [t.contiguous() if padded_any else t for t in logits]
+                for acc in sums:
+                    acc[:, : capacity - n] = acc[:, n:].clone()
+                    acc[:, capacity - n :] = 0
+                base += n
+
         for index, batch in enumerate(_progress(batches, config.progress)):
             check_stop("during a sliding-window prediction")  # a stop request is answered within one batch
+            yield from finish(rows(batch[0])[0])
             x = torch.stack([image[(slice(None), *w)] for w in batch]).to(device, torch.float32)
             for net, acc in zip(networks, sums):
                 out = _predict_mirrored(net, x, mirror_axes, config.amp_dtype, device)
@@ -223,21 +254,25 @@ def stream_logits(
                 for i, w in enumerate(batch):
                     first = w[0] - base if isinstance(w[0], int) else slice(w[0].start - base, w[0].stop - base)
                     acc[(slice(None), first, *w[1:])] += out[i]
-            done = rows(batches[index + 1][0])[0] if index + 1 < len(batches) else padded[0]
-            if done <= base:
-                continue
-            n = done - base
-            weights = weight_sum if slice_axis else weight_sum[base:done]
-            # rows of the image (the padding rows of axis 0 are dropped)
-            first, last = max(base - row_offset, 0), min(done - row_offset, spatial[0])
-            if last > first:
-                keep = (slice(None), slice(first + row_offset - base, last + row_offset - base), *rest_crop)
-                logits = [(acc[:, :n] / weights)[keep] for acc in sums]
-                yield first, last, [t.contiguous() if padded_any else t for t in logits]
-            for acc in sums:
-                acc[:, : capacity - n] = acc[:, n:].clone()
-                acc[:, capacity - n :] = 0
-            base = done
+            yield from finish(rows(batches[index + 1][0])[0] if index + 1 < len(batches) else padded[0])
+
+
+def _bounded_windows(padded: list[int], patch: list[int], slice_axis: bool, max_windows: int) -> list[Window]:
+    """At most ``max_windows`` windows (small budgets): the grid without overlap (step = patch),
+    and where even that has more, the windows nearest the centre of the image, in row order."""
+    window_axes = padded[1:] if slice_axis else padded
+    starts = compute_window_starts(window_axes, patch, 1.0)
+    grid = [tuple(slice(s, s + p) for s, p in zip(combo, patch)) for combo in itertools.product(*starts)]
+    windows: list[Window] = [(z, *w) for z in range(padded[0]) for w in grid] if slice_axis else list(grid)
+    if len(windows) <= max_windows:
+        return windows
+
+    def distance(w: Window) -> float:
+        centres = [(i + 0.5) if isinstance(i, int) else (i.start + i.stop) / 2 for i in w]
+        return sum(((c - n / 2) / n) ** 2 for c, n in zip(centres, padded))
+
+    nearest = sorted(range(len(windows)), key=lambda i: (distance(windows[i]), i))[:max_windows]
+    return [windows[i] for i in sorted(nearest)]
 
 
 def predict_sliding_window(

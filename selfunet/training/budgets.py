@@ -10,11 +10,20 @@ an hour per fold on a 2-core CPU. Capped at 2^18 voxels per batch, an iteration 
 demo iteration costs, whatever the dataset. The synthetic demo's plans fit under the cap, so its
 results do not change. A capped run is a smoke test of the pipeline, not the method: its Dice
 says nothing about the planned configuration.
+
+Prediction is bounded the same way: after training, a fold predicts its validation cases with the
+planned (full-size) network over the planned window, which on a 512 x 512 x 200 CT is a hundred
+windows of seconds each per case. The small budgets predict at most
+:data:`SMALL_BUDGET_PREDICTION_VOXELS` voxels of windows per case (without mirroring): the cases
+still go through the whole chain (sliding window, reverting, writing, evaluation), but the
+segmentation covers the windows nearest the centre only. The leaderboard says so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import Configuration
@@ -22,6 +31,10 @@ from selfunet.training.train_config import TrainConfig
 
 #: voxels per batch of the small budgets (ci, demo): 2 x 64^3 / 2.
 SMALL_BUDGET_VOXELS_PER_BATCH = 2**18
+#: voxels of sliding windows per predicted case of the small budgets: one window of a planned 3D
+#: patch on real CT (about 1-2 M voxels), a few 512^2 slices of a 2D plan; the synthetic demo's
+#: cases (at most ~0.13 M voxels of windows) are predicted whole, so its results do not change.
+SMALL_BUDGET_PREDICTION_VOXELS = 2**20
 
 BUDGETS: dict[str, dict] = {
     # docs/explanation/design.md#schedule: 1000 epochs x 250 iterations, 50 validation iterations, 5 folds.
@@ -29,11 +42,13 @@ BUDGETS: dict[str, dict] = {
     # a few minutes per task on a 2-core CPU: enough to separate a working pipeline from a broken one.
     "ci": {"epochs": 3, "iterations_per_epoch": 12, "validation_iterations": 3, "num_folds": 2,
            "checkpoint_every": 1, "validation_mirroring": False,
-           "max_voxels_per_batch": SMALL_BUDGET_VOXELS_PER_BATCH},
+           "max_voxels_per_batch": SMALL_BUDGET_VOXELS_PER_BATCH,
+           "prediction_max_window_voxels": SMALL_BUDGET_PREDICTION_VOXELS},
     # the README's demo: the same as ci.
     "demo": {"epochs": 3, "iterations_per_epoch": 12, "validation_iterations": 3, "num_folds": 2,
              "checkpoint_every": 1, "validation_mirroring": False,
-             "max_voxels_per_batch": SMALL_BUDGET_VOXELS_PER_BATCH},
+             "max_voxels_per_batch": SMALL_BUDGET_VOXELS_PER_BATCH,
+             "prediction_max_window_voxels": SMALL_BUDGET_PREDICTION_VOXELS},
 }
 
 
@@ -62,3 +77,12 @@ def fit_to_voxel_budget(configuration: Configuration, max_voxels: int, min_batch
         axis = max(shrinkable, key=lambda a: patch[a])
         patch[axis] -= divisors[axis]
     return configuration.model_copy(update={"patch_size": patch, "batch_size": batch})
+
+
+def prediction_overrides(config: TrainConfig, inference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The inference overrides of a run's predictions: the given ones, plus the budget's window
+    cap (``InferenceConfig.max_window_voxels``) unless the command line set one itself."""
+    merged = dict(inference or {})
+    if config.prediction_max_window_voxels is not None and merged.get("max_window_voxels") is None:
+        merged["max_window_voxels"] = config.prediction_max_window_voxels
+    return merged

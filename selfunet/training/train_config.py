@@ -69,6 +69,10 @@ class TrainConfig(Artifact):
     """after training, predict the fold's validation cases with the full sliding-window scheme."""
     validation_mirroring: bool = True
     """mirror TTA for the out-of-fold (and, in ``selfunet run``, the test) predictions."""
+    prediction_max_window_voxels: int | None = Field(default=None, ge=1)
+    """small budgets only: the validation predictions after training (and the test predictions of
+    a run) slide at most this many voxels of windows per case (``InferenceConfig.max_window_voxels``:
+    at least one window, the rest of the case background); None predicts every window."""
     max_voxels_per_batch: int | None = Field(default=None, ge=1)
     """small budgets only: fewer samples per batch (down to 2), then a smaller patch, until batch x
     patch voxels fit (``selfunet.training.budgets.fit_to_voxel_budget``); None trains the plan as is."""
@@ -85,4 +89,5 @@ class TrainConfig(Artifact):
 RESUMABLE_FIELDS = frozenset({
     "device", "amp", "compile", "channels_last", "deterministic", "checkpoint_every", "prefetch_batches",
     "loader_workers", "loader_mode", "predict_validation", "validation_mirroring", "validation_iterations",
+    "prediction_max_window_voxels",
 })

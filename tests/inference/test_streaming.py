@@ -131,3 +131,18 @@ def test_members_average_whatever_their_chunking() -> None:
     np.testing.assert_array_equal(out, (members[0] + members[1] + members[2]) / 3)
     with pytest.raises(SelfUNetError, match="different crop rows"):
         list(average_rows([chunks(members[0], [5]), chunks(members[1][:, :6], [])]))
+
+
+def test_a_window_voxel_cap_predicts_the_central_windows_only() -> None:
+    """Small budgets: step = patch, then the windows nearest the centre; the rest is background."""
+    net = CountingNet(classes=2)
+    image = torch.randn(1, 64, 16, 16)
+    capped = InferenceConfig(mirror_axes=(), windows_per_batch=1, max_window_voxels=2 * 16**3)
+    logits = torch.cat([t[0] for _, _, t in stream_logits([net], image, (16, 16, 16), 2, capped)], dim=1)
+    assert net.calls == 2  # two of the four non-overlapping windows, not the seven of step 0.5
+    covered = logits.abs().sum(dim=(0, 2, 3)) > 0
+    assert covered[16:48].all() and not covered[:16].any() and not covered[48:].any()
+    net.calls = 0
+    whole = InferenceConfig(mirror_axes=(), windows_per_batch=1, max_window_voxels=10**9)
+    list(stream_logits([net], image, (16, 16, 16), 2, whole))
+    assert net.calls == 7  # under the cap nothing changes

@@ -76,3 +76,20 @@ def test_the_trainer_trains_fitted_and_the_checkpoint_keeps_the_plan(tiny_work) 
     assert trainer.patch == trainer.configuration.patch_size  # the sampler and augmenter got the fitted patch
     saved = load_checkpoint(tiny_work / "train" / "3d_fullres" / "fold_0" / CHECKPOINT_FINAL)
     assert saved["plan"]["configurations"]["3d_fullres"]["patch_size"] == planned.patch_size
+
+
+def test_small_budgets_bound_prediction_and_say_so_on_the_leaderboard() -> None:
+    from harness.results.publish import budget_text
+    from selfunet.training.budgets import SMALL_BUDGET_PREDICTION_VOXELS, budget_config, prediction_overrides
+
+    for name in ("ci", "demo"):
+        config = budget_config(name)
+        assert config.prediction_max_window_voxels == SMALL_BUDGET_PREDICTION_VOXELS
+        assert prediction_overrides(config, {"step_fraction": 0.5}) == {
+            "step_fraction": 0.5, "max_window_voxels": SMALL_BUDGET_PREDICTION_VOXELS}
+        assert prediction_overrides(config, {"max_window_voxels": 5})["max_window_voxels"] == 5  # the user's wins
+        record = {"descriptor_content": {"budget": {"preset": name}}, "train_config": config.model_dump(mode="json")}
+        text = budget_text(record)
+        assert "no mirroring" in text and "window voxels per case (rest background)" in text
+    full = budget_config("full")
+    assert full.prediction_max_window_voxels is None and prediction_overrides(full, None) == {}
