@@ -245,6 +245,27 @@ def _load_stage_models(workdir: WorkDir, members: list[str], folds: list[int] | 
     return models
 
 
+def refuse_overlapping_output(inputs: list[Path], output: Path) -> None:
+    """Refuse, before any work, an output folder that would write over the inputs: the folder of an
+    input image (``predict IN -o IN``: a label map has the image's name and would replace it), or a
+    folder inside an input folder. An input folder inside the output folder is fine: predictions are
+    written at the output's top level only. Links are followed (``-o link-to-IN`` is ``-o IN``)."""
+    out = Path(output).resolve()
+    for item in inputs:
+        item = Path(item)
+        folder = (item if item.is_dir() else item.parent).resolve()
+        if out == folder:
+            raise SelfUNetError(
+                f"predict: the output folder {output} is the folder of the input {item}; the label maps would "
+                "be written over (or beside) the images: choose another folder with -o."
+            )
+        if item.is_dir() and folder in out.parents:
+            raise SelfUNetError(
+                f"predict: the output folder {output} lies inside the input folder {item}; choose a folder outside "
+                "it with -o, so predictions never mix with (or overwrite) the images."
+            )
+
+
 def predict_cases(inputs: list[Path], output: Path, work: Path | None, configurations: list[str],
                   folds: list[int] | None = None, checkpoint_name: str = "checkpoint_final.pt",
                   mirroring: bool = True, amp: str = "auto", device: str = "auto",
@@ -264,6 +285,7 @@ def predict_cases(inputs: list[Path], output: Path, work: Path | None, configura
 
     if not configurations:
         raise SelfUNetError("no configuration to predict with; pass -c CONFIG (several for an ensemble).")
+    refuse_overlapping_output(inputs, output)
     console = console or Console(stderr=True)
     torch_device = resolve_device(device)
     if models is None:
@@ -295,6 +317,7 @@ def predict_cases(inputs: list[Path], output: Path, work: Path | None, configura
                     rows = whole_rows(whole, properties.transpose_forward)
                 properties = properties or member_properties
                 streams.append(rows)
+            del image  # every member is preprocessed: the slabs need only their own arrays from here on
             probabilities_path = output / f"{case.case_id}.npz" if save_probabilities_files else None
             labels = labels_from_rows(average_rows(streams), properties, plan.label_scheme, plan.num_outputs,
                                       probabilities_path)
