@@ -17,6 +17,10 @@ map is then painted (threshold 0.5, ``regions_class_order``) instead of taken by
 
 Crop-space probabilities are stored with the properties needed to un-crop them
 (:func:`save_probabilities`): ensembling and the cascade read them back.
+
+Prediction does not revert whole volumes: :func:`revert_rows` takes slabs of rows as the sliding
+window finishes them and hands over crop-space rows, with the same numbers (the whole-volume
+functions stay for arrays that are whole anyway). docs/explanation/prediction-memory.md.
 """
 
 from __future__ import annotations
