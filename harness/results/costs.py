@@ -16,8 +16,12 @@ from pathlib import Path
 
 
 def fold_costs(work: Path, configuration: str) -> list[dict]:
+    """The cost files of a member's folds; ``3d_fullres@resenc-m`` trains under ``WORK/planners/resenc-m/``."""
+    from selfunet.workdir import WorkDir
+
+    where, name = WorkDir(Path(work)).member(configuration)
     out = []
-    for path in sorted((Path(work) / "train" / configuration).glob("fold_*/cost.json")):
+    for path in sorted((where.root / "train" / name).glob("fold_*/cost.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

@@ -249,7 +249,7 @@ def _head(s: Summary) -> str:
     return (f"{done}/{total} jobs done ({s.counts['running']} running"
             + (f", {extra}" if extra else "") + f"); {since}; {run.get('executor', '?')} executor, "
             f"{run.get('sandbox', '?')} sandbox, {run.get('capacity', '?')} slot(s); "
-            f"harness pid {owner.get('pid', '?')} on {owner.get('host', '?')}; updated {_when(run.get('updated'))}")
+            f"run by pid {owner.get('pid', '?')} on {owner.get('host', '?')}; updated {_when(run.get('updated'))}")
 
 
 def rows(s: Summary, all_jobs: bool = False) -> list[list[str]]:

@@ -130,3 +130,19 @@ def test_pareto_optimal_candidates_of_the_matched_compute_table():
 def test_consensus_heatmap_draws_missing_tasks():
     uri = plots_ranking.consensus_heatmap({"t1": {"a": 1, "b": 2}, "t2": {"a": 2}}, ["a", "b"])
     assert uri.startswith("data:image/png;base64,")
+
+
+def test_a_preset_members_cost_is_read_from_its_planner_work_directory(tmp_path: Path):
+    import json
+
+    from harness.results.costs import candidate_cost
+
+    for where, seconds in ((tmp_path / "train" / "3d_fullres", 10.0),
+                           (tmp_path / "planners" / "resenc-m" / "train" / "3d_fullres", 30.0)):
+        for fold in (0, 1):
+            (where / f"fold_{fold}").mkdir(parents=True)
+            (where / f"fold_{fold}" / "cost.json").write_text(json.dumps(
+                {"train_seconds": seconds, "prediction_seconds": 1.0, "peak_memory_mb": seconds * 10, "memory": "rss"}))
+    assert candidate_cost(tmp_path, ["3d_fullres@resenc-m"])["train_seconds"] == 60.0
+    both = candidate_cost(tmp_path, ["3d_fullres", "3d_fullres@resenc-m"])
+    assert (both["train_seconds"], both["peak_memory_mb"]) == (80.0, 300.0)

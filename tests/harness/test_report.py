@@ -74,6 +74,31 @@ def make_results(tmp_path: Path) -> tuple[Path, list]:
     return results, boards
 
 
+def screenshot_sections(driver, out: Path, first: str = "significance-ranking", last: str = "cost-plot",
+                        most_bytes: int = 480_000) -> Path:
+    """A PNG of the page from figure ``first`` to the end of figure ``last`` (the report's ranking
+    figures, robustness check and matched-compute section), scaled down until under ``most_bytes``."""
+    import io
+
+    from PIL import Image
+
+    box = driver.execute_script(
+        "const a = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "const b = document.getElementById(arguments[1]).getBoundingClientRect();"
+        "return [a.top + window.scrollY - 60, b.bottom + window.scrollY + 10, document.body.scrollHeight];",
+        first, last)
+    driver.set_window_size(1280, int(box[2]) + 40)
+    whole = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    crop = whole.crop((0, max(0, int(box[0])), whole.width, min(whole.height, int(box[1]))))
+    scale = 1.0
+    while True:
+        image = crop.resize((int(crop.width * scale), int(crop.height * scale))) if scale < 1 else crop
+        image.quantize(colors=128).save(out, optimize=True)
+        if out.stat().st_size <= most_bytes or scale < 0.3:
+            return out
+        scale *= 0.85
+
+
 def test_pages_are_written_self_contained(tmp_path: Path) -> None:
     results, _ = make_results(tmp_path)
     page = (results / "tiny" / "index.html").read_text()
@@ -143,8 +168,11 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
                 shot = tmp_path / "report-screenshot.png"
                 assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
                 print(f"report screenshot: {shot}")
-                if os.environ.get("SELFUNET_UPDATE_SCREENSHOT") == "1":  # refresh the committed copy on purpose
+                sections = screenshot_sections(driver, tmp_path / "report-sections.png")
+                assert sections.stat().st_size > 10_000
+                if os.environ.get("SELFUNET_UPDATE_SCREENSHOT") == "1":  # refresh the committed copies on purpose
                     shutil.copyfile(shot, REPO / "docs" / "images" / "report-screenshot.png")
+                    shutil.copyfile(sections, REPO / "docs" / "images" / "report-sections.png")
             else:
                 assert driver.execute_script("return document.querySelectorAll('table.tasks tbody tr').length;") == 2
                 assert driver.execute_script(

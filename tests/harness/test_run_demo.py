@@ -1,7 +1,9 @@
 """`harness run tasks/demo.yaml --budget ci` for real: every job through the process sandbox, stopped
-by SIGTERM twice (during preprocessing, during training) and resumed, a second writer refused, a
-rerun that skips everything, and `harness compare` against the committed baseline (the CI
-regression check)."""
+by SIGTERM twice (during preprocessing, during training) and resumed, a second writer refused,
+`harness status` read from another process while trainings run and after the run, a rerun that
+skips everything, and `harness compare` against the committed baseline (the CI regression check).
+Then the multi-planner demo (`tasks/demo-planners.yaml`: default against resenc-m at matched
+compute) through the same roots: its matched-compute table and plot, and the report's figures."""
 
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ def sigterm_when(args: list[str], ready, work: Path, what: str) -> tuple[set[int
                 second = CliRunner().invoke(app, args, terminal_width=300)
                 assert second.exit_code == 1, second.output
                 assert "is in use" in second.output and f"pid {process.pid}" in second.output
+                check_status_while_training(work.parent, process.pid)
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=120)
         finally:
@@ -81,6 +84,23 @@ def sigterm_when(args: list[str], ready, work: Path, what: str) -> tuple[set[int
         time.sleep(0.1)
     assert not alive_in(groups), f"processes of the stopped job still alive: {alive_in(groups)}"
     return groups, output
+
+
+def check_status_while_training(work_root: Path, pid: int) -> None:
+    """`harness status WORK_ROOT` from another process: the running trainings with their elapsed time,
+    slot, host and log, the jobs done so far, the ETA, who runs it."""
+    shown = CliRunner().invoke(app, ["status", str(work_root)], terminal_width=300)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert text.startswith("harness status running:") and f"run by pid {pid}" in text and "ETA" in text, text
+    from harness.run.status import read_state, summarize
+
+    view = summarize(read_state(work_root))
+    running = view.of("running")
+    assert running and all(j["job"].startswith("train-") and j["slot"] and j["host"] for j in running), running
+    for job in running:
+        assert job["job"] in text and job["log"] in text
+    assert view.counts["succeeded"] >= 5 and view.eta is not None  # demo-data ... preprocess
 
 
 @pytest.mark.slow
@@ -116,6 +136,10 @@ def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) 
     assert any(j.startswith("train-") for j in jobs) and record["folds"] == 2
     markers = tmp_path / "work" / "demo" / ".harness" / "jobs"
     assert all(json.loads(p.read_text())["status"] == "succeeded" for p in markers.glob("*.json"))
+    finished = CliRunner().invoke(app, ["status", str(tmp_path / "work")], terminal_width=300)
+    assert finished.exit_code == 0 and "harness status finished" in finished.output, finished.output
+    assert "failed" not in finished.output and "<script" not in (tmp_path / "results" / "status.html").read_text()
+    assert record["environment"]["precision"]["jobs"] and record["environment"]["cpu"]["model"]
     tests = sorted(p.name for p in (tmp_path / "data" / "demo" / "imagesTs").iterdir())
     predictions = tmp_path / "results" / "demo" / "predictions" / "Task00_Demo"
     assert sorted(p.name for p in predictions.iterdir()) == tests
@@ -153,3 +177,39 @@ def test_demo_task_runs_end_to_end_and_a_rerun_skips_everything(tmp_path: Path) 
 
     ci = run_step("github", step("github", "harness compare"), RESULTS=str(tmp_path / "results"))
     assert ci.returncode == 0, ci.stdout + ci.stderr
+
+    matched_compute_demo(tmp_path, started)
+
+
+def matched_compute_demo(tmp_path: Path, started: float) -> None:
+    """`harness run tasks/demo-planners.yaml` (its own budget, 2 x 6 iterations): the default planner
+    and resenc-m through the real graph (plan@resenc-m, preprocess@resenc-m, train-...@resenc-m,
+    crossval, one selection over both), into the same work and results roots; leaderboard.md gets
+    the matched-compute table and the report its plot, and the index a consensus heatmap over the
+    two tasks."""
+    import csv
+
+    begin = time.perf_counter()
+    args = ["run", str(REPO / "tasks" / "demo-planners.yaml"), "--work-root",
+            str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--data-root", str(tmp_path / "data")]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    print(f"harness run demo-planners: {time.perf_counter() - begin:.0f} s "
+          f"(whole test {time.perf_counter() - started:.0f} s)")
+    out = tmp_path / "results" / "demo-planners"
+    record = json.loads((out / "run.json").read_text())
+    jobs = {j["job"]: j["status"] for j in record["jobs"]}
+    assert {"plan@resenc-m", "preprocess@resenc-m", "train-3d_fullres@resenc-m-fold0",
+            "crossval-3d_fullres@resenc-m", "select"} <= set(jobs) and set(jobs.values()) == {"succeeded"}
+    with open(out / "leaderboard.csv", newline="") as handle:
+        rows = {r["candidate"]: r for r in csv.DictReader(handle) if r["postprocessing"] == "none"}
+    assert {"3d_fullres", "3d_fullres@resenc-m"} <= set(rows)
+    assert all(rows[c]["train_seconds"] != "n/a" and rows[c]["peak_memory_mb"] != "n/a" for c in rows)
+    markdown = (out / "leaderboard.md").read_text()
+    assert "## Matched compute" in markdown and "| 3d_fullres@resenc-m | resenc-m |" in markdown
+    print(markdown[markdown.index("## Matched compute"):].split("\n\n")[1])  # the table, for the record
+    page = (out / "index.html").read_text()
+    for figure in ("cost-plot", "significance-ranking", "blob-ranking", "podium-ranking", "robustness-plot-ranking"):
+        assert f'id="{figure}"' in page, figure
+    assert 'id="consensus-heatmap-crossval"' in (tmp_path / "results" / "index.html").read_text()
+
