@@ -14,7 +14,9 @@
 #      `harness score` of that export (one 4D socket; a socket per channel with a model tarball,
 #      also scored with `--model NAME=model.tar.gz` mounted at /opt/ml/model)
 #      beside an independent threshold container (tests/docker/threshold_algorithm, built from the
-#      base image and the wheelhouse's SimpleITK) and its crash/timeout/oom/missing/wrong-geometry tags
+#      base image and the wheelhouse's SimpleITK) and its crash/timeout/oom/missing/wrong-geometry tags;
+#      hostile containers (tests/docker/hostile_algorithm: an output linked to the host reference
+#      label, an .mha naming a host data file, a climbing socket slug) scored as `refused` (~20 s)
 #   5. the engine stopped (also on failure)
 #
 # Needs root (dockerd). Times and image sizes are printed at the end.

@@ -41,6 +41,10 @@ TasksArg = Annotated[
 DataRootOpt = Annotated[
     Optional[Path], typer.Option(help="use DIR/<dataset folder name> instead of each descriptor's dataset path")
 ]
+TasksRootOpt = Annotated[
+    Optional[Path], typer.Option(help="the folder every descriptor and `include:` must lie in (default: the folder "
+                                 "named, or a named descriptor file's own folder)")
+]
 
 
 user_errors = errors_to(console)
@@ -55,10 +59,11 @@ def _root(
     set_verbose(verbose)
 
 
-def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Optional[str] = None) -> list:
+def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Optional[str] = None,
+          tasks_root: Optional[Path] = None) -> list:
     from harness.tasks.descriptor import load_tasks
 
-    tasks = load_tasks(paths or None)
+    tasks = load_tasks(paths or None, root=tasks_root)
     if data_root is not None:
         tasks = [t.with_data_root(data_root) for t in tasks]
     if budget is not None:
@@ -79,14 +84,14 @@ def _short(path: Path) -> str:
 
 @app.command("ls")
 @user_errors
-def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
+def ls(paths: TasksArg = None, data_root: DataRootOpt = None, tasks_root: TasksRootOpt = None) -> None:
     """List the tasks: dataset, configurations, folds, budget, and whether the data is there."""
     from harness.tasks.descriptor import dataset_problem
 
     table = Table(title="tasks")
     for column in ("task", "descriptor", "dataset", "configurations", "folds", "budget", "data"):
         table.add_column(column, no_wrap=column == "task", overflow="fold")
-    for t in _load(paths, data_root):
+    for t in _load(paths, data_root, tasks_root=tasks_root):
         cfg = t.train_config()
         data = "[red]missing[/]" if dataset_problem(t) else (
             "[green]ok[/]" if (t.dataset / "dataset.json").is_file() else "generated on first run")
@@ -100,12 +105,13 @@ def ls(paths: TasksArg = None, data_root: DataRootOpt = None) -> None:
 @app.command()
 @user_errors
 def validate(paths: TasksArg = None, data_root: DataRootOpt = None,
-             processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2) -> None:
+             processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2,
+             tasks_root: TasksRootOpt = None) -> None:
     """Check descriptors and their datasets (selfunet check) without running anything; exit 1 on problems."""
     from harness.tasks.descriptor import check_task
 
     problems: list[str] = []
-    tasks = _load(paths, data_root)
+    tasks = _load(paths, data_root, tasks_root=tasks_root)
     for t in tasks:
         found = check_task(t, processes=processes)
         problems += found
@@ -154,6 +160,7 @@ def run(
     work_root: Annotated[Path, typer.Option(help="work directories go to DIR/<task>")] = Path("work"),
     results: Annotated[Path, typer.Option(help="results go to DIR/<task>")] = Path("results"),
     data_root: DataRootOpt = None,
+    tasks_root: TasksRootOpt = None,
 ) -> None:
     """Run every job of the tasks (resumable: finished jobs are skipped); exit 1 if any job failed."""
     from harness.executors import EXECUTORS
@@ -174,7 +181,7 @@ def run(
     from harness.results.seeds import parse_seeds
 
     seed_list = parse_seeds(seeds) if seeds is not None else None
-    loaded = _load(tasks, data_root, budget)
+    loaded = _load(tasks, data_root, budget, tasks_root=tasks_root)
     problems = [p for p in (dataset_problem(t) or folds_problem(t) for t in loaded) if p]
     if problems:
         raise SelfUNetError("\n".join(problems))
@@ -242,6 +249,23 @@ def status(
             pass
 
 
+def _slurm_executor(tasks: list, work_root: Path, slurm: dict, detach: bool, max_retries: int, ctx):
+    """``--executor slurm`` (:func:`harness.executors.slurm.executor_for`); a detached run's follow-up job
+    reruns this very command line, with absolute paths and without ``--force``."""
+    from harness.executors.slurm import executor_for
+
+    again: list[str] = []
+    for param in ctx.command.params if ctx is not None else []:
+        value = ctx.params.get(param.name)
+        if param.name == "force" or value in (None, False, []):
+            continue
+        values = [str(Path(v).resolve()) if isinstance(v, Path) else str(v)
+                  for v in (value if isinstance(value, (list, tuple)) else [value])]
+        again += values if param.param_type_name == "argument" else (
+            [param.opts[0]] if value is True else [f"{param.opts[0]}={v}" for v in values])
+    return executor_for(tasks, work_root, slurm, detach, max_retries, ["run", *again])
+
+
 # -- results: leaderboard, export, compare (harness/results/publish.py, export.py, compare.py) -------------
 ResultsOpt = Annotated[Path, typer.Option("--results", help="results root (holds <task>/)")]
 
@@ -294,11 +318,12 @@ def export_task_command(
     work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
     results: ResultsOpt = Path("results"),
     data_root: DataRootOpt = None,
+    tasks_root: TasksRootOpt = None,
 ) -> None:
     """Copy the selected model's test predictions to results/<task>/predictions/<TaskName>/ (headers checked)."""
     from harness.results.export import export_command
 
-    t = _find_task(task, tasks_dir, data_root)
+    t = _find_task(task, tasks_dir, data_root, tasks_root)
     folder, archive = export_command(t, work_root / t.name, results, make_zip)
     if folder is None:
         console.print(f"{t.name}: nothing to export (no test cases, or export format 'none').", highlight=False)
@@ -358,13 +383,14 @@ def export_gc_command(
     dataset: Annotated[Optional[Path], typer.Option(help="dataset folder the test case comes from (default: the "
                                                     "task descriptor's; needed when TASK is a work directory)")]
     = None,
+    tasks_root: TasksRootOpt = None,
 ) -> None:
     """A grand-challenge algorithm container build context for the task's selected model (docs/guide/containers.md)."""
     from harness.challenge.gc_export import export_gc, test_container
 
     path = None if task is None else Path(task)
     if path is not None and not path.exists():  # a work directory or a descriptor is taken as it is
-        path = _find_task(task, tasks_dir, None).source
+        path = _find_task(task, tasks_dir, None, tasks_root).source
     context = export_gc(path, out, image=image, input_slugs=input_slug, output_slug=output_slug,
                         work_root=work_root, tag=tag, model_tarball=model_tarball, inputs_json=inputs_json,
                         mirroring=mirroring, model=model, dataset=dataset)
@@ -375,13 +401,13 @@ def export_gc_command(
         console.print(f"[green]container test passed[/]: {escape(str(result))}", highlight=False)
 
 
-def _find_task(task: str, tasks_dir: Path, data_root: Optional[Path]):
+def _find_task(task: str, tasks_dir: Path, data_root: Optional[Path], tasks_root: Optional[Path] = None):
     """A descriptor file, or a task name looked up under ``tasks_dir``: the one lookup every
     command that takes a TASK argument goes through, so they all accept and refuse the same."""
     path = Path(task)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return _load([path], data_root)[0]
-    candidates = _load([tasks_dir], data_root)
+        return _load([path], data_root, tasks_root=tasks_root)[0]
+    candidates = _load([tasks_dir], data_root, tasks_root=tasks_root)
     found = [t for t in candidates if t.name == task]
     if not found:
         known = ", ".join(t.name for t in candidates) or "none"
@@ -420,6 +446,7 @@ def score(
     work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
     results: ResultsOpt = Path("results"),
     data_root: DataRootOpt = None,
+    tasks_root: TasksRootOpt = None,
 ) -> None:
     """Score submissions (and selfunet's model) on the task's held-out test set: results/<task>/scores/."""
     from harness.challenge.score import ScoreOptions, parse_submission, score_task, with_models

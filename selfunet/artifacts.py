@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -77,14 +78,35 @@ A = TypeVar("A", bound=Artifact)
 
 def read_user_text(path: Path, what: str, max_bytes: int, utf8_fix: str) -> str:
     """A small text file a user wrote (a descriptor, a dataset.json), read defensively: unreadable,
-    far too large for what it claims to be, or not UTF-8 (the line is named) are clean errors."""
+    not a regular file (a FIFO would block, a device never ends), far too large for what it claims
+    to be, or not UTF-8 (the line is named) are clean errors. The size is checked on the open file
+    before reading, and at most ``max_bytes + 1`` bytes are ever read (a sparse 8 GiB file, or one
+    that grows while read, costs nothing)."""
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise SelfUNetError(f"{path}: cannot read {what} ({exc.strerror or exc}); check its permissions.") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SelfUNetError(f"{path}: not a regular file (a folder, pipe or device); {what} is a text file.")
+        if st.st_size > max_bytes:
+            raise SelfUNetError(f"{path}: {st.st_size} bytes is too big for {what} (at most {max_bytes}); is it the "
+                                "right file?")
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise SelfUNetError(f"{path}: cannot read {what} ({exc.strerror or exc}); check its permissions.") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
-        raise SelfUNetError(f"{path}: {len(data)} bytes is too big for {what} (at most {max_bytes}); is it the right "
-                            "file?")
+        raise SelfUNetError(f"{path}: more than {max_bytes} bytes is too big for {what}; is it the right file?")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

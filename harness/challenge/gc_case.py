@@ -19,15 +19,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
+from harness.challenge.outputs import OUTPUT_ENDINGS, geometry_problem  # noqa: F401 (the scorer's, shared)
 from harness.tasks.names import check_relative_inside, check_slug
 from selfunet.data.io import save_image
 from selfunet.errors import SelfUNetError
-
-#: image endings an algorithm may write (the platform converts to .mha/.tif itself).
-OUTPUT_ENDINGS = (".mha", ".mhd", ".nii.gz", ".nii", ".nrrd", ".tif", ".tiff")
 
 
 def clean_metadata(image: sitk.Image) -> sitk.Image:
@@ -121,23 +118,11 @@ def write_case(folder: Path, images: Sequence[Path], input_slugs: Sequence[str],
 
 
 def output_files(output: Path, slug: str) -> list[Path]:
+    """The regular image files in ``output/images/<slug>/`` (``harness export gc --test``); links are
+    neither followed nor listed. ``harness score`` reads a submission's output more strictly
+    (:mod:`harness.challenge.outputs`)."""
     folder = output / "images" / check_slug(slug, "output socket slug")
-    if not folder.is_dir():
+    if any(p.is_symlink() for p in (output / "images", folder)) or not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(OUTPUT_ENDINGS))
-
-
-def geometry_problem(got: sitk.Image, want: sitk.Image) -> str | None:
-    """Why ``got`` is not on ``want``'s voxel grid (None when it is): size, spacing, origin, direction."""
-    if got.GetDimension() != want.GetDimension():
-        return f"{got.GetDimension()}D image, the reference is {want.GetDimension()}D"
-    if got.GetNumberOfComponentsPerPixel() != 1:
-        return f"{got.GetNumberOfComponentsPerPixel()} components per voxel, expected a label map"
-    if got.GetSize() != want.GetSize():
-        return f"size {got.GetSize()} != reference {want.GetSize()}"
-    for what, a, b, tol in (("spacing", got.GetSpacing(), want.GetSpacing(), 1e-4),
-                            ("origin", got.GetOrigin(), want.GetOrigin(), 1e-3),
-                            ("direction", got.GetDirection(), want.GetDirection(), 1e-4)):
-        if not np.allclose(a, b, rtol=1e-5, atol=tol):
-            return f"{what} {tuple(round(v, 4) for v in a)} != reference {tuple(round(v, 4) for v in b)}"
-    return None
+    return sorted(p for p in folder.iterdir()
+                  if not p.is_symlink() and p.is_file() and p.name.lower().endswith(OUTPUT_ENDINGS))

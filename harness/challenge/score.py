@@ -19,6 +19,15 @@ or crashes, or whose output is missing, unreadable or not on the reference's vox
 recorded with its status and reason and scored as the worst case (Dice 0 for every class), and
 scoring goes on.
 
+What a submission hands over is data to check, never a path to follow or a size to believe
+(:mod:`harness.challenge.outputs`, docs/guide/security.md): its socket slugs (from the image's
+labels) are validated before they name any folder; each run gets an output folder the harness
+has just made; the output is reached without following links, must be one regular file holding
+its own voxels, no larger than the reference grid needs, and its header must match the
+reference's before a voxel is read. Anything else is the status ``refused`` with a reason that
+starts with what was wrong (``symlink``, ``not a regular file``, ``hard link``, ``too large``,
+``external data file``, ``socket slug``), scored as the worst case like the other failures.
+
 Files (``results/<task>/scores/``; the format other tools read, e.g. rankings):
 
 ``<submission>.csv``
@@ -42,12 +51,12 @@ import io
 import json
 import logging
 import math
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -56,11 +65,14 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.challenge.gc_case import clean_metadata, geometry_problem, output_files, write_case
+from harness.challenge.gc_case import write_case
 from harness.challenge.model_tarball import mounted_model, with_models  # noqa: F401 (with_models: the CLI's)
+from harness.challenge.outputs import REFUSED, checked_prediction, container_output, folder_prediction, geometry_problem
+from harness.results.safe_files import MAX_JSON_BYTES, fresh_folder, plain_folder, read_below
 from harness.tasks.descriptor import TaskDescriptor
+from harness.tasks.names import check_slug
 from selfunet.artifacts import atomic_write_json, atomic_write_text
-from selfunet.data.io import SUPPORTED_ENDINGS, save_image, strip_ending
+from selfunet.data.io import SUPPORTED_ENDINGS
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -68,7 +80,7 @@ log = logging.getLogger(__name__)
 CSV_COLUMNS = ("case", "class", "dice", "status", "reason", "seconds")
 OK = "ok"
 #: every status a case can get; all but ``ok`` are scored as the worst case.
-STATUSES = (OK, "timeout", "oom", "crash", "missing", "unreadable", "wrong-geometry")
+STATUSES = (OK, "timeout", "oom", "crash", "missing", "unreadable", "wrong-geometry", REFUSED)
 SELFUNET = "selfunet"
 DEFAULT_INPUT_SLUG = "image"
 DEFAULT_OUTPUT_SLUG = "segmentation"
@@ -153,13 +165,33 @@ def parse_submission(text: str) -> Submission:
 class Sockets:
     inputs: tuple[str, ...] = (DEFAULT_INPUT_SLUG,)
     output: str = DEFAULT_OUTPUT_SLUG
+    problem: str | None = None
+    """why the image's labels name no usable sockets (every case is then ``refused``; no slug of
+    theirs is kept)."""
 
 
 def image_sockets(image_labels: dict[str, str], inputs: list[str] | None, output: str | None) -> Sockets:
-    """The options' slugs, else the ones an exported image names in its labels, else the defaults."""
+    """The options' slugs, else the ones an exported image names in its labels, else the defaults.
+
+    Every slug is checked (:func:`~harness.tasks.names.check_slug`) before anything uses it: a bad
+    one from the options is the user's error (raised); one from the image's labels is the
+    submission's, and comes back as ``problem`` with the default slugs, so it never names a folder.
+    """
+    for slug in inputs or []:
+        check_slug(slug, "--input-slug")
+    if output is not None:
+        check_slug(output, "--output-slug")
     found = [s for s in (image_labels.get(INPUTS_LABEL) or "").split(",") if s]
-    return Sockets(tuple(inputs or found or [DEFAULT_INPUT_SLUG]),
-                   output or image_labels.get(OUTPUT_LABEL) or DEFAULT_OUTPUT_SLUG)
+    sockets = Sockets(tuple(inputs or found or [DEFAULT_INPUT_SLUG]),
+                      output or image_labels.get(OUTPUT_LABEL) or DEFAULT_OUTPUT_SLUG)
+    try:
+        for slug in (*sockets.inputs, sockets.output):
+            check_slug(slug, "socket slug in the image's labels")
+        if len(set(sockets.inputs)) != len(sockets.inputs):
+            raise SelfUNetError(f"input sockets {list(sockets.inputs)} name one twice")
+    except SelfUNetError as exc:
+        return Sockets(problem=f"socket slug: {exc}")
+    return sockets
 
 
 # -- one case scored ------------------------------------------------------------------------------
@@ -212,11 +244,6 @@ def score_case(result: CaseResult, prediction: Path | None, reference: Path, lab
     return result
 
 
-def prediction_file(folder: Path, case_id: str) -> Path | None:
-    found = [p for p in folder.iterdir() if p.is_file() and strip_ending(p) == case_id] if folder.is_dir() else []
-    return sorted(found)[0] if found else None
-
-
 def _last_line(log_path: Path) -> str:
     try:
         lines = [x.strip() for x in log_path.read_text(errors="replace").splitlines()]
@@ -264,47 +291,42 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
     limits = {"case_timeout_s": options.case_timeout_s or task.scoring.case_timeout_s,
               "memory_gb": options.memory_gb or task.scoring.memory_gb or task.resources.memory_gb,
               "cpus": options.cpus or task.scoring.cpus or task.resources.cpus}
+    if sockets.problem:  # the image's labels: the submission's failure, on every case, before any folder
+        return [score_case(CaseResult(c.case_id).fail(REFUSED, sockets.problem), None, c.label, _labels(task),
+                           _scheme(task)) for c in cases], {
+            "kind": "container", "ref": sub.ref, "image": image.id, "tags": image.tags, "limits": limits}
     sandbox = AlgorithmSandbox(image=image.id, client=client, timeout_s=limits["case_timeout_s"],
                                cpus=limits["cpus"], memory_gb=limits["memory_gb"])
-    predictions, logs = scores / "predictions" / sub.name, scores / "logs" / sub.name
-    for folder in (predictions, logs):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+    predictions = fresh_folder(scores, Path("predictions") / sub.name, "harness score")
+    logs = fresh_folder(scores, Path("logs") / sub.name, "harness score")
     results = []
     with tempfile.TemporaryDirectory(prefix="selfunet-score-", ignore_cleanup_errors=True) as tmp, \
             _progress(console) as progress, mounted_model(sub.model) as sandbox.model_dir:
         bar = progress.add_task(f"{task.name}: {sub.name}", total=len(cases))
         for case in cases:
-            inputs = scores / ".inputs" / "-".join(sockets.inputs) / case.case_id
-            if not (inputs / "inputs.json").is_file():
-                shutil.rmtree(inputs, ignore_errors=True)
-                write_case(inputs, case.images, sockets.inputs)
-            output = Path(tmp) / case.case_id
+            inputs_rel = Path(".inputs") / "-".join(sockets.inputs) / case.case_id  # validated slugs only
+            inputs = scores / inputs_rel
+            if not (plain_folder(scores, inputs_rel.parent, "harness score's cases") / case.case_id
+                    / "inputs.json").is_file():
+                write_case(fresh_folder(scores, inputs_rel, "harness score's cases"), case.images, sockets.inputs)
+            output = Path(tmp) / "outputs" / case.case_id  # made fresh by the sandbox, never one made before
             log_path = logs / f"{case.case_id}.log"
             request = SandboxRequest(job_id=f"score-{sub.name}-{case.case_id}", argv=(), log_path=log_path,
                                      read_only=(inputs,), read_write=(output,))
             started = time.perf_counter()
             code = sandbox.run(request, Slot(0, options.gpu))
             result = CaseResult(case.case_id, seconds=time.perf_counter() - started)
-            produced = output_files(output, sockets.output)
             if code == EXIT_TIMEOUT:
                 result.fail("timeout", f"ran past the {limits['case_timeout_s']:g} s limit per case")
             elif code == EXIT_OOM:
                 result.fail("oom", f"killed at the {limits['memory_gb']} GB memory limit")
             elif code != 0:
                 result.fail("crash", f"exit code {code}: {_last_line(log_path)}".rstrip(": "))
-            elif len(produced) != 1:
-                result.fail("missing", f"{len(produced)} image(s) in /output/images/{sockets.output}/, expected 1")
             kept = None
             if result.status == OK:
-                kept = predictions / f"{case.case_id}.mha"
-                try:
-                    output_image = clean_metadata(sitk.ReadImage(str(produced[0])))
-                except RuntimeError as exc:
-                    kept = None
-                    result.fail("unreadable", f"{produced[0].name}: {str(exc).strip().splitlines()[-1][:200]}")
-                else:  # a failed write (full disk) is the harness's problem, not the container's
-                    save_image(kept, output_image)
+                kept = checked_prediction(result, partial(container_output, output, sockets.output),
+                                          f"/output/images/{sockets.output}/", case.label,
+                                          predictions / f"{case.case_id}.mha", Path(tmp) / ".checked" / case.case_id)
             results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
             progress.advance(bar)
     record = {"kind": "container", "ref": sub.ref, "image": image.id, "tags": image.tags,
@@ -317,11 +339,20 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
     return results, record
 
 
-def score_folder(sub: Submission, task: TaskDescriptor, cases: list[TestCase]) -> tuple[list[CaseResult], dict]:
+def score_folder(sub: Submission, task: TaskDescriptor, cases: list[TestCase], scores: Path
+                 ) -> tuple[list[CaseResult], dict]:
+    """Label maps named like the cases, read as a container's output is (links refused, header first;
+    the folder itself is the user's choice and may be a link); kept under predictions/<name>/. A
+    file with several names is allowed here (a folder may share files), not in a container's output."""
     folder = Path(sub.ref)
-    results = [score_case(CaseResult(c.case_id), prediction_file(folder, c.case_id), c.label, _labels(task),
-                          _scheme(task))
-               for c in cases]
+    predictions = fresh_folder(scores, Path("predictions") / sub.name, "harness score")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="selfunet-score-") as tmp:
+        for c in cases:
+            result = CaseResult(c.case_id)
+            kept = checked_prediction(result, partial(folder_prediction, folder, c.case_id), f"{folder}/", c.label,
+                                      predictions / f"{c.case_id}.mha", Path(tmp) / c.case_id, single_link=False)
+            results.append(score_case(result, kept, c.label, _labels(task), _scheme(task)))
     return results, {"kind": "folder", "ref": str(folder.resolve())}
 
 
@@ -329,13 +360,15 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
                  mirroring: bool = True) -> tuple[list[CaseResult], dict]:
     """``selfunet predict --selection`` per case (model loaded per case, as a container does)."""
     selection = work / "selection.json"
-    if not selection.is_file():
+    try:  # a job wrote it: read as the file it is, never through a link
+        chosen = json.loads(read_below(work, Path("selection.json"), "selection.json", MAX_JSON_BYTES))
+    except (FileNotFoundError, NotADirectoryError):
         raise SelfUNetError(f"{selection} not found: run the task first (`harness run {task.source}`), or pass "
-                            "--no-selfunet to score the submissions alone.")
-    predictions, logs = scores / "predictions" / SELFUNET, scores / "logs" / SELFUNET
-    for folder in (predictions, logs):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+                            "--no-selfunet to score the submissions alone.") from None
+    except ValueError as exc:
+        raise SelfUNetError(f"{selection}: not readable JSON ({exc}); rerun `harness run {task.source}`.") from None
+    predictions = fresh_folder(scores, Path("predictions") / SELFUNET, "harness score")
+    logs = fresh_folder(scores, Path("logs") / SELFUNET, "harness score")
     results = []
     with tempfile.TemporaryDirectory(prefix="selfunet-score-") as tmp, _progress(console) as progress:
         bar = progress.add_task(f"{task.name}: {SELFUNET}", total=len(cases))
@@ -352,14 +385,12 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
             if done.returncode != 0:
                 result.fail("crash", f"exit code {done.returncode}: {_last_line(log_path)}")
             else:
-                written = prediction_file(out, case.case_id)
-                if written is not None:
-                    kept = predictions / f"{case.case_id}.mha"
-                    save_image(kept, clean_metadata(sitk.ReadImage(str(written))))
+                kept = checked_prediction(result, partial(folder_prediction, out, case.case_id), f"{out}/",
+                                          case.label, predictions / f"{case.case_id}.mha",
+                                          Path(tmp) / ".checked" / case.case_id)
             results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
             progress.advance(bar)
-    return results, {"kind": SELFUNET, "ref": str(selection), "selection": json.loads(selection.read_text()),
-                     "mirroring": mirroring}
+    return results, {"kind": SELFUNET, "ref": str(selection), "selection": chosen, "mirroring": mirroring}
 
 
 def _labels(task: TaskDescriptor) -> dict[int, str]:
@@ -456,8 +487,7 @@ def score_task(task: TaskDescriptor, submissions: list[Submission], work: Path, 
     names = [s.name for s in submissions]
     if len(set(names)) != len(names):
         raise SelfUNetError(f"--submission names must differ: {sorted(n for n in names if names.count(n) > 1)}.")
-    scores = Path(results) / task.name / "scores"
-    scores.mkdir(parents=True, exist_ok=True)
+    scores = plain_folder(Path(results), Path(task.name) / "scores", "harness score")
     labels = _labels(task)
     queue: list[Submission | None] = [*([None] if selfunet else []), *submissions]
     out: dict[str, list[CaseResult]] = {}
@@ -467,7 +497,7 @@ def score_task(task: TaskDescriptor, submissions: list[Submission], work: Path, 
             name, (case_results, record) = SELFUNET, run_selfunet(task, Path(work), cases, scores, console,
                                                                    options.selfunet_mirroring)
         elif sub.kind == "folder":
-            name, (case_results, record) = sub.name, score_folder(sub, task, cases)
+            name, (case_results, record) = sub.name, score_folder(sub, task, cases, scores)
         else:
             name, (case_results, record) = sub.name, run_container(sub, task, cases, scores, options, console, client)
         record |= {"submission": name, "task": task.name, "cases": [c.case_id for c in cases],

@@ -12,11 +12,19 @@ named, because a challenge scores a misplaced mask silently as a bad one.
 entries ``<TaskName>/<file>`` in sorted order with fixed timestamps and permissions, so the same
 predictions always give the same bytes. (The grand-challenge container export lives in
 ``harness/challenge/gc_export.py``.)
+
+Nothing is read through a link and nothing is deleted through one
+(:mod:`harness.results.safe_files`): ``WORK/selection.json`` and ``WORK/test_predictions/*`` were
+written by jobs, so each is opened without following links (a link is a clean error naming it),
+copied as the regular file it is, and a prediction whose header names another data file is
+refused; ``results/<task>/`` and its ``predictions/`` folder must be real folders (a link there is
+refused, never emptied), and the folder replaced is only ever the one the export made.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import zipfile
@@ -26,7 +34,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from selfunet.artifacts import atomic_write_bytes, atomic_write_text
+from harness.results.safe_files import (
+    MAX_JSON_BYTES,
+    LinkRefused,
+    check_no_links,
+    copy_below,
+    plain_folder,
+    read_below,
+)
+from selfunet.artifacts import atomic_write_bytes
+from selfunet.data.header import ImageRefused, read_image_header
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -38,6 +55,8 @@ ZIP_MODE = 0o644
 SPACING_RTOL = 1e-5
 POSITION_ATOL = 1e-3
 DIRECTION_ATOL = 1e-5
+#: a label map file is never this big (a 1024^3 grid of 64-bit voxels, uncompressed).
+MAX_PREDICTION_BYTES = 8 * 1024**3 + MAX_JSON_BYTES
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,8 @@ def export_target(task, results: Path) -> Path:
                                                            ("export folder", export_folder_name(task)))
                 if value in ("", ".", "..") or any(sep in value for sep in ("/", "\\", "\0"))]
     out = predictions / export_folder_name(task)
+    if not problems:  # a link on the way is refused as such, never followed (safe_files)
+        plain_folder(Path(results), out.relative_to(results), "the export", create=False, missing_ok=True)
     if not problems and out.resolve().parent != predictions.resolve():
         problems.append(f"export folder {export_folder_name(task)!r}")
     if problems:
@@ -132,8 +153,18 @@ def collect_predictions(task, work: Path) -> list[tuple[Path, Path, str]]:
     for case in spec.test:
         name = prediction_name(case, spec.file_ending)
         prediction = source / name
-        if not prediction.is_file():
+        if not os.path.lexists(prediction):
             missing.append(name)
+            continue
+        try:  # written by a job: no link anywhere below WORK, a regular file with its own voxels
+            check_no_links(Path(work), Path("test_predictions") / name, "a test prediction")
+        except LinkRefused as exc:
+            wrong.append(str(exc))
+            continue
+        try:  # no voxels in another file (a header naming a host file would be published with it)
+            read_image_header(prediction, external="refuse", allow_symlink=False)
+        except ImageRefused as exc:
+            wrong.append(f"{prediction}: {exc.problem} (a prediction must hold its own voxels)")
             continue
         problems = header_mismatch(read_header(prediction), read_header(case.images[0]))
         if problems:
@@ -162,23 +193,29 @@ def export_task(task, work: Path, results: Path, make_zip: bool = False) -> Path
     """
     work, results = Path(work), Path(results)
     out = export_target(task, results)
-    target = results / task.name
-    target.mkdir(parents=True, exist_ok=True)
-    if (work / "selection.json").is_file():
-        atomic_write_text(target / "selection.json", (work / "selection.json").read_text())
+    target = plain_folder(results, Path(task.name), "the task's results")
+    try:  # written by the select job: read as the file it is, never through a link
+        selection = read_below(work, Path("selection.json"), "selection.json", MAX_JSON_BYTES)
+    except FileNotFoundError:
+        selection = None
+    if selection is not None:
+        atomic_write_bytes(target / "selection.json", selection)
     if task.export.format == "none":
         return None
     files = collect_predictions(task, work)
     if not files:
         log.info("task %s: no test cases; nothing to export.", task.name)
         return None
+    plain_folder(results, out.relative_to(results).parent, "the export")
+    if os.path.lexists(out):
+        plain_folder(results, out.relative_to(results), "the export", create=False)
     tmp = out.with_name(f".{out.name}.{int(time.time() * 1000)}.tmp")
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
         for prediction, _, name in files:
-            shutil.copyfile(prediction, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
+            copy_below(work, prediction.relative_to(work), tmp / name, "a test prediction", MAX_PREDICTION_BYTES)
+        if os.path.lexists(out):
+            shutil.rmtree(out)  # a real folder (checked above); rmtree never follows links inside it
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,7 +37,9 @@ from rich.console import Console
 
 from harness.results.costs import apply_costs
 from harness.results.ranking import CandidateScores, MissingPolicy, RankRow, TaskRanking, rank_task
+from harness.results.safe_files import plain_folder
 from harness.results.seeds import SEEDS_FILE, apply_seed_means, load_seed_scores
+from harness.tasks.names import RESULTS_RESERVED
 from selfunet.artifacts import atomic_write_text
 from selfunet.errors import SelfUNetError
 
@@ -45,8 +47,8 @@ log = logging.getLogger(__name__)
 
 NA = "n/a"
 SELECTED = "yes"
-#: folders under the results root that are not tasks.
-NOT_TASKS = ("baselines",)
+#: folders under the results root that are not tasks (the names a task may not take).
+NOT_TASKS = RESULTS_RESERVED
 
 
 # -- the rows -------------------------------------------------------------------------------------
@@ -196,6 +198,9 @@ def _finite(value: Any) -> float | None:
 def _load_summary(path: Path):
     from selfunet.evaluation.summary import EvaluationSummary
 
+    if path.is_symlink():  # the folders above are checked by _candidate_folder
+        log.warning("%s: a symbolic link, not read (a job wrote it?); its NSD/HD95 show as n/a.", path)
+        return None
     if not path.is_file():
         return None
     try:
@@ -203,6 +208,11 @@ def _load_summary(path: Path):
     except SelfUNetError as exc:
         log.warning("%s: unreadable (%s); its NSD/HD95 show as n/a.", path, exc)
         return None
+
+
+def _summary_of(work: Path, prediction_dir: str, name: str):
+    folder = _candidate_folder(work, prediction_dir, name)
+    return None if folder is None else _load_summary(folder / "summary.json")
 
 
 def _surface_metrics(summary, labels: dict[str, str], nsd_tol: float | None, hd95: bool
@@ -227,6 +237,24 @@ def _covers(summary, nsd_tol: float | None, hd95: bool) -> bool:
     return summary is not None and metrics_cover(summary.nsd_tolerance_mm, summary.hd95, nsd_tol, hd95)
 
 
+def _candidate_folder(work: Path, prediction_dir: str, name: str) -> Path | None:
+    """``WORK/<prediction_dir>`` of a candidate of a job-written selection.json, or None (with a
+    warning) when its name is not a configuration name (it names a cache folder) or the folder
+    leaves WORK or passes a link there."""
+    from harness.tasks.names import check_configuration, check_relative_inside
+
+    try:
+        for part in str(name).split("+"):
+            check_configuration(part, "candidate name in selection.json")
+        check_relative_inside(prediction_dir, "prediction_dir in selection.json")
+        return plain_folder(work, Path(prediction_dir), "a candidate's predictions", create=False)
+    except FileNotFoundError:
+        return work / prediction_dir
+    except SelfUNetError as exc:
+        log.warning("%s: candidate %r left out of the metrics computed here: %s", work / "selection.json", name, exc)
+        return None
+
+
 def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol: float | None, hd95: bool,
                        processes: int = 1):
     """The candidate's CV evaluation with the metrics asked, postprocessed by ``rule`` when it does something.
@@ -242,7 +270,9 @@ def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol
     from selfunet.inference.postprocess import postprocess_folder
     from selfunet.workdir import WorkDir
 
-    folder = work / prediction_dir
+    folder = _candidate_folder(work, prediction_dir, name)
+    if folder is None:
+        return None
     applies = rule is not None and not rule.is_identity
     own = None if applies else _load_summary(folder / "summary.json")
     if own is not None and _covers(own, nsd_tol, hd95):
@@ -258,7 +288,8 @@ def evaluate_candidate(work: Path, prediction_dir: str, name: str, rule, nsd_tol
     inputs = [folder / f"{c}{references.file_ending}" for c in references.case_ids]
     if not all(p.is_file() for p in inputs):
         return own
-    out = work / "leaderboard" / name / ("postprocessed" if applies else "raw")
+    out = plain_folder(work, Path("leaderboard") / name / ("postprocessed" if applies else "raw"),
+                       "the leaderboard's cache")
     cached = _load_summary(out / "summary.json")
     rule_file = out / "rule.json"
     rule_text = rule.model_dump_json() if applies else ""
@@ -341,7 +372,7 @@ def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_to
         if have_work:
             summary = (evaluate_candidate(work, cand.prediction_dir, cand.name, None, nsd_tolerance_mm, hd95,
                                           processes) if compute else
-                       _load_summary(work / cand.prediction_dir / "summary.json"))
+                       _summary_of(work, cand.prediction_dir, cand.name))
         nsd, hd = _surface_metrics(summary, labels, nsd_tolerance_mm, hd95)
         spread = cand.fold_spread if cand.fold_spread is not None else _pair_spread(summary, labels, folds)
         raw = Row(cand.name, list(cand.members), "none", False, _finite(cand.mean_foreground_dice),
@@ -408,9 +439,13 @@ def average_per_case_over_seeds(board: Leaderboard, work: Path, scores: dict, pr
 
     averaged: dict[int, list[dict[str, dict[str, float]]]] = {}
     for rel in (scores.get("work_dirs") or {}).values():
-        seed_dir = (work / rel).resolve()
+        seed_dir = (work / str(rel)).resolve()
         if seed_dir == work.resolve():
             continue
+        if work.resolve() not in seed_dir.parents:  # seeds.json is a job's file: its folders stay in WORK
+            log.warning("%s: work_dirs names %s, outside the work directory; per-case Dice not averaged.",
+                        work / SEEDS_FILE, seed_dir)
+            return False
         try:
             selection = Selection.load(seed_dir / "selection.json")
         except SelfUNetError:

@@ -7,7 +7,9 @@ limits, an OOM kill and a timeout named in the log and returned as their own exi
 container always removed), with the platform's contract instead of ``selfunet ARGV``:
 
 - the case folder is mounted read-only at ``/input`` and a fresh folder read-write at
-  ``/output`` (the request's one ``read_only`` and one ``read_write`` path);
+  ``/output`` (the request's one ``read_only`` and one ``read_write`` path): :meth:`run` makes
+  the output folder itself and refuses one that exists, so nothing the submission (or anyone)
+  prepared there before the run is ever read back as its output;
 - the image's own entry point and command, and its own user (the platform runs an algorithm as
   the user its image declares; the output folder is made writable for it), except root: an image
   that declares none (or root) runs as ``nobody`` (:data:`NOBODY`), since a submission is code
@@ -77,6 +79,12 @@ class AlgorithmSandbox(DockerSandbox):
 
     def run(self, request: SandboxRequest, slot: Slot) -> int:
         output = Path(request.read_write[0])
-        output.mkdir(parents=True, exist_ok=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            output.mkdir()  # fresh: an output folder is never reused
+        except FileExistsError:
+            raise SelfUNetError(f"job {request.job_id}: the output folder {output} exists already; an algorithm "
+                                "run writes into a folder made for it (the harness's own error: please report "
+                                "it).") from None
         output.chmod(0o777)  # written by the image's user, whoever that is
         return super().run(request, slot)

@@ -24,6 +24,10 @@ STAGES = ("check", "fingerprint", "plan", "preprocess", "train", "crossval", "se
 #: processes + threads one job may hold: training uses a few data-loader workers and a few dozen
 #: threads each; a runaway fork loop stops here instead of exhausting the host's pid space.
 DEFAULT_PIDS_LIMIT = 4096
+#: Linux's own ceiling on pids; a larger limit means nothing.
+MAX_PIDS_LIMIT = 4_194_304
+#: longest stage timeout a descriptor may set (30 days): finite, so `.inf` is refused when validated.
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
 #: memory limit of a job when neither the descriptor (``resources.memory_gb``) nor ``--memory-gb``
 #: sets one: this fraction of the memory of the machine the engine runs on, so one runaway job is
 #: OOM-killed (and reported) before the host starts swapping or its own OOM killer picks a victim.
@@ -36,7 +40,7 @@ _CAPABILITY = re.compile(r"(CAP_)?[A-Z][A-Z0-9_]*")
 class ContainerPolicy(BaseModel):
     """The descriptor's ``container:`` section (every default is the hardened setting)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     capabilities: list[str] = Field(default_factory=list)
     """Linux capabilities added back after dropping all (e.g. ``[SYS_PTRACE]`` to attach a debugger)."""
@@ -44,7 +48,7 @@ class ContainerPolicy(BaseModel):
     """``false`` lets set-uid binaries raise privileges inside the container."""
     read_only_root: bool = True
     """``false`` makes the image's filesystem writable (``/tmp`` is a tmpfs either way when true)."""
-    pids_limit: Optional[int] = Field(default=DEFAULT_PIDS_LIMIT, ge=16)
+    pids_limit: Optional[int] = Field(default=DEFAULT_PIDS_LIMIT, ge=16, le=MAX_PIDS_LIMIT, strict=True)
     """most processes + threads at once; ``null`` for the engine's default (no limit)."""
     network: bool = False
     """``true`` attaches the engine's default bridge network (jobs need none)."""
@@ -65,8 +69,9 @@ class ContainerPolicy(BaseModel):
         for stage, seconds in value.items():
             if stage not in (*STAGES, "default"):
                 raise ValueError(f"unknown stage '{stage}'; use one of {', '.join(STAGES)} or default")
-            if not seconds > 0:
-                raise ValueError(f"timeout of '{stage}' must be > 0 seconds, got {seconds}")
+            if not 0 < seconds <= MAX_TIMEOUT_S:
+                raise ValueError(f"timeout of '{stage}' must be > 0 and at most {MAX_TIMEOUT_S:.0f} seconds (30 days), "
+                                 f"got {seconds}")
         return value
 
     def timeout_for(self, stage: str) -> float | None:

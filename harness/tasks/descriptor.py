@@ -20,12 +20,13 @@ import hashlib
 import json
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.tasks.yaml_reader import load_raw
 from harness.sandboxes.policy import ContainerPolicy
+from harness.tasks.names import reserved_name_problem
+from harness.tasks.yaml_reader import load_raw
 from selfunet.errors import SelfUNetError, clip, quote
 from selfunet.planning.presets import PRESETS
 from selfunet.training.budgets import BUDGETS, budget_config
@@ -39,18 +40,34 @@ KNOWN_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 #: task names and export folders: one path component of letters, digits, ``_ . -`` (no ``/``, no ``..``).
 PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
+# Ranges of every number a descriptor sets: a value outside is refused by `harness validate`, with
+# the range, instead of failing hours later (a seed numpy cannot take) or never (an infinite limit).
+#: seeds: what numpy's and torch's generators take.
+SEED_MAX = 2**32 - 1
+#: GPU memory target of the planner, GB (the largest GPUs have ~192).
+MAX_GPU_MEMORY_GB = 1024.0
+#: memory limit of a job or a scoring container, GB.
+MAX_MEMORY_GB = 16384.0
+#: CPUs of a job or a scoring container.
+MAX_CPUS = 1024
+#: seconds one submission may run on one case (the platform allows far less).
+MAX_CASE_TIMEOUT_S = 24 * 3600.0
+#: a demo dataset is for trying things out.
+MAX_DEMO_CASES = 1000
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Budget(_Strict):
     """A named preset (``selfunet.training.budgets``) plus optional overrides of its fields."""
 
     preset: str = "full"
-    epochs: Optional[int] = Field(default=None, ge=1)
-    iterations_per_epoch: Optional[int] = Field(default=None, ge=1)
-    validation_iterations: Optional[int] = Field(default=None, ge=0)
+    epochs: Optional[int] = Field(default=None, ge=1, le=100_000, strict=True)
+    iterations_per_epoch: Optional[int] = Field(default=None, ge=1, le=1_000_000, strict=True)
+    validation_iterations: Optional[int] = Field(default=None, ge=0, le=1_000_000, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -68,16 +85,16 @@ class Budget(_Strict):
 class Metrics(_Strict):
     """Dice is always computed; NSD and HD95 only when asked (they cost surface distances)."""
 
-    nsd_tolerance_mm: Optional[float] = Field(default=None, gt=0)
+    nsd_tolerance_mm: Optional[float] = Field(default=None, gt=0, le=1000)
     hd95: bool = False
 
 
 class Demo(_Strict):
     """Generate the synthetic demo task into ``dataset`` on first use (``selfunet demo-data``)."""
 
-    cases: int = Field(default=8, ge=2)
-    test_cases: int = Field(default=2, ge=0)
-    seed: int = 0
+    cases: int = Field(default=8, ge=2, le=MAX_DEMO_CASES, strict=True)
+    test_cases: int = Field(default=2, ge=0, le=MAX_DEMO_CASES, strict=True)
+    seed: Seed = 0
     variant: Literal["default", "regions", "sparse"] = "default"
     """``regions``: BraTS-like nested regions; ``sparse``: a few annotated slices, the rest ``ignore``."""
 
@@ -102,8 +119,8 @@ class Resources(_Strict):
     the Docker sandbox enforces both (without ``memory_gb``: a fraction of the host's memory,
     :data:`harness.sandboxes.policy.DEFAULT_MEMORY_FRACTION`)."""
 
-    cpus: int = Field(default=2, ge=1)
-    memory_gb: Optional[float] = Field(default=None, gt=0)
+    cpus: int = Field(default=2, ge=1, le=MAX_CPUS, strict=True)
+    memory_gb: Optional[float] = Field(default=None, gt=0, le=MAX_MEMORY_GB)
 
 
 class Holdout(_Strict):
@@ -116,7 +133,7 @@ class Holdout(_Strict):
 
     cases: Optional[list[str]] = None
     fraction: Optional[float] = Field(default=None, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _one_of(self) -> Holdout:
@@ -147,10 +164,10 @@ class Holdout(_Strict):
 class Scoring(_Strict):
     """Limits of one submission container on one case (``harness score``); like the platform's."""
 
-    case_timeout_s: float = Field(default=600.0, gt=0)
-    memory_gb: Optional[float] = Field(default=None, gt=0)
+    case_timeout_s: float = Field(default=600.0, gt=0, le=MAX_CASE_TIMEOUT_S)
+    memory_gb: Optional[float] = Field(default=None, gt=0, le=MAX_MEMORY_GB)
     """default: ``resources.memory_gb``."""
-    cpus: Optional[float] = Field(default=None, gt=0)
+    cpus: Optional[float] = Field(default=None, gt=0, le=MAX_CPUS)
     """default: ``resources.cpus``."""
     missing: Literal["worst", "value", "exclude"] = "worst"
     """how a missing or failed case counts in the rankings (:class:`harness.results.ranking.MissingPolicy`):
@@ -174,17 +191,17 @@ class TaskDescriptor(_Strict):
     demo: Optional[Demo] = None
     configurations: Optional[list[str]] = None
     """configurations to train and consider; default: every one the planner makes."""
-    folds: Optional[int] = Field(default=None, ge=2)
+    folds: Optional[int] = Field(default=None, ge=2, le=1000, strict=True)
     """cross-validation folds (2 up to the number of training cases); default: the budget preset's
     (5 for ``full``)."""
     budget: Budget = Field(default_factory=Budget)
-    gpu_memory_gb: float = Field(default=8.0, gt=0)
+    gpu_memory_gb: float = Field(default=8.0, gt=0, le=MAX_GPU_MEMORY_GB)
     """the default planner's GPU memory target; the residual-encoder presets keep their own."""
     planners: list[str] = Field(default_factory=lambda: ["default"])
     """planner presets to plan, train and select across (``default``, ``resenc-m``, ``resenc-l``,
     ``resenc-xl``); each preset's configurations are candidates named ``<config>@<preset>``."""
     metrics: Metrics = Field(default_factory=Metrics)
-    seed: int = 0
+    seed: Seed = 0
     training: dict[str, Any] = Field(default_factory=dict)
     """TrainConfig fields the train jobs run with, over the budget preset (``momentum: 0.9``;
     augmentation ones under ``augmentation:``, e.g. ``{p_rotation: 0.0}``): every ``selfunet train``
@@ -208,6 +225,14 @@ class TaskDescriptor(_Strict):
         if self.test_labels is not None and self.holdout is not None:
             raise ValueError("'test_labels' and 'holdout' both given; a task has one held-out test set: keep one")
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        problem = reserved_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("training")
     @classmethod
@@ -355,10 +380,11 @@ def _describe(err: dict, path: Path) -> str:
     return f"{path}: key '{key}': {msg}{shown}; fix the value."
 
 
-def load_task(path: Path) -> TaskDescriptor:
-    """Read, include, merge and validate one descriptor; every problem in one error."""
+def load_task(path: Path, root: Path | None = None) -> TaskDescriptor:
+    """Read, include, merge and validate one descriptor; every problem in one error. ``root``: the
+    tasks root its includes must lie in (:func:`harness.tasks.yaml_reader.load_raw`)."""
     path = Path(path)
-    raw = load_raw(path)
+    raw = load_raw(path, root)
     try:
         task = TaskDescriptor.model_validate(raw)
     except ValidationError as exc:
@@ -382,40 +408,54 @@ def dataset_problem(task: TaskDescriptor) -> str | None:
     return None
 
 
-def discover(paths: list[Path] | None = None) -> list[Path]:
-    """Descriptor files named by ``paths`` (files, or folders searched recursively), sorted, bases left out."""
+def discover_with_roots(paths: list[Path] | None = None) -> list[tuple[Path, Path | None]]:
+    """(descriptor file, tasks root) for every file named by ``paths``: a folder is searched
+    recursively (sorted, bases left out) and is the root of what is found in it; a file named
+    itself gets None (its own folder, :func:`harness.tasks.yaml_reader.load_raw`)."""
     paths = list(paths) if paths else [DEFAULT_TASKS_DIR]
-    found: list[Path] = []
+    found: dict[Path, Path | None] = {}
     for p in paths:
         p = Path(p)
         if p.is_dir():
             for f in sorted(p.rglob("*.y*ml")):
                 rel = f.relative_to(p)
                 if f.suffix in (".yaml", ".yml") and not any(part.startswith(BASE_PREFIXES) for part in rel.parts):
-                    found.append(f)
+                    found.setdefault(f, p)
         elif p.is_file():
-            found.append(p)
+            found.setdefault(p, None)
         else:
             raise SelfUNetError(f"{p}: no such task file or folder; pass a descriptor (tasks/demo.yaml) or a folder.")
-    return list(dict.fromkeys(found))
+    return list(found.items())
 
 
-def load_tasks(paths: list[Path] | None = None) -> list[TaskDescriptor]:
-    """All tasks under ``paths``; every broken descriptor reported together; duplicate names refused."""
+def discover(paths: list[Path] | None = None) -> list[Path]:
+    """Descriptor files named by ``paths`` (files, or folders searched recursively), sorted, bases left out."""
+    return [f for f, _ in discover_with_roots(paths)]
+
+
+def load_tasks(paths: list[Path] | None = None, root: Path | None = None) -> list[TaskDescriptor]:
+    """All tasks under ``paths``; every broken descriptor reported together; names that differ only
+    in case refused (they share a results folder on a case-insensitive disk, and an image tag).
+
+    ``root`` (``--tasks-root``): the folder every descriptor and include must lie in; default the
+    folder each was found in, or a named file's own folder."""
     tasks, errors = [], []
-    for f in discover(paths):
+    for f, found_in in discover_with_roots(paths):
         try:
-            tasks.append(load_task(f))
+            tasks.append(load_task(f, root if root is not None else found_in))
         except SelfUNetError as exc:
             errors.append(str(exc))
     if errors:
         raise SelfUNetError("\n".join(errors))
-    seen: dict[str, Path] = {}
+    seen: dict[str, TaskDescriptor] = {}
     for t in tasks:
-        if t.name in seen:
-            raise SelfUNetError(f"{t.source}: key 'name': task '{t.name}' is also defined in {seen[t.name]}; "
-                                "give each task its own name.")
-        seen[t.name] = t.source
+        other = seen.get(t.name.casefold())
+        if other is not None:
+            clash = (f"is also defined in {other.source}" if other.name == t.name else
+                     f"and task '{other.name}' of {other.source} differ only in case")
+            raise SelfUNetError(f"{t.source}: key 'name': task '{t.name}' {clash}; give each task its own name "
+                                "(names are compared without regard to case: they name folders and image tags).")
+        seen[t.name.casefold()] = t
     return tasks
 
 

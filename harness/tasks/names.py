@@ -34,6 +34,22 @@ IMAGE_REFERENCE = re.compile(rf"{_NAME}(?::{_TAG})?(?:@{_DIGEST})?")
 IMAGE_TAG = re.compile(rf"{_NAME}(?::{_TAG})?")
 
 
+#: what the harness itself writes or reads at the top of a results folder, beside the task folders
+#: ``results/<task>/`` (harness.results.publish, harness.report.html, harness.results.compare): a task
+#: of one of these names would overwrite it or be mistaken for it. Compared without regard to
+#: case (a case-insensitive file system makes ``Index.html`` the same file). Names starting with
+#: ``.`` (the lock files, temp files) are refused by the name pattern already.
+RESULTS_RESERVED = ("index.html", "leaderboard.md", "leaderboard.csv", "baselines")
+
+
+def reserved_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a task name in the results layout (None when it can)."""
+    if name.casefold() in {r.casefold() for r in RESULTS_RESERVED}:
+        return (f"'{name}' is a name the results folder uses itself ({', '.join(RESULTS_RESERVED)}); "
+                "rename the task")
+    return None
+
+
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -5,10 +5,21 @@ cannot see: bytes that are not UTF-8 (the line is named), files far too large to
 descriptor, YAML aliases (a few nested ones expand to billions of nodes), keys given twice, deep
 nesting. ``include:`` chains are followed (relative to the including file, with cycles refused)
 and merged, and path-valued keys are resolved against the file that sets them.
+
+Includes stay inside the *tasks root*: the folder the descriptors were found in (or the named
+descriptor file's own folder), or the folder given with ``--tasks-root``. Each path is checked as
+written and with every link resolved, before the file is opened or even looked for, so neither
+``include: /home/me/.ssh/config`` nor a link in the tasks folder that points out of it is read,
+and a refused include is named by its path only, never by anything it holds. Each file is read
+and parsed once per load (a diamond of includes costs one read per file, not 2^depth), at most
+:data:`MAX_INCLUDE_FILES` of them; the size is checked before reading
+(:func:`~selfunet.artifacts.read_user_text`).
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +30,8 @@ from selfunet.errors import SelfUNetError, clip, quote
 
 #: a descriptor is a few hundred bytes; anything this big is not one (and would be slow to parse).
 MAX_DESCRIPTOR_BYTES = 256 * 1024
+#: distinct files one descriptor may pull in through ``include:`` (the shipped tasks use 1).
+MAX_INCLUDE_FILES = 64
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -50,7 +63,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 
 def _read_yaml(path: Path, included_from: Path | None) -> dict:
-    if not path.is_file():
+    if not path.exists():  # a folder, FIFO or device is named as such by read_user_text
         where = f" (included from {included_from})" if included_from else ""
         raise SelfUNetError(f"{path}: descriptor not found{where}; fix the path (includes are relative to the "
                             "including file) or create the file.")
@@ -80,29 +93,77 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """The merged mapping of ``path`` and its includes (recursively), relative dataset resolved."""
-    path = path.resolve()
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path))
-        raise SelfUNetError(f"{chain[-1]}: key 'include': include cycle {cycle}; remove one of these includes.")
-    raw = _read_yaml(path, chain[-1] if chain else None)
-    includes = raw.pop("include", [])
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise SelfUNetError(f"{path}: key 'include': expected a file path or a list of file paths, got "
-                            f"{quote(includes)}.")
-    merged: dict = {}
-    for include in includes:
-        merged = _merge(merged, load_raw(path.parent / include, (*chain, path)))
-    if raw.get("dataset") == "":
-        raise SelfUNetError(f"{path}: key 'dataset': empty; set it to the dataset folder (relative to {path.parent}).")
-    for key in ("dataset", "test_labels"):
-        if isinstance(raw.get(key), str):
-            try:
-                raw[key] = str((path.parent / Path(raw[key]).expanduser()).resolve())
-            except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
-                raise SelfUNetError(f"{path}: key '{key}': {quote(raw[key])} is not a usable path ({exc}); "
-                                    "set it to a folder.") from None
-    return _merge(merged, raw)
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in ``root`` (both absolute and normalised), by whole path components."""
+    try:
+        return os.path.commonpath([str(path), str(root)]) == str(root)
+    except ValueError:  # different drives
+        return False
+
+
+def check_inside_root(path: Path, root: Path, included_from: Path | None) -> Path:
+    """``path`` with links resolved; refused when it leaves ``root`` as written or once links are
+    resolved. Only paths are named in the message: a file outside is never opened."""
+    root = Path(os.path.realpath(root))
+    lexical = Path(os.path.normpath(os.path.abspath(path)))
+    real = Path(os.path.realpath(path))
+    if inside(lexical, root) and inside(real, root):
+        return real
+    where = f"{included_from}: key 'include': " if included_from else ""
+    via = f" (a link to {real})" if inside(lexical, root) else ""
+    raise SelfUNetError(f"{where}{path}{via} lies outside the tasks root {root}; a descriptor may include only "
+                        "files under it. Move the file into the tasks folder, or name a folder that holds both "
+                        "with --tasks-root DIR.")
+
+
+class _Loader:
+    """One descriptor's include graph: every file inside ``root``, each read once, cycles refused,
+    at most :data:`MAX_INCLUDE_FILES` files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.realpath(root))
+        self.done: dict[Path, dict] = {}
+
+    def load(self, path: Path, chain: tuple[Path, ...]) -> dict:
+        path = check_inside_root(path, self.root, chain[-1] if chain else None)
+        if path in chain:
+            cycle = " -> ".join(str(p) for p in (*chain, path))
+            raise SelfUNetError(f"{chain[-1]}: key 'include': include cycle {cycle}; remove one of these includes.")
+        if path in self.done:  # a diamond: a base reached twice is read once
+            return copy.deepcopy(self.done[path])
+        if len(self.done) + len(chain) >= MAX_INCLUDE_FILES:
+            raise SelfUNetError(f"{chain[-1]}: key 'include': more than {MAX_INCLUDE_FILES} descriptor files in one "
+                                "include graph; a task needs a base or two.")
+        raw = _read_yaml(path, chain[-1] if chain else None)
+        includes = raw.pop("include", [])
+        if isinstance(includes, str):
+            includes = [includes]
+        if not isinstance(includes, list) or not all(isinstance(i, str) and i and "\0" not in i for i in includes):
+            raise SelfUNetError(f"{path}: key 'include': expected a file path or a list of file paths, got "
+                                f"{quote(includes)}.")
+        merged: dict = {}
+        for include in includes:
+            merged = _merge(merged, self.load(path.parent / Path(include).expanduser(), (*chain, path)))
+        if raw.get("dataset") == "":
+            raise SelfUNetError(f"{path}: key 'dataset': empty; set it to the dataset folder (relative to "
+                                f"{path.parent}).")
+        for key in ("dataset", "test_labels"):
+            if isinstance(raw.get(key), str):
+                try:
+                    raw[key] = str((path.parent / Path(raw[key]).expanduser()).resolve())
+                except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
+                    raise SelfUNetError(f"{path}: key '{key}': {quote(raw[key])} is not a usable path ({exc}); "
+                                        "set it to a folder.") from None
+        out = _merge(merged, raw)
+        self.done[path] = copy.deepcopy(out)
+        return out
+
+
+def load_raw(path: Path, root: Path | None = None) -> dict:
+    """The merged mapping of ``path`` and its includes (recursively), relative dataset resolved.
+
+    ``root``: the tasks root every file must lie in; default the folder ``path`` really lies in
+    (links resolved), so naming a descriptor file always works and its includes stay beside it.
+    """
+    path = Path(path)
+    return _Loader(Path(os.path.realpath(path)).parent if root is None else Path(root)).load(path, ())

@@ -114,7 +114,10 @@ def test_include_overrides_and_merges_mappings(tmp_path: Path, dataset: Path) ->
 def test_nested_includes_and_dataset_relative_to_the_file_that_names_it(tmp_path: Path, dataset: Path) -> None:
     write(tmp_path / "bases" / "deep.yaml", "dataset: ../data/Task99_Fake\nfolds: 4\n")
     write(tmp_path / "tasks" / "_base" / "mid.yaml", "include: ../../bases/deep.yaml\nseed: 3\n")
-    task = load_task(write(tmp_path / "tasks" / "t.yaml", "include: [_base/mid.yaml]\nname: t\n"))
+    descriptor = write(tmp_path / "tasks" / "t.yaml", "include: [_base/mid.yaml]\nname: t\n")
+    # bases/ lies outside the tasks folder: allowed only with a tasks root that holds both
+    assert "outside the tasks root" in load_error(descriptor)
+    task = load_task(descriptor, root=tmp_path)
     assert task.dataset == dataset.resolve()
     assert (task.folds, task.seed) == (4, 3)
 

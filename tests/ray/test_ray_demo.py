@@ -44,7 +44,8 @@ def selection(work: Path) -> dict:
 @pytest.mark.slow
 def test_demo_task_selects_the_same_model_with_ray_as_locally(ray_address: str, tmp_path: Path) -> None:
     descriptor = tmp_path / "demo_2d.yaml"
-    descriptor.write_text(f"include: {REPO / 'tasks' / 'demo.yaml'}\nconfigurations: [2d]\n")
+    shutil.copy(REPO / "tasks" / "demo.yaml", tmp_path / "_demo.yaml")  # includes stay in the tasks folder
+    descriptor.write_text("include: _demo.yaml\nconfigurations: [2d]\n")
     local = harness_run(descriptor, tmp_path, "results_local", "--executor", "local")
     work = Path(local["work"])
     expected = selection(work)
