@@ -238,15 +238,20 @@ def status(
 
     out = Console()
     if not watch:
-        out.print(view())
+        out.print(view(), soft_wrap=True)  # a log path stays one line, to copy
         return
-    with Live(view(), console=out, refresh_per_second=1, screen=False) as live:
-        try:
+    try:
+        if not out.is_terminal:  # a log or a pipe: one view after the other, as `watch` would
+            while True:
+                out.print(view(), soft_wrap=True)
+                out.file.flush()
+                _time.sleep(interval)
+        with Live(view(), console=out, refresh_per_second=1, screen=False) as live:
             while True:
                 _time.sleep(interval)
                 live.update(view())
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
 
 
 def _slurm_executor(tasks: list, work_root: Path, slurm: dict, detach: bool, max_retries: int, ctx):

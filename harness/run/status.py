@@ -275,7 +275,7 @@ def rows(s: Summary, all_jobs: bool = False) -> list[list[str]]:
 def stage_table(s: Summary) -> list[list[str]]:
     """Per stage: done / total and the mean time of its finished jobs (what the ETA learns from)."""
     stages: dict[str, list[dict]] = {}
-    for j in s.jobs:
+    for j in sorted(s.jobs, key=lambda j: (j.get("started") is None, j.get("started") or 0)):  # pipeline order
         stages.setdefault(j.get("stage", "?"), []).append(j)
     out = []
     for stage, jobs in stages.items():
@@ -286,21 +286,23 @@ def stage_table(s: Summary) -> list[list[str]]:
 
 
 def render(s: Summary, all_jobs: bool = False) -> Group:
-    """The terminal view."""
+    """The terminal view: the head line, the stages, then one line per job listed (its log or reason
+    indented below it); job lines are never wrapped or cut, so a path stays one word to copy."""
     head = Text.assemble(("harness status ", "bold"), (s.state, STYLE.get(s.state, "bold")), ": ", _head(s))
-    table = Table(box=None, pad_edge=False, show_header=True)
-    for column in ("job", "state", "time", "where", "log / reason"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("state", "time"))
-    for row in rows(s, all_jobs):
-        table.add_row(row[0], Text(row[1], style=STYLE.get(row[1], "")), *row[2:])
     stages = Table(box=None, pad_edge=False, show_header=True)
     for column in ("stage", "done", "mean time"):
         stages.add_column(column)
     for row in stage_table(s):
         stages.add_row(*row)
     parts: list = [head, stages]
-    if table.row_count:
-        parts.append(table)
+    listed = rows(s, all_jobs)
+    width = max((len(r[0]) for r in listed), default=0)
+    for job, state, took, where, note in listed:
+        parts.append(Text.assemble((f"{state:<11}", STYLE.get(state, "")), f" {job:<{width}}  {took:>7}  {where}",
+                                   no_wrap=True, overflow="ignore"))
+        if note:
+            parts.append(Text(f"{'':<12}{note}", style="dim" if state == "running" else "", no_wrap=True,
+                              overflow="ignore"))
     return Group(*parts)
 
 

@@ -107,3 +107,26 @@ def test_a_killed_run_shows_as_stopped_and_no_state_is_a_clean_error(tmp_path: P
     assert "node7 (10.0.0.7 gpu 3)" in page  # where the log's first line says it runs
     missing = CliRunner().invoke(app, ["status", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "no run state" in missing.output
+
+
+def test_watch_redraws_until_ctrl_c(tmp_path: Path) -> None:
+    import signal
+
+    state = RunState(tmp_path, None, "local", "process", 2)
+    state.flush()
+    out = tmp_path / "watch.txt"
+    with open(out, "w") as handle:
+        watch = subprocess.Popen([sys.executable, "-m", "harness.cli", "status", str(tmp_path), "--watch",
+                                  "--interval", "0.5"], stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "harness status" not in out.read_text() and watch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.2)  # a redraw or two
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, out.read_text()
+    assert "harness status running" in out.read_text()
