@@ -292,6 +292,9 @@ def predict(
 
     if (work is None) == (model is None):
         raise SelfUNetError("predict: give either --work WORK or --model model.zip.")
+    from selfunet.inference.predict import refuse_overlapping_output
+
+    refuse_overlapping_output(inputs, output)  # before the model is even read
     rule = None
     members = list(configurations or [])
     if model is not None:

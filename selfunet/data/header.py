@@ -328,8 +328,9 @@ def header_problems(header: ImageHeader, bounds: ImageBounds | None = None) -> l
     if not found and capacity is not None and header.nbytes > capacity:
         where = header.data_files[0].name if header.data_files else "the file"
         found.append(HeaderProblem(
-            "voxel data", f"the header declares {_gib(header.nbytes)} of voxels (size {header.size}, "
-            f"{header.pixel_type}), but {where} holds only {header.stored_bytes:,} bytes of {header.encoding} data "
+            "voxel data", f"the header declares {header.voxels:,} voxels ({_gib(header.nbytes)} of "
+            f"{header.pixel_type}, size {header.size}), but {where} holds only {header.stored_bytes:,} bytes of "
+            f"{header.encoding} data "
             f"(at most {_gib(capacity)} when decoded): the file is truncated or its header lies",
             "re-export or download the image again", "truncated"))
     return found

@@ -43,6 +43,9 @@ class ImageRefused(SelfUNetError):
         super().__init__(f"{path}: {problem}; {fix}.")
         self.path, self.reason, self.problem, self.fix = Path(path), reason, problem, fix
 
+    def __reduce__(self):  # crosses process boundaries intact (a worker's error reaches the parent)
+        return (type(self), (self.path, self.reason, self.problem, self.fix))
+
 
 #: deflate (gzip, zlib) cannot expand data by more than 1032:1 (a 258-byte match per 2 bits), so a
 #: compressed file of n bytes holds at most this many times n bytes of voxels.

@@ -166,7 +166,7 @@ def preprocess_case(
     spacing = [float(s) for s in geometry.spacing]
     spacing_t = [spacing[a] for a in forward]
     target = target_spacing_for(configuration, spacing_t)
-    new_shape = compute_new_shape(data.shape[1:], spacing_t, target)
+    new_shape = compute_new_shape(data.shape[1:], spacing_t, target, what=f"case '{case_id}'")
     data = resample_image(data, spacing_t, new_shape=new_shape, settings=configuration.resampling)
     classes: list[int] = []
     if seg is not None:

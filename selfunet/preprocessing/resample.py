@@ -22,6 +22,7 @@ axes the in-plane order, so thick slices are never blurred into each other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -30,6 +31,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from selfunet.data.cropping import bounding_box
+from selfunet.data.header import ENV_MAX_VOXELS, image_bounds
 from selfunet.errors import SelfUNetError
 from selfunet.planning.plan_types import ResamplingSettings
 
@@ -37,19 +39,39 @@ SUPPORTED_ORDERS = (0, 1, 3)
 
 
 def compute_new_shape(
-    shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]
+    shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float], what: str = "the image",
+    max_voxels: int | None = None,
 ) -> tuple[int, ...]:
-    """``round(shape * spacing / target_spacing)`` per axis (at least 1 voxel)."""
+    """``round(shape * spacing / target_spacing)`` per axis (at least 1 voxel).
+
+    The result is bounded before anything is allocated: a header spacing of 1000 mm resampled to
+    1 mm would otherwise ask for terabytes. ``max_voxels`` defaults to the image bound
+    (:func:`selfunet.data.header.image_bounds`); ``what`` names the case in the message.
+    """
     if len(shape) != len(spacing) or len(shape) != len(target_spacing):
         raise SelfUNetError(
             f"shape {tuple(shape)}, spacing {tuple(spacing)} and target spacing {tuple(target_spacing)} "
             "must have the same number of axes."
         )
-    if min(spacing) <= 0 or min(target_spacing) <= 0:
+    if not all(math.isfinite(s) and s > 0 for s in (*spacing, *target_spacing)):
         raise SelfUNetError(f"spacings must be positive, got {tuple(spacing)} -> {tuple(target_spacing)}.")
-    return tuple(
+    new_shape = tuple(
         max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing, strict=True)
     )
+    limit = image_bounds().max_voxels if max_voxels is None else max_voxels
+    voxels = math.prod(new_shape)
+    if voxels > limit:
+        raise SelfUNetError(
+            f"{what}: resampling shape {tuple(shape)} at spacing {_mm(spacing)} to the target spacing "
+            f"{_mm(target_spacing)} would make {voxels:,} voxels (shape {new_shape}), more than the bound of "
+            f"{limit:,}; the header's spacing is probably wrong: fix it (`selfunet check` shows every case's "
+            f"spacing problems), or raise the bound ({ENV_MAX_VOXELS}, docs/guide/security.md) if it is real."
+        )
+    return new_shape
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ") mm"
 
 
 def anisotropic_axis(
