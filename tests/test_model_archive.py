@@ -111,7 +111,8 @@ def test_a_damaged_archive_is_refused_naming_the_file(exported: tuple[Path, Path
             if name == "weights/3d_fullres/fold_1.pt":
                 data = data[:-8] + b"\0" * 8
             target.writestr(name, data)
-    result = runner.invoke(app, ["predict", str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(damaged)])
+    (tmp_path / "in").mkdir()
+    result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(damaged)])
     assert result.exit_code == 1
     assert "fold_1.pt" in result.output and "sha256" in result.output
 
