@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 #: the most bytes of network output one batch of windows may hold (float32, all classes): with a
 #: hundred classes a 128^3 window alone is 0.8 GB, so such plans predict one window at a time.
 BATCH_OUTPUT_BYTES = 256 * 2**20
+#: the most bytes of finished rows (float32, all classes) handed over at once.
+HANDOVER_BYTES = 128 * 2**20
 
 Window = tuple[slice | int, ...]
 """Index into the spatial axes of the (padded) image: an ``int`` picks a slice (2D-on-3D)."""
@@ -221,20 +223,30 @@ def stream_logits(
         for net in networks:
             stack.enter_context(_eval_without_deep_supervision(net))
         stack.enter_context(torch.inference_mode())
+        # finished rows are handed over a few at a time: their logits, probabilities and reverted
+        # copies then stay small next to the sums in flight, whatever the number of classes
+        row_bytes = 4 * num_classes * math.prod(padded[1:])
+        rows_per_yield = max(1, HANDOVER_BYTES // row_bytes)
+
         def finish(done: int) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
             """Hand over rows [base, done), which no window left to run touches."""
             nonlocal base
             while base < done:
                 n = min(done - base, capacity)  # more only where no window covers rows (a capped grid)
-                weights = weight_sum if slice_weights else weight_sum[base : base + n]
-                # rows of the image (the padding rows of axis 0 are dropped)
-                first, last = max(base - row_offset, 0), min(base + n - row_offset, spatial[0])
-                if last > first:
-                    keep = (slice(None), slice(first + row_offset - base, last + row_offset - base), *rest_crop)
-                    logits = [(acc[:, :n] / weights)[keep] for acc in sums]
-                    yield first, last, [t.contiguous() if padded_any else t for t in logits]
-                for acc in sums:
-                    acc[:, : capacity - n] = acc[:, n:].clone()
+                for lo in range(0, n, rows_per_yield):
+                    hi = min(lo + rows_per_yield, n)
+                    weights = weight_sum if slice_weights else weight_sum[base + lo : base + hi]
+                    # rows of the image (the padding rows of axis 0 are dropped)
+                    first, last = max(base + lo - row_offset, 0), min(base + hi - row_offset, spatial[0])
+                    if last > first:
+                        keep = (slice(None), slice(first + row_offset - base - lo, last + row_offset - base - lo),
+                                *rest_crop)
+                        logits = [(acc[:, lo:hi] / weights)[keep] for acc in sums]
+                        yield first, last, [t.contiguous() if padded_any else t for t in logits]
+                for acc in sums:  # move the live rows to the front, block by block (no copy of them all)
+                    for start in range(0, capacity - n, n):
+                        stop = min(start + n, capacity - n)
+                        acc[:, start:stop] = acc[:, start + n : stop + n]
                     acc[:, capacity - n :] = 0
                 base += n
 
@@ -250,7 +262,10 @@ def stream_logits(
                         f"{list(x.shape)}; expected [N, {num_classes}, *{patch}] (num_classes wrong, or not "
                         "fully convolutional at this patch size?)"
                     )
-                out = (out * gaussian_dev).to(acc_device)
+                # weighted in place unless the network handed back (a view of) its input, which the
+                # next network still reads, or an expanded view
+                own = out.is_contiguous() and out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+                out = (out.mul_(gaussian_dev) if own else out * gaussian_dev).to(acc_device)
                 for i, w in enumerate(batch):
                     first = w[0] - base if isinstance(w[0], int) else slice(w[0].start - base, w[0].stop - base)
                     acc[(slice(None), first, *w[1:])] += out[i]
