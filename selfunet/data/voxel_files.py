@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -154,11 +155,13 @@ def _metaimage_layout(path: Path, fmt: str, external: External) -> VoxelLayout:
         position = end + 1
         if not line:
             continue
-        key, sep, value = line.partition("=")
-        if not sep:
+        # MetaIO ends a key at the first '=' or ':' (MET_SkipToVal); so does this parser, so both
+        # agree on which line names the data file
+        split = _META_SEPARATOR.search(line)
+        if split is None:
             raise ImageRefused(path, "bad header", f"not a MetaImage header (line {quote(clip(line, 60))} has no '=')",
                                "re-export it as NIfTI (.nii.gz) or MHA")
-        key, value = key.strip().lower(), value.strip()
+        key, value = line[: split.start()].strip().lower(), line[split.end():].strip()
         fields[key] = value
         if key == "elementdatafile":
             data_file = value
@@ -213,6 +216,8 @@ def _inside_folder(path: Path, name: str, what: str, fmt: str, external: Externa
 # ---- NRRD (.nrrd: voxels in the file; .nhdr: a detached header naming one data file)
 
 
+_META_SEPARATOR = re.compile(r"\s*[=:]\s*")
+_NRRD_FIELD = re.compile(r"\s*([A-Za-z][A-Za-z ]*?)\s*:(?!=)(.*)")
 _NRRD_ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2",
                    "txt": "text", "text": "text", "ascii": "text", "hex": "hex"}
 
@@ -239,11 +244,13 @@ def _nrrd_layout(path: Path, fmt: str, external: External) -> VoxelLayout:
         if not line:
             ended = True  # the voxels follow (attached data)
             break
-        if line.startswith("#") or ":=" in line:
+        if line.startswith("#"):
             continue
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[" ".join(key.lower().split())] = value.strip()
+        # a field is "<name>: <value>"; a line holding ":=" elsewhere is a key/value pair, but a
+        # line that starts like a field is taken as one whatever follows (the stricter reading)
+        field = _NRRD_FIELD.match(line)
+        if field is not None:
+            fields[" ".join(field.group(1).lower().split())] = field.group(2).strip()
     if not ended and len(head) == HEADER_READ_LIMIT and position >= len(head):
         raise _header_too_long(path, "NRRD")
     encoding = _NRRD_ENCODINGS.get(fields.get("encoding", "raw").lower(), "unknown")

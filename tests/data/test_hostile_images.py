@@ -226,6 +226,15 @@ def test_external_data_file_outside_the_folder_is_refused(tmp_path: Path, how: s
     assert "secret.raw" in str(exc) or "outside" in str(exc)
 
 
+def test_header_separators_are_read_as_metaio_and_teem_read_them(tmp_path: Path, no_voxel_reads) -> None:
+    target = secret(tmp_path / "host")
+    path = metaimage(tmp_path / "a" / "colon.mhd", "LOCAL")
+    path.write_text(path.read_text().replace("ElementDataFile = LOCAL", f"ElementDataFile: {target} = 1"))
+    refused(path, "external data file", "outside")
+    nhdr = nrrd(tmp_path / "b" / "kv.nhdr", "../host/secret.raw:=x")
+    refused(nhdr, "external data file", "outside")
+
+
 @pytest.mark.parametrize("value", ["LIST", "LIST 2D", "slice_%03d.raw 1 4 1"])
 def test_metaimage_lists_and_patterns_are_refused(tmp_path: Path, value: str, no_voxel_reads) -> None:
     refused(metaimage(tmp_path / "case.mhd", value), "external data file", "several files")
