@@ -109,3 +109,5 @@ def test_hostile_containers_are_scored_as_failures_with_their_reasons(engine, ho
     assert all(f"| {mode} | 2 | 2 | 0.0000 |" in board for mode in expected), board
     assert not engine.containers.list(all=True, filters={"label": "selfunet.algorithm"})
     print(f"three hostile containers scored as failures in {wall:.1f} s")
+    for mode in expected:
+        print(f"  {mode}: {out[mode][0].status}: {out[mode][0].reason}")

@@ -294,3 +294,30 @@ def test_a_linked_selection_json_is_refused_for_selfunets_own_model(task, tmp_pa
     with pytest.raises(SelfUNetError, match=r"selection\.json: a symbolic link") as err:
         score_module.run_selfunet(task, work, [], tmp_path / "scores", console=None)
     assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["honest", "link"])
+def test_selfunets_own_predictions_go_through_the_same_checks(task, tmp_path, monkeypatch, kind) -> None:
+    import subprocess
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "selection.json").write_text('{"selected": "3d_fullres"}')
+
+    def predict(command, **kwargs):  # what `selfunet predict ... -o OUT` leaves in OUT
+        out = Path(command[command.index("-o") + 1])
+        out.mkdir(parents=True)
+        case = next(c for c in CASES if c in " ".join(command))
+        if kind == "honest":
+            sitk.WriteImage(sitk.ReadImage(str(_reference(task, case))), str(out / f"{case}.nii.gz"))
+        else:
+            (out / f"{case}.nii.gz").symlink_to(_reference(task, case))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(score_module.subprocess, "run", predict)
+    out = score_task(task, [], work, tmp_path / "results")
+    if kind == "honest":
+        assert [r.status for r in out["selfunet"]] == ["ok", "ok"]
+        assert all(v == 1.0 for r in out["selfunet"] for v in r.dice.values())
+    else:
+        _all_failed(out["selfunet"], REFUSED, "symlink")
