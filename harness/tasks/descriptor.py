@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -55,6 +56,18 @@ MAX_CASE_TIMEOUT_S = 24 * 3600.0
 #: a demo dataset is for trying things out.
 MAX_DEMO_CASES = 1000
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
+
+
+def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """The first ``.inf``/``.nan`` in a nested mapping or list (its dotted key, the value), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 class _Strict(BaseModel):
@@ -242,6 +255,9 @@ class TaskDescriptor(_Strict):
         for key in value:
             if key in elsewhere:
                 raise ValueError(f"'{key}' is set by the descriptor's `{elsewhere[key]}` key, not under training")
+        bad = _non_finite(value)
+        if bad:  # TrainConfig ranges its own fields; no field of it takes an infinity or a NaN
+            raise ValueError(f"training.{bad[0]} is {bad[1]}, not a number a run can use; give a finite value")
         try:
             TrainConfig.from_dict(value, source="training")
         except SelfUNetError as exc:

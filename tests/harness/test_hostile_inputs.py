@@ -184,6 +184,9 @@ NUMBERS = [
     ("folds-huge", "folds: 1000000000\n", "key 'folds'"),
     ("epochs-huge", "budget: {preset: ci, epochs: 1e15}\n", "key 'budget.epochs'"),
     ("demo-cases-huge", "demo: {cases: 100000000}\n", "key 'demo.cases'"),
+    ("training-lr-inf", "training: {initial_lr: .inf}\n", "training.initial_lr is inf"),
+    ("training-nested-nan", "training: {augmentation: {scale_range: [0.8, .nan]}}\n",
+     "training.augmentation.scale_range.1 is nan"),
 ]
 
 
