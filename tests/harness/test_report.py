@@ -70,7 +70,7 @@ def make_results(tmp_path: Path) -> tuple[Path, list]:
                            {"job": "train-3d_fullres-fold0", "status": "succeeded", "seconds": 60.0}]}
         (out / "run.json").write_text(json.dumps(record))
         boards.append(render_task(task, results, work, record=record))
-    write_report(boards, results)
+    write_report(boards[:1], results)  # tiny2 only feeds the index (consensus): no page of its own
     return results, boards
 
 
@@ -99,8 +99,14 @@ def screenshot_sections(driver, out: Path, first: str = "significance-ranking", 
         scale *= 0.85
 
 
-def test_pages_are_written_self_contained(tmp_path: Path) -> None:
-    results, _ = make_results(tmp_path)
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """The results folder with its pages, made once for both tests (read-only!)."""
+    return make_results(tmp_path_factory.mktemp("report"))
+
+
+def test_pages_are_written_self_contained(report) -> None:
+    results, _ = report
     page = (results / "tiny" / "index.html").read_text()
     assert page.count("<img ") == page.count('src="data:image/png;base64,') >= len(FIGURES) + 3
     assert "http://" not in page and "https://" not in page and "<script" not in page
@@ -124,11 +130,11 @@ FIGURES = (*(f"{kind}-{css}" for css in ("ranking", "test-ranking")
 
 @pytest.mark.skipif(CHROMEDRIVER is None or CHROMIUM is None,
                     reason="needs Debian's chromium and chromium-driver (.ci/setup installs them)")
-def test_report_in_headless_chromium(tmp_path: Path) -> None:
+def test_report_in_headless_chromium(report, tmp_path: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    results, boards = make_results(tmp_path)
+    results, boards = report
     board = boards[0]
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
