@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -232,6 +233,35 @@ def _mixed_dimensionality(results: list[CaseResult]) -> list[Problem]:
     return problems
 
 
+def _resampling_problems(results: list[CaseResult]) -> list[Problem]:
+    """Cases that preprocessing would refuse: resampled to the dataset's median spacing (what the
+    planner targets), their size would pass the image bound. One such spacing (1000 mm where the
+    others have 1) is a broken header; reported here, before hours of planning."""
+    import math
+
+    from selfunet.data.header import ENV_MAX_VOXELS, image_bounds
+
+    cases = [r for r in results if r.kind == "training" and r.geometry is not None and r.geometry.ndim_on_disk == 3]
+    if not cases:
+        return []
+    median = [float(v) for v in np.median([r.geometry.spacing for r in cases], axis=0)]  # type: ignore[union-attr]
+    limit = image_bounds().max_voxels
+    problems = []
+    for r in cases:
+        geometry = r.geometry
+        assert geometry is not None
+        voxels = math.prod(max(1, round(n * s / t)) for n, s, t in zip(geometry.shape, geometry.spacing, median))
+        if voxels > limit:
+            problems.append(Problem(
+                "error", r.case_id, r.image_file,
+                f"spacing {tuple(round(s, 4) for s in geometry.spacing)} mm (z, y, x) is far from the dataset's median "
+                f"{tuple(round(s, 4) for s in median)}: resampled to it, shape {geometry.shape} would become "
+                f"{voxels:,} voxels, more than the bound of {limit:,}",
+                f"fix the header's spacing (or remove the case); if it is real, raise {ENV_MAX_VOXELS} "
+                "(docs/guide/security.md)"))
+    return problems
+
+
 def _relative(path: Path, root: Path) -> Path:
     try:
         return path.resolve().relative_to(root.resolve())
@@ -305,6 +335,7 @@ def check_dataset(root: Path, processes: int = 1, console: Console | None = None
     for r in results:
         report.problems.extend(r.problems)
     report.problems.extend(_mixed_dimensionality(results))
+    report.problems.extend(_resampling_problems(results))
     report.cases_checked = len(results)
     log.debug("checked %d cases of %s: %d problems", len(results), spec.root, len(report.problems))
     return report

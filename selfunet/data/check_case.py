@@ -77,6 +77,8 @@ class CaseResult:
     image_file: Path | None = None
     ndim_on_disk: int | None = None
     """2 or 3 for the case's (first readable) image; None when no image could be read."""
+    geometry: ImageGeometry | None = None
+    """the grid of that image (shape and spacing feed the dataset-wide resampling check)."""
 
 
 def _fmt(values: Iterable[float]) -> str:
@@ -294,7 +296,7 @@ def _check_images(job: CaseJob, result: CaseResult) -> ImageGeometry | None:
         problems.extend(_nonfinite_problems(cid, path, *counts, what="intensity"))
         if reference is None:
             reference = geometry
-            result.image_file, result.ndim_on_disk = path, geometry.ndim_on_disk
+            result.image_file, result.ndim_on_disk, result.geometry = path, geometry.ndim_on_disk, geometry
         else:
             for message, mismatch_fix in grid_problems(f"channel {k}", "channel 0", reference, geometry):
                 problems.append(Problem("error", cid, path, message, mismatch_fix))

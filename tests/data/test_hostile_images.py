@@ -370,3 +370,19 @@ def test_check_reports_each_hostile_case_with_its_fix(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check", str(root), "-p", "1"], env={"COLUMNS": "1000"})
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "case_001" in result.output and "case_002" in result.output and "case_003" in result.output
+
+
+def test_check_reports_a_case_whose_spacing_would_resample_past_the_bound(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[1:3, 2:6, 2:6] = 1
+    training = []
+    for i, spacing in enumerate([(1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1000.0, 1000.0, 1000.0)]):
+        write(root / "imagesTr" / f"case_{i}.nii.gz", np.ones((4, 8, 8), np.float32), spacing=spacing)
+        write(root / "labelsTr" / f"case_{i}.nii.gz", label, spacing=spacing)
+        training.append({"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "Coarse", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "organ"},
+        "training": training, "test": []}))
+    (problem,) = [p for p in check_dataset(root).errors if "resampled" in p.message]
+    assert problem.case_id == "case_2" and "1000" in problem.message and "fix the header's spacing" in problem.fix
