@@ -302,7 +302,10 @@ def predict_cases(inputs: list[Path], output: Path, work: Path | None, configura
     cases = discover_inputs(inputs, plan.num_input_channels)
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    with _progress(console) as progress:
+    # one inference mode around every case: the members' slab streams are generators that each
+    # enter and leave inference mode, and interleaved (an ensemble) the first to finish would turn
+    # it off under the others, whose in-place sums on inference tensors then fail
+    with _progress(console) as progress, torch.inference_mode():
         task = progress.add_task(f"predict {'+'.join(configurations)}", total=len(cases))
         for case in cases:
             check_stop("while predicting")

@@ -26,6 +26,7 @@ why :func:`compute_window_starts` rounds mirror-symmetrically and the Gaussian i
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -118,6 +119,29 @@ def compute_window_starts(
     return starts
 
 
+def _steps_in_inference_mode(generator_function):
+    """Run every step of a generator in inference mode, never across a ``yield``.
+
+    Holding ``torch.inference_mode()`` open across ``yield`` leaks it into the caller, and two
+    such generators interleaved (the members of an ensemble) break each other: the first to
+    finish turns the mode off under the other, whose in-place sums on inference tensors then
+    fail. Entered and left within each step, the mode is the generator's own business."""
+
+    @functools.wraps(generator_function)
+    def wrapper(*args, **kwargs):
+        steps = generator_function(*args, **kwargs)
+        while True:
+            with torch.inference_mode():
+                try:
+                    item = next(steps)
+                except StopIteration:
+                    return
+            yield item
+
+    return wrapper
+
+
+@_steps_in_inference_mode
 def stream_logits(
     networks: Sequence[nn.Module],
     image: torch.Tensor | np.ndarray,
@@ -222,7 +246,6 @@ def stream_logits(
     with contextlib.ExitStack() as stack:
         for net in networks:
             stack.enter_context(_eval_without_deep_supervision(net))
-        stack.enter_context(torch.inference_mode())
         # finished rows are handed over a few at a time: their logits, probabilities and reverted
         # copies then stay small next to the sums in flight, whatever the number of classes
         row_bytes = 4 * num_classes * math.prod(padded[1:])
@@ -333,6 +356,7 @@ def average_probabilities(logits: Sequence[torch.Tensor], activation: str = "sof
     return total
 
 
+@_steps_in_inference_mode
 def stream_probabilities(
     networks: Sequence[nn.Module],
     image: torch.Tensor | np.ndarray,
