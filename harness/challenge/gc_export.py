@@ -54,6 +54,7 @@ import SimpleITK as sitk
 
 from harness.challenge.gc_case import output_files, read_inputs_json, write_case
 from harness.challenge.gc_templates import DOCKERFILE, INFERENCE_PY, SCRIPTS, render_script
+from harness.sandboxes.algorithm import is_root
 from harness.tasks.names import (
     check_configuration,
     check_image_reference,
@@ -61,7 +62,6 @@ from harness.tasks.names import (
     check_slug,
     image_tag_from,
 )
-from harness.sandboxes.algorithm import is_root
 from selfunet.errors import SelfUNetError
 from selfunet.workdir import WorkDir, member_name, split_member
 
@@ -74,7 +74,7 @@ ALGORITHM_DIR = "/opt/algorithm"
 MODEL_MOUNT = "/opt/ml/model"
 PLATFORM = "linux/amd64"
 CHECKPOINT = "checkpoint_final.pt"
-SCRIPTS = ("do_build.sh", "do_test_run.sh", "do_save.sh")
+
 
 def resolve_work(task: Path, work_root: Path = Path("work")) -> Path:
     """TASK is a work directory holding selection.json, or a task descriptor (WORK_ROOT/<name>)."""
@@ -227,8 +227,12 @@ def export_gc(task: Path | None, out: Path, image: str = "selfunet:latest", inpu
     from selfunet.model_archive import unpack_model_archive
 
     source = resolve_work(task, work_root) if task is not None else None
+    from selfunet.interop.nnunet_import import model_archive_for
+
     with tempfile.TemporaryDirectory(prefix="selfunet-gc-model-") as staged:
-        work = unpack_model_archive(Path(model), Path(staged) / Path(model).stem)
+        # an nnU-Net v2 model folder or zip is imported first (selfunet import-nnunet's checks)
+        archive = model_archive_for(Path(model), Path(staged))
+        work = unpack_model_archive(archive, Path(staged) / Path(model).stem)
         return _export_gc(work, out, image, input_slugs, output_slug, tag, model_tarball, inputs_json, mirroring,
                           source, Path(model).resolve(), dataset)
 

@@ -46,11 +46,8 @@ Files (``results/<task>/scores/``; the format other tools read, e.g. rankings):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import subprocess
 import sys
 import tempfile
@@ -68,6 +65,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.challenge.gc_case import write_case
 from harness.challenge.model_tarball import mounted_model, with_models  # noqa: F401 (with_models: the CLI's)
 from harness.challenge.outputs import REFUSED, checked_prediction, container_output, folder_prediction, geometry_problem
+from harness.challenge.scoreboard import CSV_COLUMNS, OK, SELFUNET, scores_csv, write_board  # noqa: F401 (CSV_COLUMNS: tests)
 from harness.results.safe_files import MAX_JSON_BYTES, fresh_folder, plain_folder, read_below
 from harness.tasks.descriptor import TaskDescriptor
 from harness.tasks.names import check_slug
@@ -77,11 +75,8 @@ from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("case", "class", "dice", "status", "reason", "seconds")
-OK = "ok"
 #: every status a case can get; all but ``ok`` are scored as the worst case.
 STATUSES = (OK, "timeout", "oom", "crash", "missing", "unreadable", "wrong-geometry", REFUSED)
-SELFUNET = "selfunet"
 DEFAULT_INPUT_SLUG = "image"
 DEFAULT_OUTPUT_SLUG = "segmentation"
 #: image labels an exported algorithm carries (harness export gc), read when no slug is given.
@@ -140,7 +135,7 @@ def held_out_cases(task: TaskDescriptor) -> list[TestCase]:
 @dataclass(frozen=True)
 class Submission:
     name: str
-    kind: Literal["container", "folder", "selfunet"]
+    kind: Literal["container", "folder", "selfunet", "model"]
     ref: str
     model: Path | None = None
     """a container's separate model: a ``.tar.gz`` (or a folder) mounted at /opt/ml/model
@@ -158,7 +153,18 @@ def parse_submission(text: str) -> Submission:
                             "(it names files).")
     if name == SELFUNET:
         raise SelfUNetError(f"--submission {text!r}: the name '{SELFUNET}' is selfunet's own model; choose another.")
-    return Submission(name, "folder" if Path(ref).is_dir() else "container", ref)
+    return Submission(name, _submission_kind(ref), ref)
+
+
+def _submission_kind(ref: str) -> Literal["container", "folder", "model"]:
+    """A model archive (``selfunet export-model``'s model.zip, or an nnU-Net v2 model folder or zip:
+    ``selfunet predict --model`` takes all three), a folder of label maps, or a container image."""
+    from selfunet.interop.nnunet_import import is_nnunet_model
+
+    path = Path(ref)
+    if (path.is_file() and path.suffix == ".zip") or (path.is_dir() and is_nnunet_model(path)):
+        return "model"
+    return "folder" if path.is_dir() else "container"
 
 
 @dataclass(frozen=True)
@@ -276,10 +282,10 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
     """Each case through the algorithm container; outputs kept under predictions/<name>/."""
     import docker.errors
 
-    from harness.sandboxes.image import docker_client
     from harness.sandboxes.algorithm import MODEL_MOUNT, AlgorithmSandbox
     from harness.sandboxes.base import SandboxRequest, Slot
     from harness.sandboxes.docker import EXIT_OOM, EXIT_TIMEOUT
+    from harness.sandboxes.image import docker_client
 
     client = client or docker_client()
     try:
@@ -393,6 +399,42 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
     return results, {"kind": SELFUNET, "ref": str(selection), "selection": chosen, "mirroring": mirroring}
 
 
+def run_model(sub: Submission, task: TaskDescriptor, cases: list[TestCase], scores: Path, console: Console,
+              mirroring: bool = True) -> tuple[list[CaseResult], dict]:
+    """``selfunet predict --model`` per case for a model archive (an nnU-Net model is imported once,
+    with every check of ``selfunet import-nnunet``, before the first case)."""
+    from selfunet.interop.nnunet_import import model_archive_for
+    from selfunet.model_archive import read_manifest
+
+    predictions = fresh_folder(scores, Path("predictions") / sub.name, "harness score")
+    logs = fresh_folder(scores, Path("logs") / sub.name, "harness score")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="selfunet-score-") as tmp, _progress(console) as progress:
+        archive = model_archive_for(Path(sub.ref), Path(tmp))
+        manifest = read_manifest(archive)
+        bar = progress.add_task(f"{task.name}: {sub.name}", total=len(cases))
+        for case in cases:
+            out = Path(tmp) / "out" / case.case_id
+            command = [sys.executable, "-m", "selfunet.cli", "predict", *map(str, case.images), "-o", str(out),
+                       "--model", str(archive), *(() if mirroring else ("--no-mirroring",))]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True)
+            result = CaseResult(case.case_id, seconds=time.perf_counter() - started)
+            log_path = logs / f"{case.case_id}.log"
+            log_path.write_text(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}")
+            kept = None
+            if done.returncode != 0:
+                result.fail("crash", f"exit code {done.returncode}: {_last_line(log_path)}")
+            else:
+                kept = checked_prediction(result, partial(folder_prediction, out, case.case_id), f"{out}/",
+                                          case.label, predictions / f"{case.case_id}.mha",
+                                          Path(tmp) / ".checked" / case.case_id)
+            results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
+            progress.advance(bar)
+    return results, {"kind": "model", "ref": str(Path(sub.ref).resolve()), "members": manifest.get("members"),
+                     "folds": manifest.get("folds"), "mirroring": mirroring}
+
+
 def _labels(task: TaskDescriptor) -> dict[int, str]:
     """What is scored: the foreground classes, or the regions (keys 1..R) of a region-based dataset."""
     from selfunet.data.dataset import load_dataset
@@ -405,74 +447,6 @@ def _scheme(task: TaskDescriptor):
     from selfunet.data.dataset import load_dataset
 
     return load_dataset(task.dataset).label_scheme
-
-
-# -- files ----------------------------------------------------------------------------------------
-def _num(value: float, digits: int) -> str:
-    return "nan" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def scores_csv(results: list[CaseResult], labels: dict[int, str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in results:
-        for label, name in labels.items():
-            writer.writerow([r.case_id, name, _num(r.dice.get(label, math.nan), 6), r.status, r.reason,
-                             f"{r.seconds:.2f}"])
-    return buffer.getvalue()
-
-
-def read_scores(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and tuple(rows[0]) != CSV_COLUMNS:
-        raise SelfUNetError(f"{path}: columns {tuple(rows[0])}, expected {CSV_COLUMNS}.")
-    return rows
-
-
-def board_rows(scores: Path) -> list[dict[str, str]]:
-    """One row per ``<submission>.csv`` in ``scores``: mean Dice per class and over classes."""
-    rows = []
-    for path in sorted(scores.glob("*.csv")):
-        if path.name == "leaderboard.csv":
-            continue
-        table = read_scores(path)
-        classes = list(dict.fromkeys(r["class"] for r in table))
-        cases = list(dict.fromkeys(r["case"] for r in table))
-        failed = {r["case"] for r in table if r["status"] != OK}
-        means = {}
-        for name in classes:
-            values = [float(r["dice"]) for r in table if r["class"] == name]
-            finite = [v for v in values if not math.isnan(v)]
-            means[name] = sum(finite) / len(finite) if finite else math.nan
-        finite_means = [v for v in means.values() if not math.isnan(v)]
-        seconds = [float(r["seconds"]) for r in {r["case"]: r for r in table}.values()]
-        row = {"submission": path.stem, "cases": str(len(cases)), "failed": str(len(failed)),
-               "mean_fg_dice": _num(sum(finite_means) / len(finite_means) if finite_means else math.nan, 4)}
-        row |= {f"dice_{name}": _num(means[name], 4) for name in classes}
-        row["seconds_per_case"] = _num(sum(seconds) / len(seconds) if seconds else math.nan, 1)
-        rows.append(row)
-    return sorted(rows, key=lambda r: -float(r["mean_fg_dice"]) if r["mean_fg_dice"] != "nan" else math.inf)
-
-
-def write_board(task: TaskDescriptor, scores: Path) -> list[dict[str, str]]:
-    rows = board_rows(scores)
-    if not rows:
-        return rows
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, lineterminator="\n", restval="n/a")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(scores / "leaderboard.csv", buffer.getvalue())
-    lines = [f"# {task.name}: held-out test set", "",
-             f"Per-case scores: `<submission>.csv` beside this file. A failed case (timeout, crash, missing or "
-             f"wrong-geometry output) counts as Dice 0 for every class. `{SELFUNET}` is selfunet's own selected model.",
-             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(r.get(c, "n/a") for c in columns) + " |" for r in rows]
-    atomic_write_text(scores / "leaderboard.md", "\n".join(lines) + "\n")
-    return rows
 
 
 def score_task(task: TaskDescriptor, submissions: list[Submission], work: Path, results: Path,
@@ -498,6 +472,9 @@ def score_task(task: TaskDescriptor, submissions: list[Submission], work: Path, 
                                                                    options.selfunet_mirroring)
         elif sub.kind == "folder":
             name, (case_results, record) = sub.name, score_folder(sub, task, cases, scores)
+        elif sub.kind == "model":
+            name, (case_results, record) = sub.name, run_model(sub, task, cases, scores, console,
+                                                               options.selfunet_mirroring)
         else:
             name, (case_results, record) = sub.name, run_container(sub, task, cases, scores, options, console, client)
         record |= {"submission": name, "task": task.name, "cases": [c.case_id for c in cases],
