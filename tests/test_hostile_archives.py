@@ -1,4 +1,4 @@
-"""A battery of hostile model archives (issue 20), and `selfunet predict` refusing an output folder
+"""A battery of hostile model archives (docs/guide/security.md), and `selfunet predict` refusing an output folder
 that is its input folder.
 
 Every archive is built here from the tiny plan with untrained weights (no training: seconds), then

@@ -1,4 +1,4 @@
-"""Image headers, read and checked before a single voxel is (issue 20: untrusted images).
+"""Image headers, read and checked before a single voxel is (untrusted images: docs/guide/security.md).
 
 An image file is data from someone else: its header says how much memory reading it takes, and
 an ``.mhd``/``.nhdr`` header names the file that holds its voxels. Neither is believed: the header

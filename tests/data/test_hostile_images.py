@@ -1,4 +1,4 @@
-"""A battery of hostile image files (issue 20): each is refused before its voxels are read, or read
+"""A battery of hostile image files (docs/guide/security.md): each is refused before its voxels are read, or read
 cleanly, with a message that names the file and the fix.
 
 Headers that lie about their size (NIfTI, MetaImage), spacings out of range, external data files
