@@ -137,12 +137,13 @@ def run(
         "seeds and selection uses the mean (default: the descriptor's seed)")] = None,
     jobs: Annotated[Optional[int], typer.Option(
         min=1, help="jobs at once (default: one per GPU; on CPU, cores // resources.cpus)")] = None,
-    executor: Annotated[Literal["local", "ray"], typer.Option(help="where jobs run: local | ray")] = "local",
+    executor: Annotated[Literal["local", "ray", "slurm"], typer.Option(help="where jobs run: local | ray | slurm")]
+    = "local",
     address: Annotated[Optional[str], typer.Option(
         help="--executor ray: cluster address (HOST:6379, auto, ray://HOST:10001); default $RAY_ADDRESS, else a "
         "local Ray instance")] = None,
-    max_retries: Annotated[int, typer.Option(min=0, help="--executor ray: reruns of a job whose worker/node died")]
-    = 2,
+    max_retries: Annotated[int, typer.Option(min=0, help="--executor ray/slurm: reruns of a job whose worker/node "
+                                             "died (Slurm: NODE_FAIL, BOOT_FAIL, PREEMPTED)")] = 2,
     cpus_per_job: Annotated[float, typer.Option(min=0, help="--executor ray: CPUs each job reserves")] = 1.0,
     sandbox: Annotated[Literal["process", "docker"], typer.Option(help="how jobs run: process | docker")] = "process",
     image: Annotated[Optional[str], typer.Option(help="--sandbox docker: image tag or id (default selfunet:latest)")]
@@ -161,6 +162,17 @@ def run(
     results: Annotated[Path, typer.Option(help="results go to DIR/<task>")] = Path("results"),
     data_root: DataRootOpt = None,
     tasks_root: TasksRootOpt = None,
+    detach: Annotated[bool, typer.Option("--detach", help="--executor slurm: queue what can be queued (afterok), "
+                                         "leave a follow-up job for the rest, and exit")] = False,
+    slurm_partition: Annotated[Optional[str], typer.Option(help="--executor slurm: over each slurm.partition")] = None,
+    slurm_account: Annotated[Optional[str], typer.Option(help="--executor slurm: over each slurm.account")] = None,
+    slurm_qos: Annotated[Optional[str], typer.Option(help="--executor slurm: over each slurm.qos")] = None,
+    slurm_constraint: Annotated[Optional[str], typer.Option(help="--executor slurm: over each slurm.constraint")]
+    = None,
+    slurm_extra: Annotated[Optional[list[str]], typer.Option(
+        help="--executor slurm: one more #SBATCH option, after the descriptor's (repeat; --slurm-extra=--exclusive)")]
+    = None,
+    ctx: typer.Context = None,  # type: ignore[assignment]
 ) -> None:
     """Run every job of the tasks (resumable: finished jobs are skipped); exit 1 if any job failed."""
     from harness.executors import EXECUTORS
@@ -171,7 +183,7 @@ def run(
     from harness.tasks.descriptor import dataset_problem, folds_problem
 
     EXECUTORS = {**EXECUTORS, "ray": functools.partial(
-        RayExecutor, address=address, max_retries=max_retries, num_cpus_per_job=cpus_per_job)}
+        RayExecutor, address=address, max_retries=max_retries, num_cpus_per_job=cpus_per_job), "slurm": None}
     if executor != "ray" and address is not None:
         raise SelfUNetError("--address applies to --executor ray only.")
     if executor not in EXECUTORS:
@@ -188,6 +200,14 @@ def run(
     options = {"image": image, "cpus": cpus, "memory_gb": memory_gb, "timeout_s": job_timeout, "user": container_user}
     if sandbox != "docker" and any(v is not None for k, v in options.items() if k != "timeout_s"):
         raise SelfUNetError("--image/--cpus/--memory-gb/--container-user apply to --sandbox docker only.")
+    slurm = {"partition": slurm_partition, "account": slurm_account, "qos": slurm_qos,
+             "constraint": slurm_constraint, "extra": slurm_extra or []}
+    if executor == "slurm":  # a detached run's follow-up job reruns this command line
+        from harness.executors.slurm import executor_for, same_command
+
+        EXECUTORS["slurm"] = executor_for(loaded, work_root, slurm, detach, max_retries, same_command(ctx))
+    elif detach or any(slurm.values()):
+        raise SelfUNetError("--detach and --slurm-* apply to --executor slurm only.")
     if executor == "local" and jobs is None:
         from harness.executors.local import default_cpu_jobs
 
@@ -203,6 +223,9 @@ def run(
                       "interrupted; rerun the same command to resume.", highlight=False, soft_wrap=True)
         raise typer.Exit(stop.exit_code) from None
     Console().print(summary_table(records))
+    if detach and any(r.status == JobStatus.RUNNING for r in records):
+        console.print(f"detached: jobs stay queued in Slurm; `harness status {escape(str(work_root))}` shows them, "
+                      "the same `harness run` command picks them up.", highlight=False, soft_wrap=True)
     failed = [r for r in records if r.status == JobStatus.FAILED]
     for r in failed:
         console.print(f"[bold red]{r.task}/{r.job} failed[/] ({escape(r.reason.splitlines()[0] if r.reason else '')}); "
@@ -252,23 +275,6 @@ def status(
                 live.update(view())
     except KeyboardInterrupt:
         pass
-
-
-def _slurm_executor(tasks: list, work_root: Path, slurm: dict, detach: bool, max_retries: int, ctx):
-    """``--executor slurm`` (:func:`harness.executors.slurm.executor_for`); a detached run's follow-up job
-    reruns this very command line, with absolute paths and without ``--force``."""
-    from harness.executors.slurm import executor_for
-
-    again: list[str] = []
-    for param in ctx.command.params if ctx is not None else []:
-        value = ctx.params.get(param.name)
-        if param.name == "force" or value in (None, False, []):
-            continue
-        values = [str(Path(v).resolve()) if isinstance(v, Path) else str(v)
-                  for v in (value if isinstance(value, (list, tuple)) else [value])]
-        again += values if param.param_type_name == "argument" else (
-            [param.opts[0]] if value is True else [f"{param.opts[0]}={v}" for v in values])
-    return executor_for(tasks, work_root, slurm, detach, max_retries, ["run", *again])
 
 
 # -- results: leaderboard, export, compare (harness/results/publish.py, export.py, compare.py) -------------
@@ -426,8 +432,9 @@ def _find_task(task: str, tasks_dir: Path, data_root: Optional[Path], tasks_root
 def score(
     task: Annotated[str, typer.Argument(help="task name (looked up under --tasks) or descriptor file")],
     submission: Annotated[Optional[list[str]], typer.Option(
-        "--submission", "-s", help="NAME=IMAGE (a grand-challenge algorithm image) or NAME=FOLDER (label maps "
-        "named like the cases); repeat")] = None,
+        "--submission", "-s", help="NAME=IMAGE (a grand-challenge algorithm image), NAME=FOLDER (label maps "
+        "named like the cases) or NAME=MODEL (a model.zip, or an nnU-Net v2 model folder or zip, predicted with "
+        "`selfunet predict --model`); repeat")] = None,
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="NAME=MODEL.tar.gz: the separate model tarball of container submission NAME (harness export "
         "gc --model-tarball), mounted read-only at /opt/ml/model as the platform mounts it; repeat")] = None,
@@ -456,7 +463,7 @@ def score(
     """Score submissions (and selfunet's model) on the task's held-out test set: results/<task>/scores/."""
     from harness.challenge.score import ScoreOptions, parse_submission, score_task, with_models
 
-    t = _find_task(task, tasks_dir, data_root)
+    t = _find_task(task, tasks_dir, data_root, tasks_root)
     submissions = with_models([parse_submission(s) for s in submission or []], model or [])
     if not submissions and no_selfunet:
         raise SelfUNetError("nothing to score: give --submission NAME=IMAGE_OR_FOLDER, or drop --no-selfunet.")
@@ -471,9 +478,9 @@ def score(
 def _rank_scored(task: str, results: Path, work_root: Path) -> None:
     """After scoring: the ranking of everything scored so far (scores/ranking.md), and, when the task
     has leaderboards, those and the HTML report re-rendered with it (harness.results.ranking, harness.report.html)."""
-    from harness.results.ranking import rank_scores
     from harness.report.html import write_report
     from harness.results.publish import rerender
+    from harness.results.ranking import rank_scores
     from harness.results.tables import ranking_markdown
     from selfunet.artifacts import atomic_write_text
 

@@ -25,7 +25,11 @@ PROGRAMS = {"selfunet": typer.main.get_command(selfunet_app), "harness": typer.m
 FOREIGN_OPTIONS = {"--network", "--gpus", "--read-only", "--cap-drop", "--security-opt", "--pids-limit", "--user",
                    "--tmpfs", "--memory", "--shm-size", "--platform", "--no-index", "--find-links", "--index-url",
                    "--iptables", "--bridge", "--storage-driver", "--headless", "--no-sandbox", "--help", "--version",
-                   "--system-site-packages", "--no-deps"}
+                   "--system-site-packages", "--no-deps",
+                   # sbatch's, in the Slurm guide's #SBATCH lines and state table
+                   "--comment", "--cpus-per-task", "--mem", "--time", "--gres", "--partition", "--account", "--qos",
+                   "--constraint", "--dependency", "--wrap", "--export", "--uid", "--job-name", "--kill-on-invalid-dep",
+                   "--open-mode", "--chdir", "--requeue", "--exclusive", "--mail-type", "--parsable"}
 
 _COMMAND = re.compile(r"(?:^|[\s`(&;|$])((?:selfunet|harness)(?:\s+[^\s`|;&#)]+)*)")
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")

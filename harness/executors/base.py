@@ -42,6 +42,10 @@ class Completion:
     finished: float
     slot: str = ""
     error: str = ""
+    #: the status the job ends in when the executor knows better than the exit code: ``blocked`` (the
+    #: scheduler dropped it because a job it waited for failed), ``interrupted`` (cancelled by this
+    #: run); empty: succeeded or failed by ``exit_code``.
+    outcome: str = ""
 
 
 class Executor(ABC):
@@ -82,6 +86,29 @@ class Executor(ABC):
 
     @abstractmethod
     def wait(self) -> list[Completion]: ...
+
+    # -- executors whose jobs outlive the harness process (Slurm): resuming and chaining --------
+    #: True when jobs are left queued at the end (``harness run --detach``): nothing is stopped then.
+    detached: bool = False
+
+    def adopt(self, key: str, digest: str) -> str | None:
+        """Before submitting ``key`` (content hash ``digest``): follow the same job an earlier run left
+        queued or running instead, if there is one; returns what was adopted (None: submit it)."""
+        return None
+
+    def track(self, key: str, digest: str, after: tuple[str, ...] = ()) -> None:
+        """Called just before :meth:`submit`: the job's hash, and the keys of unfinished jobs it must
+        wait for (only for a detached run, which queues jobs behind their dependencies)."""
+        return None
+
+    def collect(self) -> list[Completion]:
+        """Completions available now, without waiting (a detached run's last look)."""
+        return []
+
+    def hand_over(self, waiting_on: list[str]) -> str | None:
+        """A detached run ends: arrange for the graph to go on once one of ``waiting_on`` has ended
+        (Slurm: a follow-up job); returns a description, None when nothing was arranged."""
+        return None
 
     def stop(self) -> list[str]:
         """Stop every running job now (the harness got a stop signal); their completions still

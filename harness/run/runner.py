@@ -175,7 +175,19 @@ class Runner:
                   for d in self.jobs[key].deps]
         if any(s in (JobStatus.FAILED, JobStatus.BLOCKED) for s in states):
             return JobStatus.BLOCKED
-        return "ready" if all(s in FINISHED_WELL for s in states) else "waiting"
+        return "ready" if all(s in FINISHED_WELL for s in states) or self._chainable(key, states) else "waiting"
+
+    def _chainable(self, key: str, states: list[str]) -> bool:
+        """A detached run queues a job behind its unfinished dependencies (Slurm's afterok) when they
+        are all submitted, it runs through the executor, and it reads no file one of them is still
+        writing (its hash covers that file's content: ``plan`` reads the fingerprint, ``predict-test``
+        the selection; those wait for the follow-up)."""
+        if not self.executor.detached or any(s not in (*FINISHED_WELL, JobStatus.RUNNING) for s in states):
+            return False
+        task, job = self.records[key].task, self.jobs[key]
+        writing = {p for k, r in self.records.items() if r.task == task and r.status == JobStatus.RUNNING
+                   for p in self.jobs[k].outputs}
+        return job.action is None and not writing & set(job.artifacts)
 
     def _start(self, key: str, may_submit: bool) -> str:
         """Skip, run in-process, or submit one ready job: skipped | inline | submitted | deferred."""
@@ -184,12 +196,20 @@ class Runner:
         deps = {d: self.records[f"{rec.task}/{d}"].hash for d in job.deps}
         rec.hash = job_hash(job, deps, self.executor.sandbox.image, self.version)
         previous = graph.markers.read(job.id)
-        if previous is not None and previous.get("status") == JobStatus.RUNNING:
-            self._recover(key, previous)
         if not self.force and is_done(previous, rec.hash, job):
             rec.started, rec.finished = previous.get("started"), previous.get("finished")
             self._finish(key, JobStatus.SKIPPED, previous.get("exit_code"))
             return JobStatus.SKIPPED
+        adopted = self.executor.adopt(key, rec.hash) if job.action is None else None
+        if adopted:  # an earlier run left it queued or running (Slurm): follow it, do not submit it twice
+            rec.started, rec.status = time.time(), JobStatus.RUNNING
+            graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": JobStatus.RUNNING,
+                                         "started": rec.started, "owner": owner_record(), "adopted": adopted})
+            self.console.print(f"[cyan]adopted[/] {rec.task}/{job.id}: {escape(adopted)}", highlight=False)
+            self._track(key)
+            return "submitted"
+        if previous is not None and previous.get("status") == JobStatus.RUNNING:
+            self._recover(key, previous)
         if job.action is None and not may_submit:
             return "deferred"
         for path, why in invalid_outputs(job).items():  # e.g. an empty checkpoint after a full disk
@@ -223,6 +243,8 @@ class Runner:
             container=task.container, timeout_s=task.container.timeout_for(job.stage),
         )
         self._track(key)
+        self.executor.track(key, rec.hash, tuple(f"{rec.task}/{d}" for d in job.deps
+                                                 if self.records[f"{rec.task}/{d}"].status == JobStatus.RUNNING))
         self.executor.submit(key, request, uses_gpu=job.uses_gpu)
         return "submitted"
 
@@ -243,6 +265,10 @@ class Runner:
         """Stop every running job (whole process group / container), mark it interrupted."""
         name = signal.Signals(signum).name
         running = [k for k, r in self.records.items() if r.status == JobStatus.RUNNING]
+        if self.executor.detached:  # --detach: what was submitted stays queued for the next run to adopt
+            self.console.print(f"[bold magenta]{name}[/]: --detach: {len(running)} submitted job(s) stay queued; "
+                               "rerun the same command to pick them up", highlight=False, soft_wrap=True)
+            return []
         if running:
             self.console.print(f"[bold magenta]{name}[/]: stopping {len(running)} running job(s): "
                                + ", ".join(escape(k) for k in running), highlight=False, soft_wrap=True)
@@ -264,7 +290,9 @@ class Runner:
     def _complete(self, done: Completion) -> None:
         rec = self.records[done.key]
         rec.started, rec.finished, rec.slot = done.started, done.finished, done.slot
-        if done.exit_code == 0:
+        if done.outcome == JobStatus.BLOCKED:  # the scheduler dropped it: a job it waited for failed
+            self._finish(done.key, JobStatus.BLOCKED, reason=done.error)
+        elif done.exit_code == 0:
             self._finish(done.key, JobStatus.SUCCEEDED, 0)
         else:
             self._finish(done.key, JobStatus.FAILED, done.exit_code, done.error or f"exit code {done.exit_code}")
@@ -306,11 +334,16 @@ class Runner:
                 self._settle(on_task_done)
             if running == 0:
                 break
-            for completion in self.executor.wait():
+            done = self.executor.collect() if self.executor.detached else self.executor.wait()
+            if not done:  # detached: everything that can be queued is; the rest waits for a follow-up
+                if self.executor.detached:
+                    self._hand_over()
+                break
+            for completion in done:
                 running -= 1
                 self._complete(completion)
         for rec in self.records.values():  # jobs whose dependency never appeared (cannot happen normally)
-            if rec.status == JobStatus.PENDING:
+            if rec.status == JobStatus.PENDING and not running:
                 rec.status, rec.reason = JobStatus.BLOCKED, "its dependencies never became ready"
         self._settle(on_task_done)
         if self.state is not None:
@@ -318,6 +351,20 @@ class Runner:
                 self.state.job(key, self.records[key], write=False)
             self.state.finish()
         return list(self.records.values())
+
+    def _hand_over(self) -> None:
+        """Detached: the graph goes on once one of the jobs it waits for has ended (a pending job needs
+        it, or it adds jobs to the graph: plan, preprocess); the executor arranges that (Slurm: a
+        follow-up ``harness run`` job)."""
+        live = [k for k, r in self.records.items() if r.status == JobStatus.RUNNING]
+        needed = {f"{r.task}/{d}" for k, r in self.records.items() if r.status == JobStatus.PENDING
+                  for d in self.jobs[k].deps}
+        frontier = [k for k in live if k in needed or self.graphs[self.records[k].task].expands(
+            self.records[k].job)] or live
+        where = self.executor.hand_over(frontier)
+        self.console.print(f"[bold]detached[/]: {len(live)} job(s) queued" + (
+            f"; follow-up {escape(where)} continues after {', '.join(escape(k) for k in frontier)}" if where else "")
+            + "; `harness run` with the same arguments picks the state up", highlight=False, soft_wrap=True)
 
     def _settle(self, on_task_done) -> None:
         for name, graph in self.graphs.items():

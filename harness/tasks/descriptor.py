@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.executors.slurm_spec import SlurmOptions
 from harness.sandboxes.policy import ContainerPolicy
 from harness.tasks.names import reserved_name_problem
 from harness.tasks.yaml_reader import load_raw
@@ -134,6 +135,9 @@ class Resources(_Strict):
 
     cpus: int = Field(default=2, ge=1, le=MAX_CPUS, strict=True)
     memory_gb: Optional[float] = Field(default=None, gt=0, le=MAX_MEMORY_GB)
+    gpus: Optional[int] = Field(default=None, ge=0, le=1, strict=True)
+    """GPUs of a training or prediction job under ``--executor slurm`` (``--gres=gpu:N``): 0 keeps them on
+    CPUs; default: one where the cluster has GPUs (a selfunet job uses one GPU)."""
 
 
 class Holdout(_Strict):
@@ -222,6 +226,9 @@ class TaskDescriptor(_Strict):
     export: Export = Field(default_factory=Export)
     resources: Resources = Field(default_factory=Resources)
     container: ContainerPolicy = Field(default_factory=ContainerPolicy)
+    slurm: SlurmOptions = Field(default_factory=SlurmOptions)
+    """``--executor slurm``: partition, account, QOS, constraint and extra ``#SBATCH`` lines
+    (docs/guide/slurm.md); ``--slurm-*`` options override them."""
     """``--sandbox docker``: hardened by default; each field loosens one setting (docs/guide/containers.md)."""
     test_labels: Optional[Path] = None
     """folder of the test cases' reference label maps (named like the cases), for ``harness score``;
@@ -344,6 +351,9 @@ class TaskDescriptor(_Strict):
         content = json.loads(self.model_dump_json())
         if not content.get("training"):
             content.pop("training", None)
+        content.pop("slurm", None)  # where jobs are queued, not what they compute
+        if content.get("resources", {}).get("gpus") is None:
+            content.get("resources", {}).pop("gpus", None)
         scoring = content.get("scoring") or {}
         if scoring.get("missing") == "worst" and scoring.get("missing_value") is None:  # the default: hash as before
             scoring.pop("missing", None)

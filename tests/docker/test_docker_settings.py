@@ -154,14 +154,24 @@ def test_runner_mounts_the_descriptor_dataset_and_passes_the_policy(tmp_path: Pa
     from harness.run.runner import Runner
     from harness.tasks.descriptor import TaskDescriptor
 
-    class Recorder:
-        sandbox = type("S", (), {"image": None})()
+    from harness.executors.base import Executor
+
+    class Recorder(Executor):
+        """An executor that only records what it was asked to run (the seam under test)."""
 
         def __init__(self) -> None:
+            super().__init__(type("S", (), {"image": None})())  # type: ignore[arg-type]
             self.requests = []
+
+        @property
+        def capacity(self) -> int:
+            return 1
 
         def submit(self, key, req, uses_gpu=False) -> None:
             self.requests.append(req)
+
+        def wait(self):
+            return []
 
     data = tmp_path / "data"
     data.mkdir()
