@@ -342,24 +342,13 @@ def _pair_spread(summary, labels: dict[str, str], folds: list[list[str]]):
     return fold_spread(means)
 
 
-def describe_rule(rule, labels: dict[str, str]) -> str:
-    if rule is None:
-        return "not computed"
-    parts = []
-    if rule.largest_component_all_foreground:
-        parts.append("largest foreground component")
-    if rule.largest_component_per_class:
-        names = ", ".join(labels.get(str(c), str(c)) for c in rule.largest_component_per_class)
-        parts.append(f"largest component of {names}")
-    return "; ".join(parts) or "none (no rule helped)"
-
-
 def build_leaderboard(task: str, work: Path | None, selection_path: Path, nsd_tolerance_mm: float | None = None,
                       hd95: bool = False, meta: dict[str, str] | None = None, compute: bool = True,
                       processes: int = 1, policy: MissingPolicy | None = None) -> Leaderboard:
     """Every candidate of ``selection_path`` without and with its postprocessing (see module doc)."""
     from selfunet.evaluation.ensemble import Selection
     from selfunet.evaluation.metrics import EMPTY_MASK_RULE
+    from selfunet.inference.postprocess import describe_rule
 
     selection = Selection.load(selection_path)
     labels = dict(sorted(selection.labels.items(), key=lambda kv: int(kv[0])))
