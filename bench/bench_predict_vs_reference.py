@@ -26,7 +26,6 @@ writing. Labels are compared voxel by voxel per case.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
 import os
 import pstats
@@ -41,6 +40,10 @@ REF_PYTHON = os.environ.get("SELFUNET_REFERENCE_PYTHON") or (
     Path("/tmp/refpy").read_text().strip() if Path("/tmp/refpy").exists() else "python")
 DATASET = "Dataset935_PredictBench"
 TRAINER_FOLDER = f"{DATASET}/nnUNetTrainer__selfunetPlans__3d_fullres"
+
+
+def checkpoint_of(root: Path) -> Path:
+    return root / "work" / "train" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
 
 
 def sh(args: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
@@ -62,10 +65,12 @@ def setup(root: Path, cases: int, test_cases: int, iterations: int) -> None:
     sh(["selfunet", "fingerprint", data, "-w", work])
     sh(["selfunet", "plan", work])
     sh(["selfunet", "preprocess", work, "-c", "3d_fullres"])
-    sh(["selfunet", "train", work, "-c", "3d_fullres", "-f", "0", "--epochs", "1", "--iterations-per-epoch",
-        iterations, "--validation-iterations", "1", "--device", "cpu", "--amp", "off", "--no-predict-validation"])
+    sh(["selfunet", "train", work, "-c", "3d_fullres", "-f", "0", "--epochs", "1",
+        "--iterations-per-epoch", iterations, "--validation-iterations", "1", "--device", "cpu", "--amp", "off",
+        "--no-predict-validation"])
     Selection(selected="3d_fullres", members=["3d_fullres"], postprocessing=PostprocessingRule(), candidates=[],
-              labels={"1": "organ", "2": "lesion"}, file_ending=".nii.gz", num_cases=cases).save(work / "selection.json")
+              labels={"1": "organ", "2": "lesion"}, file_ending=".nii.gz",
+              num_cases=cases).save(work / "selection.json")
     sh(["selfunet", "export-model", work, "--format", "nnunet", "-o", root / "nnunet_results", "--nnunet-dataset",
         DATASET])
     sh(["selfunet", "import-nnunet", root / "nnunet_results" / TRAINER_FOLDER, "-o", root / "model.zip"])
@@ -81,6 +86,9 @@ def env_for(threads: int) -> dict:
 
 def command(side: str, root: Path, out: Path) -> list[str]:
     images = root / "raw" / "imagesTs"
+    if side == "old":  # an earlier tree of selfunet (--old-tree), same interpreter
+        return [sys.executable, "-m", "selfunet.cli", "predict", str(images), "-o", str(out), "--model",
+                str(root / "model.zip"), "--device", "cpu", "--amp", "off"]
     if side == "ours":
         return ["selfunet", "predict", str(images), "-o", str(out), "--model", str(root / "model.zip"),
                 "--device", "cpu", "--amp", "off"]
@@ -148,9 +156,8 @@ def profile_run(side: str, env: dict, root: Path) -> dict:
         # the outermost matching frame's cumulative time: sum of entries whose callers do not match
         best = 0.0
         for (file, _, func), (_, _, _, ct, callers) in stats.items():
-            if pred(file, func):
-                if not any(pred(cf, cfn) for (cf, _, cfn) in callers):
-                    best += ct
+            if pred(file, func) and not any(pred(cf, cfn) for (cf, _, cfn) in callers):
+                best += ct
         return best
 
     def is_forward(file: str, func: str) -> bool:
@@ -207,15 +214,19 @@ def labels_agreement(a: Path, b: Path) -> dict:
     return rows
 
 
-def run(root: Path, repeats: int, threads: int, profile: bool) -> dict:
+def run(root: Path, repeats: int, threads: int, profile: bool, old_tree: str | None = None) -> dict:
+    """``old_tree``: a folder holding an earlier ``selfunet/`` (``git archive COMMIT selfunet | tar -x``),
+    timed as a third side to see which change moved the ratio."""
     env = env_for(threads)
-    walls: dict[str, list[float]] = {"ref": [], "ours": []}
-    cpus: dict[str, list[float]] = {"ref": [], "ours": []}
+    sides = ("ref", "ours", "old") if old_tree else ("ref", "ours")
+    walls: dict[str, list[float]] = {side: [] for side in sides}
+    cpus: dict[str, list[float]] = {side: [] for side in sides}
     for r in range(repeats):
-        for side in ("ref", "ours"):
+        for side in sides:
             out = root / f"out_{side}"
             shutil.rmtree(out, ignore_errors=True)
-            wall, cpu = timed(command(side, root, out), env)
+            side_env = {**env, "PYTHONPATH": old_tree} if side == "old" else env
+            wall, cpu = timed(command(side, root, out), side_env)
             walls[side].append(round(wall, 2))
             cpus[side].append(round(cpu, 2))
             print(f"repeat {r} {side}: wall {wall:.2f} s, cpu {cpu:.2f} s", flush=True)
@@ -223,8 +234,11 @@ def run(root: Path, repeats: int, threads: int, profile: bool) -> dict:
               "median_wall_s": {k: statistics.median(v) for k, v in walls.items()},
               "ratio_ours_over_ref": round(statistics.median(walls["ours"]) / statistics.median(walls["ref"]), 3),
               "agreement": labels_agreement(root / "out_ref", root / "out_ours"),
+              "load_after": os.getloadavg(),
               "cases": len(list((root / "out_ours").glob("*.nii.gz")))}
     result["import_s"] = {side: round(import_seconds(side, env, root), 2) for side in ("ref", "ours")}
+    if old_tree:
+        result["agreement_old_vs_ours"] = labels_agreement(root / "out_old", root / "out_ours")
     if profile:
         result["profile_s"] = {side: profile_run(side, env, root) for side in ("ref", "ours")}
         result["top_functions"] = {side: top_functions(side, root) for side in ("ref", "ours")}
@@ -232,16 +246,6 @@ def run(root: Path, repeats: int, threads: int, profile: bool) -> dict:
 
 
 # ------------------------------------------------------------------ network variants -----------
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (first-call allocations, kernel selection)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def network_variants(root: Path, threads: int, repeats: int, ort_path: str | None) -> dict:
     """Seconds for one window's 8 mirrored passes, per way of running the same network."""
     import itertools
@@ -252,7 +256,7 @@ def network_variants(root: Path, threads: int, repeats: int, ort_path: str | Non
     from selfunet.inference.predict import load_trained_model
 
     torch.set_num_threads(threads)
-    model = load_trained_model(root / "work" / "3d_fullres" / "fold_0" / "checkpoint_final.pt", torch.device("cpu"))
+    model = load_trained_model(checkpoint_of(root), torch.device("cpu"))
     net = model.network.eval()
     patch = list(model.configuration.patch_size)
     channels = model.plan.input_channels(model.configuration.name)
@@ -276,29 +280,26 @@ def network_variants(root: Path, threads: int, repeats: int, ort_path: str | Non
             total += torch.flip(out[i:i + 1], [a + 2 for a in s])
         return total / len(subsets)
 
+    variants: dict = {}
     with torch.inference_mode():
         reference = mirrored(net, x)
-        results["default fp32 (8 passes of 1)"] = _median_time(lambda: mirrored(net, x), repeats)
-        results["8 mirrors as one batch of 8"] = _median_time(lambda: batched(net, x), repeats)
-        results["max |diff| batched"] = float((batched(net, x) - reference).abs().max())
-
-        net_cl = load_trained_model(root / "work" / "3d_fullres" / "fold_0" / "checkpoint_final.pt",
-                                    torch.device("cpu")).network.eval().to(memory_format=torch.channels_last_3d)
+        results["max |averaged logit| (default)"] = float(reference.abs().max())
+        variants["default fp32 (8 passes of 1)"] = lambda: mirrored(net, x)
+        variants["8 mirrors as one batch of 8"] = lambda: batched(net, x)
+        net_cl = load_trained_model(checkpoint_of(root), torch.device("cpu")).network.eval()
+        net_cl = net_cl.to(memory_format=torch.channels_last_3d)
         x_cl = x.contiguous(memory_format=torch.channels_last_3d)
-        results["channels-last (8 passes of 1)"] = _median_time(lambda: mirrored(net_cl, x_cl), repeats)
-        results["max |diff| channels-last"] = float((mirrored(net_cl, x_cl) - reference).abs().max())
-
+        variants["channels-last (8 passes of 1)"] = lambda: mirrored(net_cl, x_cl)
+        variants["channels-last, batch of 8"] = lambda: batched(net_cl, x_cl)
     try:
         compiled = torch.compile(net)
         with torch.inference_mode():
             start = time.perf_counter()
             compiled(x)
             results["torch.compile first call (compile) s"] = round(time.perf_counter() - start, 2)
-            results["torch.compile (8 passes of 1)"] = _median_time(lambda: mirrored(compiled, x), repeats)
-            results["max |diff| compile"] = float((mirrored(compiled, x) - reference).abs().max())
-    except Exception as error:  # noqa: BLE001  (a missing compiler is a result, not a crash)
+        variants["torch.compile (8 passes of 1)"] = lambda: mirrored(compiled, x)
+    except Exception as error:  # a missing compiler is a result, not a crash
         results["torch.compile"] = f"failed: {type(error).__name__}: {str(error)[:200]}"
-
     if ort_path:
         sys.path.insert(0, ort_path)
     try:
@@ -317,11 +318,25 @@ def network_variants(root: Path, threads: int, repeats: int, ort_path: str | Non
             return torch.from_numpy(session.run(["y"], {"x": np.ascontiguousarray(inp.numpy())})[0])
 
         results["onnxruntime"] = ort.__version__
-        results["onnxruntime (8 passes of 1)"] = _median_time(lambda: mirrored(ort_forward, x), repeats)
-        results["onnxruntime (batch of 8)"] = _median_time(lambda: batched(ort_forward, x), repeats)
-        results["max |diff| onnxruntime"] = float((mirrored(ort_forward, x) - reference).abs().max())
-    except Exception as error:  # noqa: BLE001
+        variants["onnxruntime (8 passes of 1)"] = lambda: mirrored(ort_forward, x)
+        variants["onnxruntime (batch of 8)"] = lambda: batched(ort_forward, x)
+    except Exception as error:
         results["onnxruntime error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    # round robin, so every variant sees the same machine load
+    times: dict = {name: [] for name in variants}
+    with torch.inference_mode():
+        for name, fn in variants.items():
+            fn()  # warm-up
+            results[f"max |diff| {name}"] = float((fn() - reference).abs().max())
+        for _ in range(repeats):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    for name, values in times.items():
+        results[name] = statistics.median(values)
+        results[f"{name} all"] = [round(v, 3) for v in values]
+    results["load_after"] = os.getloadavg()
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()}
 
 
@@ -335,6 +350,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--old-tree", default=None, help="run: also time the selfunet/ found in this folder")
     parser.add_argument("--ort-path", default=None, help="network: a folder holding onnxruntime (pip --target)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
     args = parser.parse_args()
@@ -342,7 +358,7 @@ def main() -> None:
         setup(args.root, args.cases, args.test_cases, args.iterations)
         return
     if args.step == "run":
-        result = run(args.root, args.repeats, args.threads, not args.no_profile)
+        result = run(args.root, args.repeats, args.threads, not args.no_profile, args.old_tree)
     else:
         result = network_variants(args.root, args.threads, args.repeats, args.ort_path)
     text = json.dumps(result, indent=1)
