@@ -10,7 +10,8 @@ level; we do not): an unknown key, a bad value, a missing include or a missing d
 ``include:`` (a path or a list of paths, relative to the including file) pulls in base files
 first; the including file's keys override them, mappings merged key by key (so a task can change
 ``metrics.hd95`` and keep the base's ``metrics.nsd_tolerance_mm``). A relative ``dataset`` path is
-resolved against the folder of the file that wrote it, so a base may name a data folder too.
+resolved against the folder of the file that wrote it, so a base may name a data folder too; an
+nnU-Net dataset name or id is looked up under the nnU-Net raw folder (:mod:`selfunet.data.dataset_locator`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.sandboxes.policy import ContainerPolicy
 from harness.tasks.names import reserved_name_problem
-from harness.tasks.yaml_reader import load_raw
+from harness.tasks.yaml_reader import LOOKUP_KEY, load_raw
+from selfunet.data.dataset_locator import DatasetLookup, lookup_in_root, nnunet_id
 from selfunet.errors import SelfUNetError, clip, quote
 from selfunet.planning.presets import PRESETS
 from selfunet.training.budgets import BUDGETS, budget_config
@@ -196,6 +198,17 @@ class Scoring(_Strict):
         return self
 
 
+class Fetch(_Strict):
+    """Where ``harness fetch`` gets the dataset (docs/guide/fetching-data.md); a Decathlon task needs none."""
+
+    mirror: Optional[str] = None
+    """base URL (``https://``, ``http://``, ``file://``) or folder of the archives; ``--mirror`` overrides it."""
+    archive: Optional[str] = Field(default=None, pattern=PLAIN_NAME)
+    """the archive's name under the mirror (default: ``<dataset folder name>.tar``)."""
+    md5: Optional[str] = Field(default=None, pattern=r"^[0-9a-fA-F]{32}$")
+    """its MD5 sum (default: the built-in Decathlon table; ``--checksums FILE`` overrides)."""
+
+
 class TaskDescriptor(_Strict):
     name: str = Field(pattern=PLAIN_NAME)
     description: str = ""
@@ -229,9 +242,12 @@ class TaskDescriptor(_Strict):
     holdout: Optional[Holdout] = None
     """training cases kept out of training and cross-validation, scored by ``harness score``."""
     scoring: Scoring = Field(default_factory=Scoring)
+    fetch: Fetch = Field(default_factory=Fetch)
+    """where ``harness fetch`` gets the dataset; not part of the results (the checksum pins the bytes)."""
 
-    # not part of the YAML: where the descriptor came from (set by the loader).
+    # not part of the YAML: where the descriptor came from and where its dataset was looked for (set by the loader).
     source: Path = Field(default=Path("<memory>"), exclude=True)
+    dataset_lookup: Optional[DatasetLookup] = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _one_test_set(self) -> TaskDescriptor:
@@ -330,10 +346,13 @@ class TaskDescriptor(_Strict):
                 + " and ".join(changes) + " (--budget replaces budget and folds; docs/reference/task-descriptors.md)")
 
     def with_data_root(self, data_root: Path) -> TaskDescriptor:
-        """``harness run --data-root DIR``: the dataset folder of the same name under DIR (a test
-        label folder inside the dataset folder moves with it)."""
-        dataset = (Path(data_root) / self.dataset.name).resolve()
-        update: dict[str, Any] = {"dataset": dataset}
+        """``harness run --data-root DIR``: the dataset folder of the same name under DIR, or its
+        nnU-Net twin (``Task04_Hippocampus`` <-> ``Dataset004_Hippocampus``; an id finds its
+        ``Dataset###_*``); a test label folder inside the dataset folder moves with it."""
+        reference = self.dataset_lookup.reference if self.dataset_lookup is not None else ""
+        lookup = lookup_in_root(data_root, reference if nnunet_id(reference) is not None else self.dataset.name)
+        dataset = lookup.path
+        update: dict[str, Any] = {"dataset": dataset, "dataset_lookup": lookup}
         if self.test_labels is not None and self.dataset in self.test_labels.parents:
             update["test_labels"] = dataset / self.test_labels.relative_to(self.dataset)
         return self.model_copy(update=update)
@@ -348,6 +367,7 @@ class TaskDescriptor(_Strict):
         if scoring.get("missing") == "worst" and scoring.get("missing_value") is None:  # the default: hash as before
             scoring.pop("missing", None)
             scoring.pop("missing_value", None)
+        content.pop("fetch", None)  # where the bytes come from, not what they are
         return content
 
     def digest(self) -> str:
@@ -396,16 +416,18 @@ def _describe(err: dict, path: Path) -> str:
     return f"{path}: key '{key}': {msg}{shown}; fix the value."
 
 
-def load_task(path: Path, root: Path | None = None) -> TaskDescriptor:
+def load_task(path: Path, root: Path | None = None, nnunet_raw: Path | None = None) -> TaskDescriptor:
     """Read, include, merge and validate one descriptor; every problem in one error. ``root``: the
-    tasks root its includes must lie in (:func:`harness.tasks.yaml_reader.load_raw`)."""
+    tasks root its includes must lie in (:func:`harness.tasks.yaml_reader.load_raw`); ``nnunet_raw``:
+    where an nnU-Net dataset name or id in ``dataset`` is looked up."""
     path = Path(path)
-    raw = load_raw(path, root)
+    raw = load_raw(path, root, nnunet_raw)
+    lookup = raw.pop(LOOKUP_KEY, None)
     try:
         task = TaskDescriptor.model_validate(raw)
     except ValidationError as exc:
         raise SelfUNetError("\n".join(_describe(e, path) for e in exc.errors())) from None
-    return task.model_copy(update={"source": path})
+    return task.model_copy(update={"source": path, "dataset_lookup": lookup})
 
 
 def dataset_problem(task: TaskDescriptor) -> str | None:
@@ -417,8 +439,12 @@ def dataset_problem(task: TaskDescriptor) -> str | None:
                     "an empty folder or remove 'demo:'.")
         return None
     if not root.is_dir():
-        return (f"{task.source}: key 'dataset': folder {root} does not exist; put the dataset there, fix the path "
-                f"(relative to {task.source.parent}), or pass --data-root DIR (uses DIR/{root.name}).")
+        lookup = task.dataset_lookup
+        looked = (f" (looked at:\n{lookup.where_looked()}\n)" if lookup is not None and len(lookup.looked) > 1
+                  else "")
+        return (f"{task.source}: key 'dataset': folder {root} does not exist{looked}; put the dataset there, fix the "
+                f"path (relative to {task.source.parent}), or pass --data-root DIR (uses DIR/{root.name}, or its "
+                "nnU-Net twin Dataset###_Name).")
     if not (root / "dataset.json").is_file():
         return f"{task.source}: key 'dataset': {root} has no dataset.json; point 'dataset' at the task folder itself."
     return None
@@ -449,16 +475,18 @@ def discover(paths: list[Path] | None = None) -> list[Path]:
     return [f for f, _ in discover_with_roots(paths)]
 
 
-def load_tasks(paths: list[Path] | None = None, root: Path | None = None) -> list[TaskDescriptor]:
+def load_tasks(paths: list[Path] | None = None, root: Path | None = None,
+               nnunet_raw: Path | None = None) -> list[TaskDescriptor]:
     """All tasks under ``paths``; every broken descriptor reported together; names that differ only
     in case refused (they share a results folder on a case-insensitive disk, and an image tag).
 
     ``root`` (``--tasks-root``): the folder every descriptor and include must lie in; default the
-    folder each was found in, or a named file's own folder."""
+    folder each was found in, or a named file's own folder. ``nnunet_raw``: where nnU-Net dataset
+    names and ids are looked up."""
     tasks, errors = [], []
     for f, found_in in discover_with_roots(paths):
         try:
-            tasks.append(load_task(f, root if root is not None else found_in))
+            tasks.append(load_task(f, root if root is not None else found_in, nnunet_raw))
         except SelfUNetError as exc:
             errors.append(str(exc))
     if errors:
