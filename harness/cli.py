@@ -1,6 +1,7 @@
 """The ``harness`` command line over task descriptors.
 
 * ``ls``, ``validate``: list and check descriptors and their datasets;
+* ``fetch``: download, check and unpack the tasks' datasets (the Decathlon's, or a lab's mirror);
 * ``run``: the job graph of every task, through an executor and a sandbox, resumable;
 * ``status``: what a run is doing, read from its work root (from any terminal);
 * ``leaderboard``: re-render ``results/`` (leaderboards, rankings, report) from disk;
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from selfunet.cli import BudgetChoice, errors_to, print_version, set_verbose
+from selfunet.cli import BudgetChoice, NnunetRawOpt, errors_to, print_version, set_verbose
 from selfunet.errors import SelfUNetError
 
 app = typer.Typer(name="harness", help="Benchmark selfunet over many tasks.", no_args_is_help=True,
@@ -38,9 +39,13 @@ console = Console(stderr=True)
 TasksArg = Annotated[
     Optional[list[Path]], typer.Argument(help="descriptor files or folders (default: tasks/)", show_default=False)
 ]
-DataRootOpt = Annotated[
-    Optional[Path], typer.Option(help="use DIR/<dataset folder name> instead of each descriptor's dataset path")
-]
+DataRootOpt = Annotated[Optional[Path], typer.Option(
+    help="use DIR/<dataset folder name> (or its nnU-Net twin, Task04_X <-> Dataset004_X) instead of each "
+    "descriptor's dataset path")]
+MirrorOpt = Annotated[Optional[str], typer.Option(envvar="HARNESS_DATA_MIRROR", help="where the archives are: a "
+                                                  "base URL or a folder (default: fetch.mirror, else MONAI's)")]
+ChecksumsOpt = Annotated[Optional[Path], typer.Option(envvar="HARNESS_DATA_CHECKSUMS", help="the archives' MD5 "
+                                                      "sums as `md5sum` prints them; over the built-in ones")]
 TasksRootOpt = Annotated[
     Optional[Path], typer.Option(help="the folder every descriptor and `include:` must lie in (default: the folder "
                                  "named, or a named descriptor file's own folder)")
@@ -60,19 +65,11 @@ def _root(
 
 
 def _load(paths: Optional[list[Path]], data_root: Optional[Path], budget: Optional[str] = None,
-          tasks_root: Optional[Path] = None) -> list:
-    from harness.tasks.descriptor import load_tasks
+          tasks_root: Optional[Path] = None, nnunet_raw: Optional[Path] = None) -> list:
+    from harness.tasks.selection import load_selected
 
-    tasks = load_tasks(paths or None, root=tasks_root)
-    if data_root is not None:
-        tasks = [t.with_data_root(data_root) for t in tasks]
-    if budget is not None:
-        for t in tasks:  # the rule (docs/reference/task-descriptors.md) is printed, never applied silently
-            note = t.budget_override_note(budget)
-            if note:
-                console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
-        tasks = [t.with_budget(budget) for t in tasks]
-    return tasks
+    return load_selected(paths, data_root, budget, tasks_root, nnunet_raw, note=lambda text: console.print(
+        f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True))
 
 
 def _short(path: Path) -> str:
@@ -84,16 +81,18 @@ def _short(path: Path) -> str:
 
 @app.command("ls")
 @user_errors
-def ls(paths: TasksArg = None, data_root: DataRootOpt = None, tasks_root: TasksRootOpt = None) -> None:
+def ls(paths: TasksArg = None, data_root: DataRootOpt = None, tasks_root: TasksRootOpt = None,
+       nnunet_raw: NnunetRawOpt = None) -> None:
     """List the tasks: dataset, configurations, folds, budget, and whether the data is there."""
+    from harness.fetch.fetch import fetchable
     from harness.tasks.descriptor import dataset_problem
 
     table = Table(title="tasks")
     for column in ("task", "descriptor", "dataset", "configurations", "folds", "budget", "data"):
         table.add_column(column, no_wrap=column == "task", overflow="fold")
-    for t in _load(paths, data_root, tasks_root=tasks_root):
+    for t in _load(paths, data_root, tasks_root=tasks_root, nnunet_raw=nnunet_raw):
         cfg = t.train_config()
-        data = "[red]missing[/]" if dataset_problem(t) else (
+        data = f"[red]missing[/]{' (harness fetch)' if fetchable(t) else ''}" if dataset_problem(t) else (
             "[green]ok[/]" if (t.dataset / "dataset.json").is_file() else "generated on first run")
         configurations = ", ".join(t.configurations or ["(all planned)"]) + (
             f" (planners: {', '.join(t.planners)})" if t.planners != ["default"] else "")
@@ -106,12 +105,12 @@ def ls(paths: TasksArg = None, data_root: DataRootOpt = None, tasks_root: TasksR
 @user_errors
 def validate(paths: TasksArg = None, data_root: DataRootOpt = None,
              processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2,
-             tasks_root: TasksRootOpt = None) -> None:
+             tasks_root: TasksRootOpt = None, nnunet_raw: NnunetRawOpt = None) -> None:
     """Check descriptors and their datasets (selfunet check) without running anything; exit 1 on problems."""
     from harness.tasks.descriptor import check_task
 
     problems: list[str] = []
-    tasks = _load(paths, data_root, tasks_root=tasks_root)
+    tasks = _load(paths, data_root, tasks_root=tasks_root, nnunet_raw=nnunet_raw)
     for t in tasks:
         found = check_task(t, processes=processes)
         problems += found
@@ -172,12 +171,16 @@ def run(
     slurm_extra: Annotated[Optional[list[str]], typer.Option(
         help="--executor slurm: one more #SBATCH option, after the descriptor's (repeat; --slurm-extra=--exclusive)")]
     = None,
+    nnunet_raw: NnunetRawOpt = None,
+    fetch: Annotated[bool, typer.Option("--fetch", help="first download missing datasets (harness fetch)")] = False,
+    mirror: MirrorOpt = None, checksums: ChecksumsOpt = None,
     ctx: typer.Context = None,  # type: ignore[assignment]
 ) -> None:
     """Run every job of the tasks (resumable: finished jobs are skipped); exit 1 if any job failed."""
     from harness.executors import EXECUTORS
     from harness.executors.base import JobStatus
     from harness.executors.ray import RayExecutor  # imports Ray only when used
+    from harness.fetch.fetch import fetch_hint, fetch_options, fetch_tasks, has_data
     from harness.run.runner import RunInterrupted, run_tasks, summary_table
     from harness.sandboxes import SANDBOXES
     from harness.tasks.descriptor import dataset_problem, folds_problem
@@ -193,10 +196,12 @@ def run(
     from harness.results.seeds import parse_seeds
 
     seed_list = parse_seeds(seeds) if seeds is not None else None
-    loaded = _load(tasks, data_root, budget, tasks_root=tasks_root)
+    loaded = _load(tasks, data_root, budget, tasks_root=tasks_root, nnunet_raw=nnunet_raw)
+    if fetch:
+        fetch_tasks([t for t in loaded if not has_data(t)], fetch_options(mirror, checksums), console)
     problems = [p for p in (dataset_problem(t) or folds_problem(t) for t in loaded) if p]
     if problems:
-        raise SelfUNetError("\n".join(problems))
+        raise SelfUNetError("\n".join(problems) + ("" if fetch else fetch_hint(loaded)))
     options = {"image": image, "cpus": cpus, "memory_gb": memory_gb, "timeout_s": job_timeout, "user": container_user}
     if sandbox != "docker" and any(v is not None for k, v in options.items() if k != "timeout_s"):
         raise SelfUNetError("--image/--cpus/--memory-gb/--container-user apply to --sandbox docker only.")
@@ -246,35 +251,29 @@ def status(
     all_jobs: Annotated[bool, typer.Option("--all", help="list every job, also pending and finished ones")] = False,
 ) -> None:
     """What a run is doing, from any terminal: jobs by state, running jobs (time, slot, log), failures, ETA."""
-    import time as _time
+    from harness.run.status import show_status
 
-    from rich.live import Live
+    show_status(work_root, watch=watch, interval=interval, all_jobs=all_jobs)
 
-    from harness.run.status import read_state, render, state_path, summarize
 
-    def view():
-        data = read_state(work_root)
-        if data is None:
-            raise SelfUNetError(f"{state_path(work_root)}: no run state (has `harness run --work-root {work_root}` "
-                                "started here?); pass the run's work root.")
-        return render(summarize(data), all_jobs)
+@app.command()
+@user_errors
+def fetch(
+    tasks: Annotated[list[str], typer.Argument(help="task names (under --tasks), descriptor files, or folders")],
+    mirror: MirrorOpt = None, checksums: ChecksumsOpt = None,
+    max_unpacked_gb: Annotated[float, typer.Option(min=0.001, help="refuse an archive unpacking to more")] = 64.0,
+    retries: Annotated[int, typer.Option(min=0, help="reconnections per download, each resuming")] = 3,
+    keep_archive: Annotated[bool, typer.Option("--keep-archive", help="keep the archive after unpacking")] = False,
+    tasks_dir: Annotated[Path, typer.Option("--tasks", help="where task names are looked up")] = Path("tasks"),
+    data_root: DataRootOpt = None, tasks_root: TasksRootOpt = None, nnunet_raw: NnunetRawOpt = None,
+) -> None:
+    """Download the tasks' datasets, check their MD5 sums, unpack them safely (docs/guide/fetching-data.md)."""
+    from harness.fetch.fetch import fetch_options, fetch_tasks
+    from harness.tasks.selection import select_named
 
-    out = Console()
-    if not watch:
-        out.print(view(), soft_wrap=True)  # a log path stays one line, to copy
-        return
-    try:
-        if not out.is_terminal:  # a log or a pipe: one view after the other, as `watch` would
-            while True:
-                out.print(view(), soft_wrap=True)
-                out.file.flush()
-                _time.sleep(interval)
-        with Live(view(), console=out, refresh_per_second=1, screen=False) as live:
-            while True:
-                _time.sleep(interval)
-                live.update(view())
-    except KeyboardInterrupt:
-        pass
+    options = fetch_options(mirror, checksums, max_bytes=int(max_unpacked_gb * 1000**3), retries=retries,
+                            keep_archive=keep_archive)
+    fetch_tasks(select_named(tasks, tasks_dir, data_root, tasks_root, nnunet_raw), options, console)
 
 
 # -- results: leaderboard, export, compare (harness/results/publish.py, export.py, compare.py) -------------
@@ -329,12 +328,12 @@ def export_task_command(
     work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
     results: ResultsOpt = Path("results"),
     data_root: DataRootOpt = None,
-    tasks_root: TasksRootOpt = None,
+    tasks_root: TasksRootOpt = None, nnunet_raw: NnunetRawOpt = None,
 ) -> None:
     """Copy the selected model's test predictions to results/<task>/predictions/<TaskName>/ (headers checked)."""
     from harness.results.export import export_command
 
-    t = _find_task(task, tasks_dir, data_root, tasks_root)
+    t = _find_task(task, tasks_dir, data_root, tasks_root, nnunet_raw)
     folder, archive = export_command(t, work_root / t.name, results, make_zip)
     if folder is None:
         console.print(f"{t.name}: nothing to export (no test cases, or export format 'none').", highlight=False)
@@ -412,19 +411,13 @@ def export_gc_command(
         console.print(f"[green]container test passed[/]: {escape(str(result))}", highlight=False)
 
 
-def _find_task(task: str, tasks_dir: Path, data_root: Optional[Path], tasks_root: Optional[Path] = None):
+def _find_task(task: str, tasks_dir: Path, data_root: Optional[Path], tasks_root: Optional[Path] = None,
+               nnunet_raw: Optional[Path] = None):
     """A descriptor file, or a task name looked up under ``tasks_dir``: the one lookup every
     command that takes a TASK argument goes through, so they all accept and refuse the same."""
-    path = Path(task)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return _load([path], data_root, tasks_root=tasks_root)[0]
-    candidates = _load([tasks_dir], data_root, tasks_root=tasks_root)
-    found = [t for t in candidates if t.name == task]
-    if not found:
-        known = ", ".join(t.name for t in candidates) or "none"
-        raise SelfUNetError(f"task '{task}': not found under {tasks_dir} (tasks: {known}); pass its descriptor file "
-                            "or --tasks DIR.")
-    return found[0]
+    from harness.tasks.selection import find_task
+
+    return find_task(task, tasks_dir, data_root, tasks_root, nnunet_raw)
 
 
 @app.command()
@@ -458,12 +451,12 @@ def score(
     work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
     results: ResultsOpt = Path("results"),
     data_root: DataRootOpt = None,
-    tasks_root: TasksRootOpt = None,
+    tasks_root: TasksRootOpt = None, nnunet_raw: NnunetRawOpt = None,
 ) -> None:
     """Score submissions (and selfunet's model) on the task's held-out test set: results/<task>/scores/."""
     from harness.challenge.score import ScoreOptions, parse_submission, score_task, with_models
 
-    t = _find_task(task, tasks_dir, data_root, tasks_root)
+    t = _find_task(task, tasks_dir, data_root, tasks_root, nnunet_raw)
     submissions = with_models([parse_submission(s) for s in submission or []], model or [])
     if not submissions and no_selfunet:
         raise SelfUNetError("nothing to score: give --submission NAME=IMAGE_OR_FOLDER, or drop --no-selfunet.")

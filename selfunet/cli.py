@@ -119,7 +119,11 @@ BudgetChoice = Literal["full", "ci", "demo"]  # the keys of selfunet.training.bu
 #: checks of generated config options at parse time, by field name
 CALLBACKS = {"device": _device_name}
 
-DatasetArg = Annotated[Path, typer.Argument(help="dataset folder (MSD or nnU-Net v2 layout)")]
+DatasetArg = Annotated[Path, typer.Argument(
+    help="dataset folder (MSD or nnU-Net v2 layout), or an nnU-Net dataset name or id (Dataset004_Hippocampus, 4) "
+    "under --nnunet-raw")]
+NnunetRawOpt = Annotated[Optional[Path], typer.Option(
+    envvar="nnUNet_raw", help="nnU-Net's raw-data folder, where a dataset name or id is looked up")]
 WorkArg = Annotated[Path, typer.Argument(help="work directory")]
 ProcessesOpt = Annotated[int, typer.Option("--processes", "-p", min=1, help="worker processes")]
 PresetOpt = Annotated[str, typer.Option(
@@ -128,13 +132,24 @@ GpuMemoryOpt = Annotated[Optional[float], typer.Option(
     help="GPU memory budget the plan is made for (default: the preset's: 8, resenc-l 24, resenc-xl 40)")]
 
 
+def find_dataset(reference: Path, nnunet_raw: Optional[Path]) -> Path:
+    """DATASET as typed: a folder, or an nnU-Net name or id under ``nnunet_raw``; a name that leads
+    nowhere is an error naming every place looked at (a plain path is left to the stage's own check)."""
+    from selfunet.data.dataset_locator import lookup_dataset
+
+    lookup = lookup_dataset(reference, nnunet_raw=nnunet_raw)
+    if not lookup.found and len(lookup.looked) > 1:
+        raise SelfUNetError(lookup.message())
+    return lookup.path
+
+
 @app.command()
 @user_errors
-def check(dataset: DatasetArg, processes: ProcessesOpt = 2) -> None:
+def check(dataset: DatasetArg, processes: ProcessesOpt = 2, nnunet_raw: NnunetRawOpt = None) -> None:
     """Validate a dataset and report every problem at once (exit 1 if any error)."""
     from selfunet.data.check import check_dataset, render_report
 
-    report = check_dataset(dataset, processes=processes, console=console)
+    report = check_dataset(find_dataset(dataset, nnunet_raw), processes=processes, console=console)
     render_report(report, console)
     if report.errors:
         raise typer.Exit(1)
@@ -147,11 +162,12 @@ def fingerprint(
     work: Annotated[Path, typer.Option("--work", "-w", help="work directory to write fingerprint.json into")],
     processes: ProcessesOpt = 2,
     seed: Annotated[int, typer.Option(help="seed of the foreground intensity sampling")] = 1234,
+    nnunet_raw: NnunetRawOpt = None,
 ) -> None:
     """Compute the dataset fingerprint (docs/explanation/design.md#fingerprint) into WORK/fingerprint.json."""
     from selfunet.planning.fingerprint import run_fingerprint
 
-    run_fingerprint(dataset, work, processes=processes, seed=seed)
+    run_fingerprint(find_dataset(dataset, nnunet_raw), work, processes=processes, seed=seed)
 
 
 @app.command()
@@ -350,6 +366,7 @@ def run(
     processes: ProcessesOpt = 2,
     nsd_tolerance_mm: Annotated[Optional[float], typer.Option(help="also compute NSD at this tolerance")] = None,
     hd95: Annotated[bool, typer.Option("--hd95", help="also compute HD95")] = False,
+    nnunet_raw: NnunetRawOpt = None,
     given: Given = Given(),
 ) -> None:
     """The whole pipeline for one dataset; a rerun resumes where the last one stopped. Every TrainConfig,
@@ -365,7 +382,7 @@ def run(
         inference=given.inference, planner=planner_settings(preset, gpu_memory_gb), processes=processes,
         nsd_tolerance_mm=nsd_tolerance_mm, hd95=hd95,
     )
-    run_pipeline(dataset, work, options, console=console)
+    run_pipeline(find_dataset(dataset, nnunet_raw), work, options, console=console)
 
 
 @app.command()

@@ -15,6 +15,15 @@ from selfunet.data.demo import make_demo_dataset
 from selfunet.planning.fingerprint import compute_fingerprint
 from selfunet.planning.fingerprint_types import Fingerprint
 
+#: settings the command lines read from the environment; a developer's own values must not steer the tests.
+USER_SETTINGS_ENV = ("nnUNet_raw", "HARNESS_DATA_MIRROR", "HARNESS_DATA_CHECKSUMS")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_data_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in USER_SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+
 
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetSpec:

@@ -83,3 +83,51 @@ def make_tiny_work(demo_root: Path, work: Path, preset: str = "default") -> Path
     plan.save(work / "plan.json")
     run_preprocess(work, ["3d_fullres"], processes=1)
     return work
+
+
+def write_tiny_msd_task(root: Path, name: str = "Task04_Hippocampus", training: int = 6, test: int = 1,
+                        shape: tuple[int, int, int] = (28, 36, 24), seed: int = 0) -> Path:
+    """A tiny task in the Decathlon's own layout (``dataset.json``, ``imagesTr``, ``labelsTr``,
+    ``imagesTs``; one MR-like channel, two structures), as its archives unpack: into ``root/name``.
+    Also a macOS ``._*`` file beside an image, as archives made on a Mac carry (ignored by readers)."""
+    import numpy as np
+
+    folder = Path(root) / name
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape[::-1])
+    entries, tests = [], []
+    for number in range(1, training + test + 1):
+        cz, cy, cx = (np.array(shape[::-1]) / 2 + rng.uniform(-2, 2, 3))
+        blob = ((z - cz) / 5) ** 2 + ((y - cy) / 7) ** 2 + ((x - cx) / 6) ** 2
+        label = np.where(blob < 1, np.where(x < cx, 1, 2), 0).astype(np.uint8)
+        image = (100 + 60 * (label > 0) + rng.normal(0, 8, label.shape)).astype(np.float32)
+        case = f"hippocampus_{number:03d}"
+        img = sitk.GetImageFromArray(image)
+        img.SetSpacing((1.0, 1.0, 1.0))
+        if number <= training:
+            sitk.WriteImage(img, str(folder / "imagesTr" / f"{case}.nii.gz"))
+            seg = sitk.GetImageFromArray(label)
+            seg.CopyInformation(img)
+            sitk.WriteImage(seg, str(folder / "labelsTr" / f"{case}.nii.gz"))
+            entries.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+        else:
+            sitk.WriteImage(img, str(folder / "imagesTs" / f"{case}.nii.gz"))
+            tests.append(f"./imagesTs/{case}.nii.gz")
+    (folder / "imagesTr" / "._hippocampus_001.nii.gz").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    (folder / "dataset.json").write_text(json.dumps({
+        "name": "Hippocampus", "description": "a tiny stand-in for the Decathlon task", "tensorImageSize": "3D",
+        "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+        "numTraining": training, "numTest": test, "training": entries, "test": tests}, indent=2))
+    return folder
+
+
+def pack_tar(folder: Path, archive: Path) -> str:
+    """``folder`` packed as ``archive`` (plain tar, the folder's name at the top); returns its MD5 sum."""
+    import hashlib
+    import tarfile
+
+    with tarfile.open(archive, "w") as tar:
+        tar.add(folder, arcname=Path(folder).name)
+    return hashlib.md5(Path(archive).read_bytes()).hexdigest()

@@ -19,7 +19,7 @@ PACKAGES = ("selfunet", "harness")
 STAGES = ("data", "planning", "preprocessing", "training", "inference", "evaluation")
 #: harness packages from the bottom layer up; a package may import only packages before it (and
 #: itself). ``harness.cli`` sits on top of all of them.
-HARNESS_LAYERS = ("sandboxes", "executors", "tasks", "results", "report", "run", "challenge")
+HARNESS_LAYERS = ("sandboxes", "executors", "tasks", "fetch", "results", "report", "run", "challenge")
 #: shared by every stage: they may import nothing of the stages.
 SHARED = {"selfunet.artifacts", "selfunet.errors", "selfunet.workdir", "selfunet.runtime", "selfunet.locks",
           "selfunet.cpu_precision"}

@@ -324,3 +324,38 @@ def status_html(s: Summary) -> str:
     if s.state in ("running", "detached"):
         text = text.replace("<head>", f"<head><meta http-equiv=\"refresh\" content=\"{PAGE_REFRESH_S}\">", 1)
     return text
+
+
+def show_status(work_root: Path, watch: bool = False, interval: float = 5.0, all_jobs: bool = False) -> None:
+    """``harness status``: the view once, or redrawn every ``interval`` seconds until Ctrl-C (on a
+    terminal in place; in a log or a pipe one view after the other, as ``watch`` would)."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from selfunet.errors import SelfUNetError
+
+    def view():
+        data = read_state(work_root)
+        if data is None:
+            raise SelfUNetError(f"{state_path(work_root)}: no run state (has `harness run --work-root {work_root}` "
+                                "started here?); pass the run's work root.")
+        return render(summarize(data), all_jobs)
+
+    out = Console()
+    if not watch:
+        out.print(view(), soft_wrap=True)  # a log path stays one line, to copy
+        return
+    try:
+        if not out.is_terminal:
+            while True:
+                out.print(view(), soft_wrap=True)
+                out.file.flush()
+                time.sleep(interval)
+        with Live(view(), console=out, refresh_per_second=1, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(view())
+    except KeyboardInterrupt:
+        pass

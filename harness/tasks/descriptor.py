@@ -10,7 +10,8 @@ level; we do not): an unknown key, a bad value, a missing include or a missing d
 ``include:`` (a path or a list of paths, relative to the including file) pulls in base files
 first; the including file's keys override them, mappings merged key by key (so a task can change
 ``metrics.hd95`` and keep the base's ``metrics.nsd_tolerance_mm``). A relative ``dataset`` path is
-resolved against the folder of the file that wrote it, so a base may name a data folder too.
+resolved against the folder of the file that wrote it, so a base may name a data folder too; an
+nnU-Net dataset name or id is looked up under the nnU-Net raw folder (:mod:`selfunet.data.dataset_locator`).
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from harness.executors.slurm_spec import SlurmOptions
 from harness.sandboxes.policy import ContainerPolicy
 from harness.tasks.names import reserved_name_problem
-from harness.tasks.yaml_reader import load_raw
+from harness.tasks.yaml_reader import LOOKUP_KEY, load_raw
+from selfunet.data.dataset_locator import DatasetLookup, lookup_in_root, nnunet_id
 from selfunet.errors import SelfUNetError, clip, quote
 from selfunet.planning.presets import PRESETS
 from selfunet.training.budgets import BUDGETS, budget_config
@@ -39,165 +40,26 @@ DEFAULT_TASKS_DIR = Path("tasks")
 #: files or folders starting with these are bases, not tasks (``tasks/_base/decathlon.yaml``).
 BASE_PREFIXES = ("_", ".")
 KNOWN_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
-#: task names and export folders: one path component of letters, digits, ``_ . -`` (no ``/``, no ``..``).
-PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-# Ranges of every number a descriptor sets: a value outside is refused by `harness validate`, with
-# the range, instead of failing hours later (a seed numpy cannot take) or never (an infinite limit).
-#: seeds: what numpy's and torch's generators take.
-SEED_MAX = 2**32 - 1
-#: GPU memory target of the planner, GB (the largest GPUs have ~192).
-MAX_GPU_MEMORY_GB = 1024.0
-#: memory limit of a job or a scoring container, GB.
-MAX_MEMORY_GB = 16384.0
-#: CPUs of a job or a scoring container.
-MAX_CPUS = 1024
-#: seconds one submission may run on one case (the platform allows far less).
-MAX_CASE_TIMEOUT_S = 24 * 3600.0
-#: a demo dataset is for trying things out.
-MAX_DEMO_CASES = 1000
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX, strict=True)]
-
-
-def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
-    """The first ``.inf``/``.nan`` in a nested mapping or list (its dotted key, the value), else None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return where, value
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = _non_finite(item, f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class Budget(_Strict):
-    """A named preset (``selfunet.training.budgets``) plus optional overrides of its fields."""
-
-    preset: str = "full"
-    epochs: Optional[int] = Field(default=None, ge=1, le=100_000, strict=True)
-    iterations_per_epoch: Optional[int] = Field(default=None, ge=1, le=1_000_000, strict=True)
-    validation_iterations: Optional[int] = Field(default=None, ge=0, le=1_000_000, strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset_shorthand(cls, value: Any) -> Any:
-        return {"preset": value} if isinstance(value, str) else value
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in BUDGETS:
-            raise ValueError(f"unknown budget preset '{value}'; choose one of {', '.join(BUDGETS)}")
-        return value
-
-
-class Metrics(_Strict):
-    """Dice is always computed; NSD and HD95 only when asked (they cost surface distances)."""
-
-    nsd_tolerance_mm: Optional[float] = Field(default=None, gt=0, le=1000)
-    hd95: bool = False
-
-
-class Demo(_Strict):
-    """Generate the synthetic demo task into ``dataset`` on first use (``selfunet demo-data``)."""
-
-    cases: int = Field(default=8, ge=2, le=MAX_DEMO_CASES, strict=True)
-    test_cases: int = Field(default=2, ge=0, le=MAX_DEMO_CASES, strict=True)
-    seed: Seed = 0
-    variant: Literal["default", "regions", "sparse"] = "default"
-    """``regions``: BraTS-like nested regions; ``sparse``: a few annotated slices, the rest ``ignore``."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _true_shorthand(cls, value: Any) -> Any:
-        return {} if value is True else value
-
-
-class Export(_Strict):
-    """Challenge-format output: ``msd`` = one label map per test image, named like the image."""
-
-    format: Literal["msd", "none"] = "msd"
-    folder: Optional[str] = Field(default=None, pattern=PLAIN_NAME)
-    """folder name under results/<task>/predictions/ (default: the dataset folder's name). A plain
-    name, never a path: the export replaces that folder whole, so ``/some/dir`` or ``../..`` would
-    delete what is there."""
-
-
-class Resources(_Strict):
-    """What one job of this task may use; the process sandbox passes ``cpus`` as worker processes,
-    the Docker sandbox enforces both (without ``memory_gb``: a fraction of the host's memory,
-    :data:`harness.sandboxes.policy.DEFAULT_MEMORY_FRACTION`)."""
-
-    cpus: int = Field(default=2, ge=1, le=MAX_CPUS, strict=True)
-    memory_gb: Optional[float] = Field(default=None, gt=0, le=MAX_MEMORY_GB)
-    gpus: Optional[int] = Field(default=None, ge=0, le=1, strict=True)
-    """GPUs of a training or prediction job under ``--executor slurm`` (``--gres=gpu:N``): 0 keeps them on
-    CPUs; default: one where the cluster has GPUs (a selfunet job uses one GPU)."""
-
-
-class Holdout(_Strict):
-    """Training cases held out for ``harness score``: never in a training or validation fold.
-
-    Either ``cases`` (case ids) or ``fraction`` (of the training cases, drawn with ``seed``; at
-    least one case). Why a seeded draw and not "the last N": case ids often encode the site or the
-    acquisition date, and a tail would be a biased test set.
-    """
-
-    cases: Optional[list[str]] = None
-    fraction: Optional[float] = Field(default=None, gt=0, lt=1)
-    seed: Seed = 0
-
-    @model_validator(mode="after")
-    def _one_of(self) -> Holdout:
-        if (self.cases is None) == (self.fraction is None):
-            raise ValueError("give exactly one of 'cases' (a list of case ids) or 'fraction' (e.g. 0.2)")
-        if self.cases is not None and not self.cases:
-            raise ValueError("'cases' is empty; list at least one training case id")
-        return self
-
-    def select(self, case_ids: list[str]) -> list[str]:
-        """The held-out ids among ``case_ids`` (sorted); unknown ids in ``cases`` are an error."""
-        ids = sorted(case_ids)
-        if self.cases is not None:
-            unknown = sorted(set(self.cases) - set(ids))
-            if unknown:
-                raise SelfUNetError(f"holdout.cases names case ids that are not training cases: {unknown[:10]}; "
-                                    f"known ids look like {ids[:3]}.")
-            return sorted(set(self.cases))
-        import random
-
-        count = max(1, round(len(ids) * float(self.fraction or 0)))
-        if count >= len(ids):
-            raise SelfUNetError(f"holdout.fraction {self.fraction} leaves no training case out of {len(ids)}; "
-                                "lower it.")
-        return sorted(random.Random(self.seed).sample(ids, count))
-
-
-class Scoring(_Strict):
-    """Limits of one submission container on one case (``harness score``); like the platform's."""
-
-    case_timeout_s: float = Field(default=600.0, gt=0, le=MAX_CASE_TIMEOUT_S)
-    memory_gb: Optional[float] = Field(default=None, gt=0, le=MAX_MEMORY_GB)
-    """default: ``resources.memory_gb``."""
-    cpus: Optional[float] = Field(default=None, gt=0, le=MAX_CPUS)
-    """default: ``resources.cpus``."""
-    missing: Literal["worst", "value", "exclude"] = "worst"
-    """how a missing or failed case counts in the rankings (:class:`harness.results.ranking.MissingPolicy`):
-    the worst value (Dice 0), ``missing_value``, or left out for every candidate."""
-    missing_value: Optional[float] = Field(default=None, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _missing_value_with_value(self) -> Scoring:
-        if self.missing == "value" and self.missing_value is None:
-            raise ValueError("'missing: value' needs 'missing_value' (a Dice between 0 and 1)")
-        if self.missing != "value" and self.missing_value is not None:
-            raise ValueError(f"'missing_value' is used only with 'missing: value' (not '{self.missing}'); remove it")
-        return self
+from harness.tasks.sections import (  # noqa: E402,F401 (the sections are part of the descriptor's API)
+    MAX_CASE_TIMEOUT_S,
+    MAX_CPUS,
+    MAX_DEMO_CASES,
+    MAX_GPU_MEMORY_GB,
+    MAX_MEMORY_GB,
+    PLAIN_NAME,
+    SEED_MAX,
+    Budget,
+    Demo,
+    Export,
+    Fetch,
+    Holdout,
+    Metrics,
+    Resources,
+    Scoring,
+    Seed,
+    _non_finite,
+    _Strict,
+)
 
 
 class TaskDescriptor(_Strict):
@@ -236,9 +98,12 @@ class TaskDescriptor(_Strict):
     holdout: Optional[Holdout] = None
     """training cases kept out of training and cross-validation, scored by ``harness score``."""
     scoring: Scoring = Field(default_factory=Scoring)
+    fetch: Fetch = Field(default_factory=Fetch)
+    """where ``harness fetch`` gets the dataset; not part of the results (the checksum pins the bytes)."""
 
-    # not part of the YAML: where the descriptor came from (set by the loader).
+    # not part of the YAML: where the descriptor came from and where its dataset was looked for (set by the loader).
     source: Path = Field(default=Path("<memory>"), exclude=True)
+    dataset_lookup: Optional[DatasetLookup] = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _one_test_set(self) -> TaskDescriptor:
@@ -337,10 +202,13 @@ class TaskDescriptor(_Strict):
                 + " and ".join(changes) + " (--budget replaces budget and folds; docs/reference/task-descriptors.md)")
 
     def with_data_root(self, data_root: Path) -> TaskDescriptor:
-        """``harness run --data-root DIR``: the dataset folder of the same name under DIR (a test
-        label folder inside the dataset folder moves with it)."""
-        dataset = (Path(data_root) / self.dataset.name).resolve()
-        update: dict[str, Any] = {"dataset": dataset}
+        """``harness run --data-root DIR``: the dataset folder of the same name under DIR, or its
+        nnU-Net twin (``Task04_Hippocampus`` <-> ``Dataset004_Hippocampus``; an id finds its
+        ``Dataset###_*``); a test label folder inside the dataset folder moves with it."""
+        reference = self.dataset_lookup.reference if self.dataset_lookup is not None else ""
+        lookup = lookup_in_root(data_root, reference if nnunet_id(reference) is not None else self.dataset.name)
+        dataset = lookup.path
+        update: dict[str, Any] = {"dataset": dataset, "dataset_lookup": lookup}
         if self.test_labels is not None and self.dataset in self.test_labels.parents:
             update["test_labels"] = dataset / self.test_labels.relative_to(self.dataset)
         return self.model_copy(update=update)
@@ -358,6 +226,7 @@ class TaskDescriptor(_Strict):
         if scoring.get("missing") == "worst" and scoring.get("missing_value") is None:  # the default: hash as before
             scoring.pop("missing", None)
             scoring.pop("missing_value", None)
+        content.pop("fetch", None)  # where the bytes come from, not what they are
         return content
 
     def digest(self) -> str:
@@ -406,16 +275,18 @@ def _describe(err: dict, path: Path) -> str:
     return f"{path}: key '{key}': {msg}{shown}; fix the value."
 
 
-def load_task(path: Path, root: Path | None = None) -> TaskDescriptor:
+def load_task(path: Path, root: Path | None = None, nnunet_raw: Path | None = None) -> TaskDescriptor:
     """Read, include, merge and validate one descriptor; every problem in one error. ``root``: the
-    tasks root its includes must lie in (:func:`harness.tasks.yaml_reader.load_raw`)."""
+    tasks root its includes must lie in (:func:`harness.tasks.yaml_reader.load_raw`); ``nnunet_raw``:
+    where an nnU-Net dataset name or id in ``dataset`` is looked up."""
     path = Path(path)
-    raw = load_raw(path, root)
+    raw = load_raw(path, root, nnunet_raw)
+    lookup = raw.pop(LOOKUP_KEY, None)
     try:
         task = TaskDescriptor.model_validate(raw)
     except ValidationError as exc:
         raise SelfUNetError("\n".join(_describe(e, path) for e in exc.errors())) from None
-    return task.model_copy(update={"source": path})
+    return task.model_copy(update={"source": path, "dataset_lookup": lookup})
 
 
 def dataset_problem(task: TaskDescriptor) -> str | None:
@@ -427,8 +298,12 @@ def dataset_problem(task: TaskDescriptor) -> str | None:
                     "an empty folder or remove 'demo:'.")
         return None
     if not root.is_dir():
-        return (f"{task.source}: key 'dataset': folder {root} does not exist; put the dataset there, fix the path "
-                f"(relative to {task.source.parent}), or pass --data-root DIR (uses DIR/{root.name}).")
+        lookup = task.dataset_lookup
+        looked = (f" (looked at:\n{lookup.where_looked()}\n)" if lookup is not None and len(lookup.looked) > 1
+                  else "")
+        return (f"{task.source}: key 'dataset': folder {root} does not exist{looked}; put the dataset there, fix the "
+                f"path (relative to {task.source.parent}), or pass --data-root DIR (uses DIR/{root.name}, or its "
+                "nnU-Net twin Dataset###_Name).")
     if not (root / "dataset.json").is_file():
         return f"{task.source}: key 'dataset': {root} has no dataset.json; point 'dataset' at the task folder itself."
     return None
@@ -459,16 +334,18 @@ def discover(paths: list[Path] | None = None) -> list[Path]:
     return [f for f, _ in discover_with_roots(paths)]
 
 
-def load_tasks(paths: list[Path] | None = None, root: Path | None = None) -> list[TaskDescriptor]:
+def load_tasks(paths: list[Path] | None = None, root: Path | None = None,
+               nnunet_raw: Path | None = None) -> list[TaskDescriptor]:
     """All tasks under ``paths``; every broken descriptor reported together; names that differ only
     in case refused (they share a results folder on a case-insensitive disk, and an image tag).
 
     ``root`` (``--tasks-root``): the folder every descriptor and include must lie in; default the
-    folder each was found in, or a named file's own folder."""
+    folder each was found in, or a named file's own folder. ``nnunet_raw``: where nnU-Net dataset
+    names and ids are looked up."""
     tasks, errors = [], []
     for f, found_in in discover_with_roots(paths):
         try:
-            tasks.append(load_task(f, root if root is not None else found_in))
+            tasks.append(load_task(f, root if root is not None else found_in, nnunet_raw))
         except SelfUNetError as exc:
             errors.append(str(exc))
     if errors:

@@ -4,7 +4,9 @@ A descriptor is user input that may come from anywhere, so reading it refuses wh
 cannot see: bytes that are not UTF-8 (the line is named), files far too large to be a
 descriptor, YAML aliases (a few nested ones expand to billions of nodes), keys given twice, deep
 nesting. ``include:`` chains are followed (relative to the including file, with cycles refused)
-and merged, and path-valued keys are resolved against the file that sets them.
+and merged, and path-valued keys are resolved against the file that sets them; ``dataset`` may also
+be an nnU-Net dataset name or id, looked up under the nnU-Net raw folder
+(:mod:`selfunet.data.dataset_locator`).
 
 Includes stay inside the *tasks root*: the folder the descriptors were found in (or the named
 descriptor file's own folder), or the folder given with ``--tasks-root``. Each path is checked as
@@ -26,8 +28,11 @@ from typing import Any
 import yaml
 
 from selfunet.artifacts import read_user_text
+from selfunet.data.dataset_locator import DatasetLookup, lookup_dataset
 from selfunet.errors import SelfUNetError, clip, quote
 
+#: where :func:`load_raw` leaves the :class:`DatasetLookup` of ``dataset`` (popped by the loader before validation).
+LOOKUP_KEY = "\0dataset_lookup"
 #: a descriptor is a few hundred bytes; anything this big is not one (and would be slow to parse).
 MAX_DESCRIPTOR_BYTES = 256 * 1024
 #: distinct files one descriptor may pull in through ``include:`` (the shipped tasks use 1).
@@ -120,8 +125,9 @@ class _Loader:
     """One descriptor's include graph: every file inside ``root``, each read once, cycles refused,
     at most :data:`MAX_INCLUDE_FILES` files."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, nnunet_raw: Path | None = None) -> None:
         self.root = Path(os.path.realpath(root))
+        self.nnunet_raw = nnunet_raw
         self.done: dict[Path, dict] = {}
 
     def load(self, path: Path, chain: tuple[Path, ...]) -> dict:
@@ -147,23 +153,33 @@ class _Loader:
         if raw.get("dataset") == "":
             raise SelfUNetError(f"{path}: key 'dataset': empty; set it to the dataset folder (relative to "
                                 f"{path.parent}).")
-        for key in ("dataset", "test_labels"):
-            if isinstance(raw.get(key), str):
-                try:
-                    raw[key] = str((path.parent / Path(raw[key]).expanduser()).resolve())
-                except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
-                    raise SelfUNetError(f"{path}: key '{key}': {quote(raw[key])} is not a usable path ({exc}); "
-                                        "set it to a folder.") from None
+        if isinstance(raw.get("dataset"), int) and not isinstance(raw["dataset"], bool):
+            raw["dataset"] = str(raw["dataset"])  # `dataset: 4`: an nnU-Net dataset id
+        if isinstance(raw.get("dataset"), str):
+            try:
+                lookup: DatasetLookup = lookup_dataset(raw["dataset"], base=path.parent, nnunet_raw=self.nnunet_raw)
+            except SelfUNetError as exc:
+                raise SelfUNetError(f"{path}: key 'dataset': {exc}") from None
+            raw["dataset"], raw[LOOKUP_KEY] = str(lookup.path), lookup
+        if isinstance(raw.get("test_labels"), str):
+            try:
+                raw["test_labels"] = str((path.parent / Path(raw["test_labels"]).expanduser()).resolve())
+            except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
+                raise SelfUNetError(f"{path}: key 'test_labels': {quote(raw['test_labels'])} is not a usable path "
+                                    f"({exc}); set it to a folder.") from None
         out = _merge(merged, raw)
         self.done[path] = copy.deepcopy(out)
         return out
 
 
-def load_raw(path: Path, root: Path | None = None) -> dict:
+def load_raw(path: Path, root: Path | None = None, nnunet_raw: Path | None = None) -> dict:
     """The merged mapping of ``path`` and its includes (recursively), relative dataset resolved.
 
     ``root``: the tasks root every file must lie in; default the folder ``path`` really lies in
     (links resolved), so naming a descriptor file always works and its includes stay beside it.
+    ``dataset`` (a path relative to the file that sets it, ``Dataset004_Hippocampus`` or an id, then
+    under ``nnunet_raw``) becomes an absolute path; where it was looked for is left under
+    :data:`LOOKUP_KEY`.
     """
     path = Path(path)
-    return _Loader(Path(os.path.realpath(path)).parent if root is None else Path(root)).load(path, ())
+    return _Loader(Path(os.path.realpath(path)).parent if root is None else Path(root), nnunet_raw).load(path, ())

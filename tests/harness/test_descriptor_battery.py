@@ -60,7 +60,10 @@ CASES: list[tuple[str, str | bytes, list[str]]] = [
                                        "only 4 training cases", "between 2 and 4"]),
     ("empty-dataset", "name: fake\ndataset: ''\n", ["key 'dataset'", "empty", "set it to the dataset folder"]),
     ("nul-in-dataset", 'name: fake\ndataset: "a\\0b"\n', ["key 'dataset'", "not a usable path"]),
-    ("dataset-number", "name: fake\ndataset: 12\n", ["key 'dataset'", "fix the value"]),
+    # a number is an nnU-Net dataset id: looked up under nnUNet_raw, which the tests leave unset
+    ("dataset-id-unset-raw", "name: fake\ndataset: 12\n",
+     ["key 'dataset'", "does not exist", "Dataset012_*", "nnUNet_raw is not set", "--nnunet-raw DIR"]),
+    ("dataset-list", "name: fake\ndataset: [1, 2]\n", ["key 'dataset'", "fix the value"]),
     ("name-number", "name: 12\ndataset: ../data/Task99_Fake\n", ["key 'name'", "valid string", "fix the value"]),
     ("epochs-zero", GOOD + "budget:\n  preset: ci\n  epochs: 0\n", ["key 'budget.epochs'", "greater than or equal"]),
     ("validation-negative", GOOD + "budget:\n  preset: ci\n  validation_iterations: -1\n",
