@@ -7,6 +7,7 @@ imports only packages before it):
   the project image it runs in;
 * :mod:`harness.executors`: *where* jobs run (this machine's slots, a Ray cluster, a Slurm cluster);
 * :mod:`harness.tasks`: task descriptors, read and checked as untrusted YAML;
+* :mod:`harness.fetch`: the tasks' datasets downloaded, checksummed and unpacked safely;
 * :mod:`harness.results`: leaderboards, rankings, tables, seeds, costs, published predictions;
 * :mod:`harness.report`: the static HTML report and its plots;
 * :mod:`harness.run`: the job graph, the run loop, its progress display;
