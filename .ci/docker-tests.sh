@@ -16,7 +16,9 @@
 #      beside an independent threshold container (tests/docker/threshold_algorithm, built from the
 #      base image and the wheelhouse's SimpleITK) and its crash/timeout/oom/missing/wrong-geometry tags;
 #      hostile containers (tests/docker/hostile_algorithm: an output linked to the host reference
-#      label, an .mha naming a host data file, a climbing socket slug) scored as `refused` (~20 s)
+#      label, an .mha naming a host data file, a climbing socket slug) scored as `refused` (~20 s);
+#      an nnU-Net v2 model the reference trains (needs SELFUNET_REFERENCE_PYTHON, as .ci/run exports),
+#      imported and scored as a container, a model.zip and the nnU-Net folder (~1.5 min)
 #   5. the engine stopped (also on failure)
 #
 # Needs root (dockerd). Times and image sizes are printed at the end.

@@ -446,7 +446,8 @@ def score(
     = None,
     gpu: Annotated[Optional[int], typer.Option(help="host GPU index given to the containers (default: none)")] = None,
     mirroring: Annotated[bool, typer.Option("--mirroring/--no-mirroring", help="mirror test-time augmentation for "
-                                            "selfunet's own model (match the export's)")] = True,
+                                            "selfunet's own model and NAME=MODEL submissions (match the export's)")]
+    = True,
     tasks_dir: Annotated[Path, typer.Option("--tasks", help="where task names are looked up")] = Path("tasks"),
     work_root: Annotated[Path, typer.Option(help="work directories are DIR/<task>")] = Path("work"),
     results: ResultsOpt = Path("results"),

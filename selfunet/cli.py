@@ -285,7 +285,8 @@ def predict(
         Optional[Path], typer.Option("--work", "-w", help="work directory holding the trained folds")
     ] = None,
     model: Annotated[
-        Optional[Path], typer.Option("--model", help="a model.zip from `selfunet export-model` (instead of --work)")
+        Optional[Path], typer.Option("--model", help="a model.zip from `selfunet export-model` (instead of --work), "
+                                     "or an nnU-Net v2 model folder or zip (imported first: `selfunet import-nnunet`)")
     ] = None,
     configurations: Annotated[
         Optional[list[str]], typer.Option("--configuration", "-c", help="repeat for an ensemble (default 3d_fullres)")
@@ -317,13 +318,17 @@ def predict(
         if selection is not None or checkpoint != "checkpoint_final.pt":
             raise SelfUNetError("predict --model takes its members, folds and postprocessing from the archive; "
                                 "leave out --selection and --checkpoint (use -c/--fold to choose among them).")
+        import tempfile
+
+        from selfunet.interop.nnunet_import import model_archive_for
         from selfunet.model_archive import load_model_archive
         from selfunet.runtime import resolve_device
 
-        loaded = load_model_archive(model, resolve_device(device), folds or None)
+        with tempfile.TemporaryDirectory(prefix="selfunet-model-") as tmp:  # an nnU-Net model is imported first
+            loaded = load_model_archive(model_archive_for(model, Path(tmp)), resolve_device(device), folds or None)
         predict_cases(inputs, output, None, members or loaded.members, mirroring=mirroring, amp=amp, device=device,
                       save_probabilities_files=save_probabilities, postprocessing=loaded.postprocessing,
-                      console=console, models=loaded.models)
+                      inference=given.inference, console=console, models=loaded.models)
         return
     if selection is not None:
         from selfunet.evaluation.ensemble import Selection
@@ -335,19 +340,63 @@ def predict(
                   device, save_probabilities, postprocessing=rule, inference=given.inference, console=console)
 
 
+ExportFormat = Literal["selfunet", "nnunet"]
+
+
 @app.command("export-model")
 @user_errors
 def export_model(
-    work: WorkArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="the model archive to write (model.zip)")],
+    work: Annotated[Path, typer.Argument(help="work directory (with --format nnunet also a model.zip)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the model archive to write (model.zip); with "
+                                         "--format nnunet the nnUNet_results folder to write into")],
     selection: Annotated[
         Optional[Path], typer.Option(help="selection.json to export (default: WORK/selection.json)")
     ] = None,
+    format_: Annotated[ExportFormat, typer.Option("--format", help="selfunet (model.zip) | nnunet (an nnU-Net v2 "
+                                                  "trainer folder per configuration)")] = "selfunet",
+    nnunet_dataset: Annotated[Optional[str], typer.Option(
+        help="--format nnunet: the Dataset###_Name folder (default: the plan's dataset name if it has that form, "
+             "else Dataset999_<name>)")] = None,
 ) -> None:
-    """Pack plan, dataset facts, every fold's weights, selection and postprocessing into one zip."""
+    """Pack plan, dataset facts, every fold's weights, selection and postprocessing into one zip; or
+    (--format nnunet) write them as nnU-Net v2 trainer folders that nnUNetv2_predict loads."""
+    if format_ == "nnunet":
+        from selfunet.interop.nnunet_export import export_nnunet
+
+        report = export_nnunet(work, output, selection, nnunet_dataset)
+        console.print(escape(report.summary()), highlight=False)
+        return
     from selfunet.model_archive import export_model as export
 
     console.print(f"wrote {export(work, output, selection)}")
+
+
+@app.command("import-nnunet")
+@user_errors
+def import_nnunet(
+    model_folder: Annotated[Path, typer.Argument(
+        help="an nnU-Net v2 trainer folder (<Trainer>__<Plans>__<config>), a Dataset###_Name results folder, or an "
+             "nnUNetv2_export_model_to_zip zip")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the model archive to write (model.zip)")],
+    configurations: Annotated[Optional[list[str]], typer.Option(
+        "--configuration", "-c", help="choose among several trainer folders (repeat for an ensemble); a "
+        "configuration or <Trainer>__<Plans>__<config>")] = None,
+    folds: Annotated[Optional[list[str]], typer.Option(
+        "--fold", "-f", help="folds to import (default: every fold with the checkpoint; 'all' for fold_all)")] = None,
+    checkpoint: Annotated[Literal["final", "best"], typer.Option(
+        help="checkpoint_final.pth or checkpoint_best.pth")] = "final",
+    postprocessing: Annotated[str, typer.Option(
+        help="auto (the folder's postprocessing.pkl for these folds, if any) | none | a postprocessing.pkl")] = "auto",
+) -> None:
+    """Check an nnU-Net v2 trained model and write it as a selfunet model archive (predict --model,
+    harness export gc --model, harness score -s NAME=model.zip)."""
+    from selfunet.interop.nnunet_import import import_nnunet as run_import
+
+    report = run_import(model_folder, output, configurations or None, folds or None, checkpoint, postprocessing)
+    folds_text = "; ".join(f"{c}: folds {', '.join(f)}" for c, f in report.folds.items())
+    console.print(escape(f"wrote {report.output}: {'+'.join(report.members)} ({folds_text}; trainer "
+                         f"{', '.join(sorted(set(report.trainers.values())))}; postprocessing "
+                         f"{report.postprocessing})"), highlight=False)
 
 
 @app.command()

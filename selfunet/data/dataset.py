@@ -254,14 +254,7 @@ def _case_name(entry: object) -> str:
 
 def _load_nnunetv2(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
     channel_names = _indexed_names(descriptor, "channel_names", _require(descriptor, raw, "channel_names", dict))  # type: ignore[arg-type]
-    raw_labels = _require(descriptor, raw, "labels", dict)
-    labels, regions = _labels_v2(descriptor, raw_labels)  # type: ignore[arg-type]
-    labels = _check_labels(descriptor, labels)
-    order = _class_order(descriptor, raw)
-    scheme = scheme_from_declaration(str(descriptor), labels, regions, order)
-    for (name, _), value in zip(regions or [], order or []):
-        if labels[value] == f"label {value}":
-            labels[value] = name
+    labels, scheme = nnunetv2_labels(descriptor, raw)
     ending = str(_require(descriptor, raw, "file_ending", str))
     file_ending(f"x{ending}")
     num_channels = len(channel_names)
@@ -297,6 +290,20 @@ def _load_nnunetv2(root: Path, descriptor: Path, raw: dict) -> DatasetSpec:
         test=test,
         label_scheme=scheme,
     )
+
+
+def nnunetv2_labels(descriptor: Path, raw: dict) -> tuple[dict[int, str], LabelScheme]:
+    """The label values (value -> name) and the label scheme of an nnU-Net v2 ``dataset.json``
+    (``labels`` and ``regions_class_order``); also read by the nnU-Net model importer."""
+    raw_labels = _require(descriptor, raw, "labels", dict)
+    labels, regions = _labels_v2(descriptor, raw_labels)  # type: ignore[arg-type]
+    labels = _check_labels(descriptor, labels)
+    order = _class_order(descriptor, raw)
+    scheme = scheme_from_declaration(str(descriptor), labels, regions, order)
+    for (name, _), value in zip(regions or [], order or []):
+        if labels[value] == f"label {value}":
+            labels[value] = name
+    return labels, scheme
 
 
 def _is_int(value: object) -> bool:

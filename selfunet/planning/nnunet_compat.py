@@ -1,8 +1,10 @@
 """Read an nnU-Net v2 ``dataset_fingerprint.json`` (+ its ``dataset.json``) as our Fingerprint.
 
 Why: users who already ran the reference fingerprint extraction can plan without recomputing it,
-and the planner's parity with the reference is tested by feeding both the same fingerprint.
-Only the JSON files are read; nnunetv2 is never imported.
+the planner's parity with the reference is tested by feeding both the same fingerprint, and an
+imported nnU-Net model (:mod:`selfunet.interop`) carries its dataset facts this way. Only the JSON
+files are read; nnunetv2 is never imported. Labels are read as the dataset loader reads an nnU-Net
+v2 ``dataset.json`` (regions with ``regions_class_order``, the ``ignore`` label).
 
 The reference fingerprint lacks what planning does not need: case ids (we number the cases),
 shapes before cropping and crop boxes (taken as the cropped shape, the full box), label voxel
@@ -15,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selfunet.data.dataset import nnunetv2_labels
+from selfunet.data.labels import LabelScheme
 from selfunet.errors import SelfUNetError, clip
 from selfunet.planning.fingerprint_types import CaseFingerprint, ChannelIntensity, DatasetSummary, Fingerprint
 
@@ -70,6 +74,17 @@ def _labels(dataset: dict[str, Any], source: Path) -> dict[str, str]:
     return dict(sorted(labels.items(), key=lambda item: int(item[0])))
 
 
+def label_declaration(dataset: dict[str, Any], source: Path) -> tuple[dict[str, str], LabelScheme]:
+    """Labels (value as a string -> name) and label scheme (regions, ignore label) of a dataset.json:
+    nnU-Net v2's form (name -> value, or name -> list of values for a region) or the MSD form."""
+    raw = _require(dataset, "labels", source)
+    if isinstance(raw, dict) and raw and all(
+            isinstance(v, (int, list)) and not isinstance(v, bool) for v in raw.values()):
+        labels, scheme = nnunetv2_labels(source, dataset)
+        return {str(k): v for k, v in sorted(labels.items())}, scheme
+    return _labels(dataset, source), LabelScheme()
+
+
 def fingerprint_from_nnunet(fingerprint_json: Path, dataset_json: Path) -> Fingerprint:
     """Convert the reference's fingerprint + dataset description into a :class:`Fingerprint`."""
     fingerprint_json, dataset_json = Path(fingerprint_json), Path(dataset_json)
@@ -85,6 +100,7 @@ def fingerprint_from_nnunet(fingerprint_json: Path, dataset_json: Path) -> Finge
     if not spacings:
         raise SelfUNetError(f"{fingerprint_json}: no cases ('spacings' is empty).")
     channel_names = _channel_names(dataset, dataset_json)
+    labels, scheme = label_declaration(dataset, dataset_json)
     intensity_raw = _require(raw, "foreground_intensity_properties_per_channel", fingerprint_json)
     intensity = []
     for index, name in enumerate(channel_names):
@@ -130,7 +146,8 @@ def fingerprint_from_nnunet(fingerprint_json: Path, dataset_json: Path) -> Finge
         name=str(dataset.get("name", dataset_json.parent.name)),
         layout="nnunetv2",
         channel_names=channel_names,
-        labels=_labels(dataset, dataset_json),
+        labels=labels,
+        label_scheme=scheme,
         file_ending=str(dataset.get("file_ending", ".nii.gz")),
         num_training=int(dataset.get("numTraining", len(cases))),
     )
