@@ -373,15 +373,25 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
                             "--no-selfunet to score the submissions alone.") from None
     except ValueError as exc:
         raise SelfUNetError(f"{selection}: not readable JSON ({exc}); rerun `harness run {task.source}`.") from None
-    predictions = fresh_folder(scores, Path("predictions") / SELFUNET, "harness score")
-    logs = fresh_folder(scores, Path("logs") / SELFUNET, "harness score")
+    predictor = ["-w", str(work), "--selection", str(selection)]
+    results = _predict_and_score(SELFUNET, predictor, task, cases, scores, console, mirroring)
+    return results, {"kind": SELFUNET, "ref": str(selection), "selection": chosen, "mirroring": mirroring}
+
+
+def _predict_and_score(name: str, predictor: list[str], task: TaskDescriptor, cases: list[TestCase], scores: Path,
+                       console: Console, mirroring: bool) -> list[CaseResult]:
+    """``selfunet predict <case> <predictor options>`` per case in a subprocess, its output read
+    through the same checks as a container's (a link, a stray file or a wrong header is refused),
+    then scored; logs and kept predictions go to fresh folders under ``scores``."""
+    predictions = fresh_folder(scores, Path("predictions") / name, "harness score")
+    logs = fresh_folder(scores, Path("logs") / name, "harness score")
     results = []
     with tempfile.TemporaryDirectory(prefix="selfunet-score-") as tmp, _progress(console) as progress:
-        bar = progress.add_task(f"{task.name}: {SELFUNET}", total=len(cases))
+        bar = progress.add_task(f"{task.name}: {name}", total=len(cases))
         for case in cases:
-            out = Path(tmp) / case.case_id
+            out = Path(tmp) / "out" / case.case_id
             command = [sys.executable, "-m", "selfunet.cli", "predict", *map(str, case.images), "-o", str(out),
-                       "-w", str(work), "--selection", str(selection), *(() if mirroring else ("--no-mirroring",))]
+                       *predictor, *(() if mirroring else ("--no-mirroring",))]
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True)
             result = CaseResult(case.case_id, seconds=time.perf_counter() - started)
@@ -396,7 +406,8 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
                                           Path(tmp) / ".checked" / case.case_id)
             results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
             progress.advance(bar)
-    return results, {"kind": SELFUNET, "ref": str(selection), "selection": chosen, "mirroring": mirroring}
+    return results
+
 
 
 def run_model(sub: Submission, task: TaskDescriptor, cases: list[TestCase], scores: Path, console: Console,
@@ -406,31 +417,11 @@ def run_model(sub: Submission, task: TaskDescriptor, cases: list[TestCase], scor
     from selfunet.interop.nnunet_import import model_archive_for
     from selfunet.model_archive import read_manifest
 
-    predictions = fresh_folder(scores, Path("predictions") / sub.name, "harness score")
-    logs = fresh_folder(scores, Path("logs") / sub.name, "harness score")
-    results = []
-    with tempfile.TemporaryDirectory(prefix="selfunet-score-") as tmp, _progress(console) as progress:
+    with tempfile.TemporaryDirectory(prefix="selfunet-score-model-") as tmp:
         archive = model_archive_for(Path(sub.ref), Path(tmp))
         manifest = read_manifest(archive)
-        bar = progress.add_task(f"{task.name}: {sub.name}", total=len(cases))
-        for case in cases:
-            out = Path(tmp) / "out" / case.case_id
-            command = [sys.executable, "-m", "selfunet.cli", "predict", *map(str, case.images), "-o", str(out),
-                       "--model", str(archive), *(() if mirroring else ("--no-mirroring",))]
-            started = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True)
-            result = CaseResult(case.case_id, seconds=time.perf_counter() - started)
-            log_path = logs / f"{case.case_id}.log"
-            log_path.write_text(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}")
-            kept = None
-            if done.returncode != 0:
-                result.fail("crash", f"exit code {done.returncode}: {_last_line(log_path)}")
-            else:
-                kept = checked_prediction(result, partial(folder_prediction, out, case.case_id), f"{out}/",
-                                          case.label, predictions / f"{case.case_id}.mha",
-                                          Path(tmp) / ".checked" / case.case_id)
-            results.append(score_case(result, kept, case.label, _labels(task), _scheme(task)))
-            progress.advance(bar)
+        results = _predict_and_score(sub.name, ["--model", str(archive)], task, cases, scores, console,
+                                     mirroring)
     return results, {"kind": "model", "ref": str(Path(sub.ref).resolve()), "members": manifest.get("members"),
                      "folds": manifest.get("folds"), "mirroring": mirroring}
 
