@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -296,7 +297,7 @@ def run_container(sub: Submission, task: TaskDescriptor, cases: list[TestCase], 
     sockets = image_sockets(image.labels or {}, options.input_slugs, options.output_slug)
     limits = {"case_timeout_s": options.case_timeout_s or task.scoring.case_timeout_s,
               "memory_gb": options.memory_gb or task.scoring.memory_gb or task.resources.memory_gb,
-              "cpus": options.cpus or task.scoring.cpus or task.resources.cpus}
+              "cpus": _cpus(task, options)}
     if sockets.problem:  # the image's labels: the submission's failure, on every case, before any folder
         return [score_case(CaseResult(c.case_id).fail(REFUSED, sockets.problem), None, c.label, _labels(task),
                            _scheme(task)) for c in cases], {
@@ -362,8 +363,13 @@ def score_folder(sub: Submission, task: TaskDescriptor, cases: list[TestCase], s
     return results, {"kind": "folder", "ref": str(folder.resolve())}
 
 
+def _cpus(task: TaskDescriptor, options: ScoreOptions) -> float:
+    """The CPUs one submission gets per case: the command line's, else the descriptor's."""
+    return options.cpus or task.scoring.cpus or task.resources.cpus
+
+
 def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores: Path, console: Console,
-                 mirroring: bool = True) -> tuple[list[CaseResult], dict]:
+                 mirroring: bool = True, cpus: float | None = None) -> tuple[list[CaseResult], dict]:
     """``selfunet predict --selection`` per case (model loaded per case, as a container does)."""
     selection = work / "selection.json"
     try:  # a job wrote it: read as the file it is, never through a link
@@ -374,15 +380,21 @@ def run_selfunet(task: TaskDescriptor, work: Path, cases: list[TestCase], scores
     except ValueError as exc:
         raise SelfUNetError(f"{selection}: not readable JSON ({exc}); rerun `harness run {task.source}`.") from None
     predictor = ["-w", str(work), "--selection", str(selection)]
-    results = _predict_and_score(SELFUNET, predictor, task, cases, scores, console, mirroring)
+    results = _predict_and_score(SELFUNET, predictor, task, cases, scores, console, mirroring, cpus)
     return results, {"kind": SELFUNET, "ref": str(selection), "selection": chosen, "mirroring": mirroring}
 
 
 def _predict_and_score(name: str, predictor: list[str], task: TaskDescriptor, cases: list[TestCase], scores: Path,
-                       console: Console, mirroring: bool) -> list[CaseResult]:
+                       console: Console, mirroring: bool, cpus: float | None = None) -> list[CaseResult]:
     """``selfunet predict <case> <predictor options>`` per case in a subprocess, its output read
     through the same checks as a container's (a link, a stray file or a wrong header is refused),
-    then scored; logs and kept predictions go to fresh folders under ``scores``."""
+    then scored; logs and kept predictions go to fresh folders under ``scores``.
+
+    With ``cpus`` it computes with as many threads as a scored container gets (the Docker
+    sandbox sets ``OMP_NUM_THREADS`` from the same limit): the same budget for every entry, and
+    the same float summation order as the exported container, so their labels agree voxel for
+    voxel."""
+    env = None if cpus is None else {**os.environ, "OMP_NUM_THREADS": str(max(int(cpus), 1))}
     predictions = fresh_folder(scores, Path("predictions") / name, "harness score")
     logs = fresh_folder(scores, Path("logs") / name, "harness score")
     results = []
@@ -393,7 +405,7 @@ def _predict_and_score(name: str, predictor: list[str], task: TaskDescriptor, ca
             command = [sys.executable, "-m", "selfunet.cli", "predict", *map(str, case.images), "-o", str(out),
                        *predictor, *(() if mirroring else ("--no-mirroring",))]
             started = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
             result = CaseResult(case.case_id, seconds=time.perf_counter() - started)
             log_path = logs / f"{case.case_id}.log"
             log_path.write_text(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}")
@@ -411,7 +423,7 @@ def _predict_and_score(name: str, predictor: list[str], task: TaskDescriptor, ca
 
 
 def run_model(sub: Submission, task: TaskDescriptor, cases: list[TestCase], scores: Path, console: Console,
-              mirroring: bool = True) -> tuple[list[CaseResult], dict]:
+              mirroring: bool = True, cpus: float | None = None) -> tuple[list[CaseResult], dict]:
     """``selfunet predict --model`` per case for a model archive (an nnU-Net model is imported once,
     with every check of ``selfunet import-nnunet``, before the first case)."""
     from selfunet.interop.nnunet_import import model_archive_for
@@ -421,7 +433,7 @@ def run_model(sub: Submission, task: TaskDescriptor, cases: list[TestCase], scor
         archive = model_archive_for(Path(sub.ref), Path(tmp))
         manifest = read_manifest(archive)
         results = _predict_and_score(sub.name, ["--model", str(archive)], task, cases, scores, console,
-                                     mirroring)
+                                     mirroring, cpus)
     return results, {"kind": "model", "ref": str(Path(sub.ref).resolve()), "members": manifest.get("members"),
                      "folds": manifest.get("folds"), "mirroring": mirroring}
 
@@ -460,12 +472,12 @@ def score_task(task: TaskDescriptor, submissions: list[Submission], work: Path, 
         started = time.perf_counter()
         if sub is None:
             name, (case_results, record) = SELFUNET, run_selfunet(task, Path(work), cases, scores, console,
-                                                                   options.selfunet_mirroring)
+                                                                   options.selfunet_mirroring, _cpus(task, options))
         elif sub.kind == "folder":
             name, (case_results, record) = sub.name, score_folder(sub, task, cases, scores)
         elif sub.kind == "model":
             name, (case_results, record) = sub.name, run_model(sub, task, cases, scores, console,
-                                                               options.selfunet_mirroring)
+                                                               options.selfunet_mirroring, _cpus(task, options))
         else:
             name, (case_results, record) = sub.name, run_container(sub, task, cases, scores, options, console, client)
         record |= {"submission": name, "task": task.name, "cases": [c.case_id for c in cases],
