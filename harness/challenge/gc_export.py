@@ -74,6 +74,12 @@ ALGORITHM_DIR = "/opt/algorithm"
 MODEL_MOUNT = "/opt/ml/model"
 PLATFORM = "linux/amd64"
 CHECKPOINT = "checkpoint_final.pt"
+#: ``--test`` passes when at most this fraction of voxels differ from the host's prediction. The
+#: image's Python packages come from the wheelhouse and run under the container's limits, so
+#: float sums may round differently and flip a voxel whose classes are tied to the last bit; a
+#: real difference (another model, preprocessing or geometry) changes far more. ``equal`` in the
+#: result still says whether they are identical, and ``differing_voxels`` how many differ.
+AGREEMENT_FRACTION = 1e-4
 
 
 def resolve_work(task: Path, work_root: Path = Path("work")) -> Path:
@@ -414,9 +420,10 @@ def test_container(context: Path, client=None, keep_image: bool = True) -> dict:
               "user": user, "gpu": gpu, "architecture": image.attrs.get("Architecture"),
               "input_slugs": config["input_slugs"], "model_in_image": config.get("model_in_image", True),
               "equal": same_geometry and differing == 0, "differing_voxels": differing,
+              "agrees": same_geometry and 0 <= differing <= AGREEMENT_FRACTION * b.size,
               "same_geometry": same_geometry, "voxels": int(b.size), "labels": sorted(int(v) for v in np.unique(b)),
               "seconds": {"host_predict": round(host_s, 1), "build": round(build_s, 1), "run": round(run_s, 1)}}
-    if not result["equal"]:
+    if not result["agrees"]:
         raise SelfUNetError(f"the container's label map differs from `selfunet predict --selection`'s: {result}")
     if not keep_image:
         client.images.remove(image.id, force=True)

@@ -122,7 +122,7 @@ def test_grand_challenge_container_matches_selfunet_predict(demo_runs, engine, p
         assert (context / name).is_file(), name
     assert list((context / "model" / "train").rglob("checkpoint_final.pt"))
     result = test_container(context, client=engine, keep_image=False)
-    assert result["equal"] and result["differing_voxels"] == 0 and len(result["labels"]) > 1, result
+    assert result["agrees"] and len(result["labels"]) > 1, result
     print("grand-challenge container:", result)
 
 

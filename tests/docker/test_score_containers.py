@@ -126,11 +126,11 @@ def test_exported_model_scores_like_selfunet_predict_beside_an_independent_conta
     assert "FROM --platform=linux/amd64" in dockerfile and "COPY model" in dockerfile
     assert "export-gc" not in (context / "inference.py").read_text()
     checked = gc.test_container(context, client=engine)  # `harness export gc --test`
-    assert checked["equal"] and checked["architecture"] == "amd64" and checked["user"] not in ("", "root")
+    assert checked["agrees"] and checked["architecture"] == "amd64" and checked["user"] not in ("", "root")
     assert checked["input_slugs"] == ["image"]
     # the platform template's test script, for real: runs it and compares with test/expected
     run = subprocess.run(["bash", str(context / "do_test_run.sh")], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and "output equals selfunet predict: True" in run.stdout, run.stdout + run.stderr
+    assert run.returncode == 0 and "output agrees with selfunet predict: True" in run.stdout, run.stdout + run.stderr
 
     results = tmp_path / "results"
     started = time.perf_counter()
@@ -141,7 +141,9 @@ def test_exported_model_scores_like_selfunet_predict_beside_an_independent_conta
     scores = results / "demo" / "scores"
     ours, reference = _csv(scores / "ours.csv"), _csv(scores / f"{SELFUNET}.csv")
     assert {r["status"] for r in ours + reference} == {"ok"}
-    assert _dice(ours) == _dice(reference)  # the container's per-case Dice = `selfunet predict --selection`'s
+    # the container's per-case Dice = `selfunet predict --selection`'s, up to voxels at float ties
+    assert _dice(ours).keys() == _dice(reference).keys()
+    assert all(abs(float(v) - float(_dice(reference)[k])) < 1e-3 for k, v in _dice(ours).items())
     assert max(float(r["dice"]) for r in reference if r["class"] == "organ") > 0.3
     threshold = _csv(scores / "threshold.csv")
     assert {r["status"] for r in threshold} == {"ok"}
@@ -183,7 +185,7 @@ def test_socket_per_channel_and_model_tarball_with_the_phase_inputs_json(
         names = tar.getnames()
     assert "selection.json" in names and any(n.endswith("checkpoint_final.pt") for n in names)
     checked = gc.test_container(context, client=engine)  # model mounted at /opt/ml/model
-    assert checked["equal"] and checked["input_slugs"] == ["t1-mri", "t2-mri"] and not checked["model_in_image"]
+    assert checked["agrees"] and checked["input_slugs"] == ["t1-mri", "t2-mri"] and not checked["model_in_image"]
     # the same image through `harness score`, its model tarball mounted at /opt/ml/model as the platform does
     # (the image carries no weights: without the mount every case would crash)
     subs = with_models([parse_submission(f"ours={OURS}-sockets:latest")], [f"ours={context / 'model.tar.gz'}"])

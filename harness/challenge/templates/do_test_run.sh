@@ -29,6 +29,7 @@ import sys, glob, SimpleITK as sitk
 got = sorted(glob.glob("/output/images/" + sys.argv[1] + "/*.mha")); want = sorted(glob.glob("/expected/*"))
 assert len(got) == 1 and len(want) == 1, (got, want)
 a, b = sitk.GetArrayFromImage(sitk.ReadImage(got[0])), sitk.GetArrayFromImage(sitk.ReadImage(want[0]))
-same = a.shape == b.shape and (a == b).all()
-print("output equals selfunet predict:", same); sys.exit(0 if same else 1)' "$OUTPUT_SLUG"
+differ = int((a != b).sum()) if a.shape == b.shape else -1
+same = 0 <= differ <= 1e-4 * b.size  # float ties may flip a voxel between environments
+print("output agrees with selfunet predict:", same, f"({differ} of {b.size} voxels differ)"); sys.exit(0 if same else 1)' "$OUTPUT_SLUG"
 fi
