@@ -37,7 +37,7 @@ MAX_CONVS_PER_STAGE = 64
 MAX_PATCH_EDGE = 4096
 #: voxels of one patch (the planner starts from 256^3 = 2^24 in 3D and 2048^2 in 2D).
 MAX_PATCH_VOXELS = 2**27
-MAX_BATCH_SIZE = 4096
+MAX_BATCH_SIZE = 65536
 #: elements of the first feature map of one training batch (batch x features x patch voxels):
 #: 2^34 float32 values are 64 GiB; the default 3D plan has 2 x 32 x 128^3 = 2^27.
 MAX_BATCH_ACTIVATIONS = 2**34
