@@ -36,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-REF_PYTHON = os.environ.get("SELFUNET_REFERENCE_PYTHON") or (
-    Path("/tmp/refpy").read_text().strip() if Path("/tmp/refpy").exists() else "python")
+#: the reference's venv python (bench/reference/setup_reference.sh prints it last)
+REF_PYTHON = os.environ.get("SELFUNET_REFERENCE_PYTHON", "python")
 DATASET = "Dataset935_PredictBench"
 TRAINER_FOLDER = f"{DATASET}/nnUNetTrainer__selfunetPlans__3d_fullres"
 
@@ -343,7 +343,7 @@ def network_variants(root: Path, threads: int, repeats: int, ort_path: str | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["setup", "run", "network"])
-    parser.add_argument("--root", type=Path, default=Path("/tmp/bench_predict_vs_reference"))
+    parser.add_argument("--root", type=Path, required=True, help="scratch folder for data, models and predictions")
     parser.add_argument("--cases", type=int, default=8, help="setup: training cases of the demo task")
     parser.add_argument("--test-cases", type=int, default=3, help="setup: test cases predicted")
     parser.add_argument("--iterations", type=int, default=5, help="setup: training iterations")

@@ -93,14 +93,7 @@ def read_user_text(path: Path, what: str, max_bytes: int, utf8_fix: str) -> str:
         if st.st_size > max_bytes:
             raise SelfUNetError(f"{path}: {st.st_size} bytes is too big for {what} (at most {max_bytes}); is it the "
                                 "right file?")
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
+        data = read_at_most(fd, max_bytes + 1)
     except OSError as exc:
         raise SelfUNetError(f"{path}: cannot read {what} ({exc.strerror or exc}); check its permissions.") from None
     finally:
@@ -234,3 +227,18 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
+
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """At most ``limit`` bytes from an open descriptor, however large the file claims or grows to be:
+    the one bounded read behind every untrusted text file (read one byte past a size bound to see
+    that a file grew past it)."""
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+

@@ -49,7 +49,8 @@ INSIDER_IN_CODE = re.compile(
     r"\bissue \d+|\bbench_h\d+|\bthe lead\b|\bhelper notes\b|\bother helpers\b"
     r"|\b(?:this|that|another|other|previous|latest|earlier|next) sessions?\b|\breach of a session\b",
     re.IGNORECASE)
-#: work-package labels such as "H9" (upper case only: ``<h2>`` is HTML).
+#: an upper-case H and one or two digits standing alone, a label that names nothing a reader can
+#: look up (upper case only: ``<h2>`` is HTML).
 WORK_LABEL = re.compile(r"(?<![\w-])H\d{1,2}(?![\w-])")
 
 

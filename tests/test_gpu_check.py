@@ -23,6 +23,7 @@ def test_gpu_check_cpu_mode_writes_json_and_markdown_and_says_what_it_skipped(tm
         measured, compiled = plan["training"]
         assert measured["s_per_iteration"] > 0 and 0 <= measured["data_wait_fraction"] <= 1
         assert measured["peak_gpu_memory_gb"] == module.SKIPPED and compiled["s_per_iteration"] == module.SKIPPED
-        assert plan["prediction"]["predict_s_mirroring"] >= 0 and plan["prediction"]["predict_s_no_mirroring"] >= 0  # rounded: a tiny CPU case may print 0.0
+        # rounded: a tiny CPU case may print 0.0
+        assert plan["prediction"]["predict_s_mirroring"] >= 0 and plan["prediction"]["predict_s_no_mirroring"] >= 0
     table = (tmp_path / "gpu_check.md").read_text()
     assert "CPU mode: skipped: no CUDA device" in table and table.count("| 4ch 16^3") == 2

@@ -176,8 +176,8 @@ def test_grand_challenge_context_from_the_archive_predicts_like_selfunet(
     import subprocess
     import sys
 
-    from harness.cli import app as harness_app
     from harness.challenge.gc_case import write_case
+    from harness.cli import app as harness_app
 
     _, archive = exported
     context = tmp_path / "gc"

@@ -78,7 +78,8 @@ class Row:
     inference_seconds: float | None = None
     peak_memory_mb: float | None = None
     memory: str = ""
-    """what peak_memory_mb measured: "cuda" (GPU tensor memory) or "rss" (resident memory); see harness.results.costs."""
+    """what peak_memory_mb measured: "cuda" (GPU tensor memory) or "rss" (resident memory);
+    see harness.results.costs."""
     postprocessed: bool = False
     """the row's predictions differ from the raw row's (a rule that changes something)."""
     per_case: dict[str, dict[str, float]] | None = None

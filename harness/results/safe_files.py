@@ -28,6 +28,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from selfunet.artifacts import read_at_most
 from selfunet.errors import SelfUNetError
 
 #: JSON records a job writes (selection.json, seeds.json, summaries) are a few hundred kB at most.
@@ -99,14 +100,7 @@ def read_fd(fd: int, shown: Path, what: str, max_bytes: int) -> bytes:
         raise LinkRefused(f"{shown}: not a regular file (a folder, FIFO, socket or device); {what} must be a file.")
     if st.st_size > max_bytes:
         raise SelfUNetError(f"{shown}: {st.st_size} bytes is too big for {what} (at most {max_bytes}).")
-    chunks, left = [], max_bytes + 1
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    data = b"".join(chunks)
+    data = read_at_most(fd, max_bytes + 1)
     if len(data) > max_bytes:
         raise SelfUNetError(f"{shown}: grew past {max_bytes} bytes while read; {what} is not that big.")
     return data

@@ -158,13 +158,15 @@ class Runner:
                 self._add(rec.task, graph.expand(job.id))
             except Exception as exc:  # the graph cannot grow: this job counts as failed
                 detail = _detail(exc)
-                rec.status, rec.reason, rec.log_tail = JobStatus.FAILED, f"after {job.id}: {detail}", detail.splitlines()
+                rec.status, rec.reason = JobStatus.FAILED, f"after {job.id}: {detail}"
+                rec.log_tail = detail.splitlines()
                 graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": JobStatus.FAILED,
                                              "reason": rec.reason, "log_tail": rec.log_tail})
         symbol = {JobStatus.SUCCEEDED: "[green]done[/]", JobStatus.FAILED: "[bold red]FAILED[/]",
                   JobStatus.SKIPPED: "[dim]skipped[/]", JobStatus.BLOCKED: "[yellow]blocked[/]"}[rec.status]
         self._track(key, page=rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED))
-        took = f" ({rec.seconds:.1f} s)" if rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) and rec.started else ""
+        ran = rec.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) and rec.started
+        took = f" ({rec.seconds:.1f} s)" if ran else ""
         self.console.print(f"{symbol} {rec.task}/{job.id}{took}" + (
             f"  log: {escape(rec.log)}" if rec.status == JobStatus.FAILED else ""), highlight=False)
 
@@ -229,7 +231,8 @@ class Runner:
                 return "inline"
             self._finish(key, JobStatus.SUCCEEDED, 0)
             return "inline"
-        graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": JobStatus.RUNNING, "started": rec.started,
+        graph.markers.write(job.id, {"job": job.id, "hash": rec.hash, "status": JobStatus.RUNNING,
+                                     "started": rec.started,
                                      "owner": owner_record()})
         self.console.print(f"[bold]start[/] {rec.task}/{job.id}: {escape('selfunet ' + ' '.join(argv))}  "
                            f"(log: {escape(rec.log)})",
@@ -255,7 +258,8 @@ class Runner:
         rec = self.records[key]
         owner = marker.get("owner") or {}
         state = "no longer running" if not owner_alive(owner) else "not holding the work directory"
-        self.graphs[rec.task].markers.write(rec.job, {**marker, "status": JobStatus.INTERRUPTED, "recovered": time.time(),
+        self.graphs[rec.task].markers.write(rec.job, {**marker, "status": JobStatus.INTERRUPTED,
+                                                      "recovered": time.time(),
                                                       "reason": f"owner {describe_owner(owner)} {state}"})
         self.console.print(f"[magenta]recovered[/] {escape(rec.task)}/{escape(rec.job)}: its marker said running "
                            f"(owner {escape(describe_owner(owner))}, {state}); treated as interrupted, running it "

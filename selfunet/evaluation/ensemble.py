@@ -364,4 +364,5 @@ def render_selection(selection: Selection, console: Console) -> None:
         )
     console.print(table)
     console.print(f"selected: [bold]{escape(selection.selected)}[/] (members {escape(', '.join(selection.members))}); "
-                  f"postprocessing: {escape(describe_rule(selection.postprocessing, selection.labels))}", highlight=False)
+                  f"postprocessing: {escape(describe_rule(selection.postprocessing, selection.labels))}",
+                  highlight=False)

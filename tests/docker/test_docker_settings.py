@@ -150,11 +150,10 @@ def test_unreadable_dataset_file_is_found(tmp_path: Path) -> None:
 
 def test_runner_mounts_the_descriptor_dataset_and_passes_the_policy(tmp_path: Path) -> None:
     """Every job's request carries the descriptor's dataset (read-only), its container policy and stage timeout."""
+    from harness.executors.base import Executor
     from harness.run.jobs import TaskGraph
     from harness.run.runner import Runner
     from harness.tasks.descriptor import TaskDescriptor
-
-    from harness.executors.base import Executor
 
     class Recorder(Executor):
         """An executor that only records what it was asked to run (the seam under test)."""

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.challenge.gc_export import export_gc, model_files, write_scripts
 from harness.challenge.gc_case import read_inputs_json
+from harness.challenge.gc_export import export_gc, model_files, write_scripts
+from harness.cli import app
 from harness.tasks.names import check_image_reference, check_image_tag, check_relative_inside, check_slug
 from selfunet.errors import SelfUNetError
 

@@ -13,7 +13,6 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from harness.cli import app
 from harness.challenge.score import (
     CSV_COLUMNS,
     INPUTS_LABEL,
@@ -25,6 +24,7 @@ from harness.challenge.score import (
     parse_submission,
     score_task,
 )
+from harness.cli import app
 from harness.tasks.descriptor import TaskDescriptor, load_task
 from selfunet.errors import SelfUNetError
 

@@ -12,11 +12,11 @@ import pytest
 from test_jobs import FakeSandbox
 
 from harness.executors import LocalExecutor
-from harness.run.jobs import TaskGraph
 from harness.results.leaderboard import build_leaderboard
-from harness.run.runner import Runner
 from harness.results.seeds import parse_seeds, seed_stats
 from harness.results.tables import to_csv, to_markdown
+from harness.run.jobs import TaskGraph
+from harness.run.runner import Runner
 from harness.tasks.descriptor import TaskDescriptor
 from selfunet.errors import SelfUNetError
 from selfunet.evaluation.ensemble import CandidateScore, Selection
