@@ -59,7 +59,9 @@ def test_memory_and_time_limits_are_reported_as_such(slurm_cluster: str, tmp_pat
                                                   memory_gb=0.25), uses_gpu=False)
 
     oom = descriptor(tmp_path, "oom", "resources: {cpus: 1, memory_gb: 0.05}")
-    slow = descriptor(tmp_path, "slow", "resources: {cpus: 1}\ncontainer: {timeout_s: {check: 0.5}}")
+    # 10 ms: starting the interpreter and importing the CLI alone take longer on any machine (a check of
+    # 4 demo cases can finish inside 0.5 s on a fast one)
+    slow = descriptor(tmp_path, "slow", "resources: {cpus: 1}\ncontainer: {timeout_s: {check: 0.01}}")
     done = subprocess.run(
         [sys.executable, "-m", "harness.cli", "run", str(oom), str(slow), "--executor", "slurm",
          "--work-root", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
@@ -75,7 +77,7 @@ def test_memory_and_time_limits_are_reported_as_such(slurm_cluster: str, tmp_pat
     check = run_record(tmp_path, "slow")["check"]
     assert check["status"] == "failed" and check["exit_code"] == EXIT_TIMEOUT, check
     assert check["reason"].startswith("timeout: the sandbox stopped the job"), check
-    assert "TIMEOUT: the job ran past 0.5 s" in (tmp_path / "work" / "slow" / ".harness" / "logs" / "check.log"
+    assert "TIMEOUT: the job ran past 0.01 s" in (tmp_path / "work" / "slow" / ".harness" / "logs" / "check.log"
                                                  ).read_text()
     record = json.loads((tmp_path / "work" / "oom" / ".harness" / "slurm" / "check.json").read_text())
     assert record["state"] in ("OUT_OF_MEMORY", "FAILED") and record["resources"]["memory_mb"] == 52
