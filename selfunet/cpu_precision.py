@@ -114,7 +114,8 @@ def measure_conv_stage(repeats: int = 3) -> tuple[float, float]:
     return statistics.median(times[False]), statistics.median(times[True])
 
 
-def _read_cache(path: Path) -> dict:
+def read_cache(path: Path) -> dict:
+    """A JSON cache file as a dict; a missing, unreadable or malformed file reads as empty."""
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
@@ -126,7 +127,7 @@ def _write_cache(path: Path, key: str, decision: Bf16Decision) -> None:
     """Best effort and atomic: a read-only home only costs a re-measurement in the next process."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {**_read_cache(path), key: asdict(decision)})
+        atomic_write_json(path, {**read_cache(path), key: asdict(decision)})
     except OSError:
         pass
 
@@ -142,7 +143,7 @@ def decide_cpu_bf16(
         return Bf16Decision(False, "fp32: this CPU has no native bf16 instructions (bf16 would be emulated)")
     path = (cache or cache_dir()) / CACHE_FILE
     key = machine_key(flags)
-    stored = _read_cache(path).get(key)
+    stored = read_cache(path).get(key)
     if isinstance(stored, dict):
         try:
             cached = Bf16Decision(**stored)

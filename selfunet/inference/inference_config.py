@@ -43,6 +43,9 @@ class InferenceConfig:
     background. None = every window of the grid."""
     progress: bool = False
     """show a rich progress bar over window batches (useful for very large cases)."""
+    backend: str = "auto"
+    """what runs the network on a CPU: torch, openvino, or auto (OpenVINO where installed and
+    measured faster on this machine, else torch; always torch on a GPU)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.step_fraction <= 1.0:
@@ -57,6 +60,8 @@ class InferenceConfig:
             )
         if self.max_window_voxels is not None and self.max_window_voxels < 1:
             raise SelfUNetError(f"InferenceConfig.max_window_voxels={self.max_window_voxels}: must be >= 1 (or None)")
+        if self.backend not in ("auto", "torch", "openvino"):
+            raise SelfUNetError(f"InferenceConfig.backend={self.backend!r}: choose auto, torch or openvino")
         if self.windows_per_batch < 1:
             raise SelfUNetError(f"InferenceConfig.windows_per_batch={self.windows_per_batch}: must be >= 1")
         if self.amp_dtype is not None and str(self.amp_dtype) not in ("torch.bfloat16", "torch.float16"):

@@ -38,6 +38,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 
 from selfunet.errors import SelfUNetError
+from selfunet.inference import cpu_backend
 from selfunet.inference.inference_config import InferenceConfig
 from selfunet.runtime import check_stop
 
@@ -246,6 +247,8 @@ def stream_logits(
     with contextlib.ExitStack() as stack:
         for net in networks:
             stack.enter_context(_eval_without_deep_supervision(net))
+        # torch or, on a CPU where it is faster, the same network compiled by OpenVINO
+        runners = cpu_backend.for_inference(networks, patch, device, config.amp_dtype, config.backend)
         # finished rows are handed over a few at a time: their logits, probabilities and reverted
         # copies then stay small next to the sums in flight, whatever the number of classes
         row_bytes = 4 * num_classes * math.prod(padded[1:])
@@ -277,7 +280,7 @@ def stream_logits(
             check_stop("during a sliding-window prediction")  # a stop request is answered within one batch
             yield from finish(rows(batch[0])[0])
             x = torch.stack([image[(slice(None), *w)] for w in batch]).to(device, torch.float32)
-            for net, acc in zip(networks, sums):
+            for net, acc in zip(runners, sums):
                 out = _predict_mirrored(net, x, mirror_axes, config.amp_dtype, device)
                 if out.shape[1] != num_classes or list(out.shape[2:]) != patch:
                     raise SelfUNetError(
