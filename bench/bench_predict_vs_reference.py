@@ -11,16 +11,22 @@ Usage (numbers and machine: docs/benchmarks/prediction-cpu-side-by-side.md):
 ``nnUNetv2_predict_from_modelfolder`` loads) and imports that folder back with
 ``selfunet import-nnunet`` into ``model.zip``: both sides then predict with the same weights.
 
-``run`` interleaves the two whole commands (reference, ours, reference, ours, ...) on the test
-images with the same thread count, and reports per run: wall time, CPU time of the process tree,
+``setup --zoom F`` scales the test images by F along every axis at the same spacing (linear
+interpolation): larger anatomy, more windows per case, so the network dominates as it does on
+real scans.
+
+``run`` interleaves the whole commands (reference, ours with its default network runtime, ours
+with ``--backend torch``, then again) on the test images with the same thread count, and reports
+per run: wall time, CPU time of the process tree,
 time to the end of the imports (``python -X importtime``, a separate run), and from one cProfile
 run of each side the shares of model loading, the network's forward passes, reverting and
 writing. Labels are compared voxel by voxel per case.
 
-``network`` times the network alone on one preprocessed-size window of this model: the default
-(fp32, 8 mirrored passes one after the other, as the sliding window does per window), channels-last,
-``torch.compile``, the 8 mirrors as one batch of 8, and ONNX Runtime (where importable, e.g. from
-``--ort-path``). It calls the network directly; no product code is changed.
+``network`` times the network alone on one preprocessed-size window of this model: torch's eager
+default (fp32, 8 mirrored passes one after the other, as the sliding window does per window),
+channels-last, ``torch.compile``, the 8 mirrors as one batch of 8, the product's OpenVINO
+compilation (:mod:`selfunet.inference.openvino_network`), and ONNX Runtime (where importable, e.g.
+from ``--ort-path``).
 """
 
 from __future__ import annotations
@@ -50,7 +56,22 @@ def sh(args: list[str], env: dict | None = None, **kw) -> subprocess.CompletedPr
     return subprocess.run([str(a) for a in args], check=True, env=env, **kw)
 
 
-def setup(root: Path, cases: int, test_cases: int, iterations: int) -> None:
+def zoom_test_images(images: Path, factor: float) -> None:
+    """Every image of ``images`` resampled to ``factor`` times its size at the same spacing."""
+    import SimpleITK as sitk
+
+    for file in sorted(images.glob("*.nii.gz")):
+        image = sitk.ReadImage(str(file))
+        size = [max(1, round(n * factor)) for n in image.GetSize()]
+        # the same physical extent sampled finer, then relabelled with the original spacing
+        finer = [sp * n / m for sp, n, m in zip(image.GetSpacing(), image.GetSize(), size)]
+        zoomed = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), finer,
+                               image.GetDirection(), 0.0, image.GetPixelID())
+        zoomed.SetSpacing(image.GetSpacing())
+        sitk.WriteImage(zoomed, str(file))
+
+
+def setup(root: Path, cases: int, test_cases: int, iterations: int, zoom: float = 1.0) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import convert_msd_to_nnunetv2
 
@@ -75,6 +96,8 @@ def setup(root: Path, cases: int, test_cases: int, iterations: int) -> None:
         DATASET])
     sh(["selfunet", "import-nnunet", root / "nnunet_results" / TRAINER_FOLDER, "-o", root / "model.zip"])
     convert_msd_to_nnunetv2(data, root / "raw")  # imagesTs as NAME_0000.nii.gz, ... for both sides
+    if zoom != 1.0:
+        zoom_test_images(root / "raw" / "imagesTs", zoom)
 
 
 def env_for(threads: int) -> dict:
@@ -89,16 +112,17 @@ def command(side: str, root: Path, out: Path) -> list[str]:
     if side == "old":  # an earlier tree of selfunet (--old-tree), same interpreter
         return [sys.executable, "-m", "selfunet.cli", "predict", str(images), "-o", str(out), "--model",
                 str(root / "model.zip"), "--device", "cpu", "--amp", "off"]
-    if side == "ours":
+    if side in ("ours", "ours-torch"):
+        backend = ["--backend", "torch"] if side == "ours-torch" else []
         return ["selfunet", "predict", str(images), "-o", str(out), "--model", str(root / "model.zip"),
-                "--device", "cpu", "--amp", "off"]
+                "--device", "cpu", "--amp", "off", *backend]
     tool = Path(REF_PYTHON).parent / "nnUNetv2_predict_from_modelfolder"
     return [str(tool), "-i", str(images), "-o", str(out), "-m", str(root / "nnunet_results" / TRAINER_FOLDER),
             "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
 
 
 def python_of(side: str) -> str:
-    return sys.executable if side == "ours" else REF_PYTHON
+    return REF_PYTHON if side == "ref" else sys.executable
 
 
 def as_python(side: str, cmd: list[str], flags: list[str]) -> list[str]:
@@ -182,6 +206,7 @@ def profile_run(side: str, env: dict, root: Path) -> dict:
             "read images": cum(named("read_image", "read_case", "read_channels")),
             "revert (resample back)": cum(named("revert_slabs", "revert_slab", "revert_to_original", "revert")),
             "write": cum(named("write_image", "write_label_map", "write_segmentation")),
+            "network runtime choice + OpenVINO compilation": cum(named("for_inference")),
         })
     else:
         phases.update({
@@ -218,7 +243,7 @@ def run(root: Path, repeats: int, threads: int, profile: bool, old_tree: str | N
     """``old_tree``: a folder holding an earlier ``selfunet/`` (``git archive COMMIT selfunet | tar -x``),
     timed as a third side to see which change moved the ratio."""
     env = env_for(threads)
-    sides = ("ref", "ours", "old") if old_tree else ("ref", "ours")
+    sides = ("ref", "ours", "ours-torch", "old") if old_tree else ("ref", "ours", "ours-torch")
     walls: dict[str, list[float]] = {side: [] for side in sides}
     cpus: dict[str, list[float]] = {side: [] for side in sides}
     for r in range(repeats):
@@ -233,7 +258,11 @@ def run(root: Path, repeats: int, threads: int, profile: bool, old_tree: str | N
     result = {"threads": threads, "wall_s": walls, "cpu_s": cpus,
               "median_wall_s": {k: statistics.median(v) for k, v in walls.items()},
               "ratio_ours_over_ref": round(statistics.median(walls["ours"]) / statistics.median(walls["ref"]), 3),
+              "ratio_ours_torch_over_ref": round(statistics.median(walls["ours-torch"]) /
+                                                 statistics.median(walls["ref"]), 3),
               "agreement": labels_agreement(root / "out_ref", root / "out_ours"),
+              "agreement_torch_vs_ref": labels_agreement(root / "out_ref", root / "out_ours-torch"),
+              "agreement_default_vs_torch": labels_agreement(root / "out_ours-torch", root / "out_ours"),
               "load_after": os.getloadavg(),
               "cases": len(list((root / "out_ours").glob("*.nii.gz")))}
     result["import_s"] = {side: round(import_seconds(side, env, root), 2) for side in ("ref", "ours")}
@@ -300,6 +329,17 @@ def network_variants(root: Path, threads: int, repeats: int, ort_path: str | Non
         variants["torch.compile (8 passes of 1)"] = lambda: mirrored(compiled, x)
     except Exception as error:  # a missing compiler is a result, not a crash
         results["torch.compile"] = f"failed: {type(error).__name__}: {str(error)[:200]}"
+    try:
+        from selfunet.inference import openvino_network
+
+        start = time.perf_counter()
+        ov_net = openvino_network.compile_network(net, patch, "f32", threads, cache=None)
+        results["openvino conversion + compilation s"] = round(time.perf_counter() - start, 2)
+        results["openvino"] = openvino_network.openvino_version()
+        variants["openvino, the product's (8 passes of 1)"] = lambda: mirrored(ov_net, x)
+        variants["openvino, batch of 8"] = lambda: batched(ov_net, x)
+    except Exception as error:
+        results["openvino error"] = f"{type(error).__name__}: {str(error)[:300]}"
     if ort_path:
         sys.path.insert(0, ort_path)
     try:
@@ -347,6 +387,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=8, help="setup: training cases of the demo task")
     parser.add_argument("--test-cases", type=int, default=3, help="setup: test cases predicted")
     parser.add_argument("--iterations", type=int, default=5, help="setup: training iterations")
+    parser.add_argument("--zoom", type=float, default=1.0, help="setup: scale the test images by this per axis")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-profile", action="store_true")
@@ -355,7 +396,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
     args = parser.parse_args()
     if args.step == "setup":
-        setup(args.root, args.cases, args.test_cases, args.iterations)
+        setup(args.root, args.cases, args.test_cases, args.iterations, args.zoom)
         return
     if args.step == "run":
         result = run(args.root, args.repeats, args.threads, not args.no_profile, args.old_tree)
