@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import multiprocessing
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -34,6 +35,8 @@ from selfunet.errors import SelfUNetError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: how worker processes start (see :class:`ProcessLoader`); spawn where fork servers do not exist
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class BackgroundLoader(Generic[T]):
@@ -169,9 +172,13 @@ class _Produced(torch.utils.data.Dataset):
 class ProcessLoader(Generic[T]):
     """Like :class:`BackgroundLoader`, in ``num_workers`` worker processes (torch's ``DataLoader``).
 
-    ``produce`` must be picklable where the start method is not ``fork``. ``pin_memory``: every
-    item is page-locked in the main process (items with a ``pin_memory()`` method, tensors, and
-    containers of them), so ``.to("cuda", non_blocking=True)`` does not block the host.
+    The workers start from a fork server (``forkserver``), not from a fork of this process:
+    a fork copies the state of every thread's locks, and a worker forked while one of the
+    training's BLAS threads held MKL's allocator lock spun on it for ever at its first matrix
+    product. A fork server is a fresh process that never ran those threads. ``produce`` is
+    therefore pickled to the workers. ``pin_memory``: every item is page-locked in the main process
+    (items with a ``pin_memory()`` method, tensors, and containers of them), so
+    ``.to("cuda", non_blocking=True)`` does not block the host.
     """
 
     def __init__(
@@ -189,6 +196,7 @@ class ProcessLoader(Generic[T]):
         self._loader = torch.utils.data.DataLoader(
             _Produced(produce), batch_size=None, sampler=_IndicesFrom(start_index), num_workers=num_workers,
             prefetch_factor=max(1, math.ceil(prefetch / num_workers)), pin_memory=pin_memory,
+            multiprocessing_context=START_METHOD,
         )
         self._iterator: Iterator[T] | None = iter(self._loader)
 
