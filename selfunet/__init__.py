@@ -12,11 +12,3 @@ Lower stages never import higher ones; ``pipeline`` runs them all and ``cli`` ex
 """
 
 __version__ = "0.1.0"
-
-import os as _os
-
-# MKL's fast memory manager keeps a lock per thread; a loader worker forked while another thread
-# of the parent held it (the thread-mode loader, a pinned-memory thread) spins on it for ever in
-# its first matrix product. Without the fast manager MKL allocates through the C library, which
-# is fork-safe. Set before torch loads MKL; a user's own setting wins.
-_os.environ.setdefault("MKL_DISABLE_FAST_MM", "1")
