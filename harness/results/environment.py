@@ -12,6 +12,8 @@ Keys (every value may be null where it does not apply or cannot be read)::
     selfunet          selfunet's version (the run record's code_version adds the source tree)
     python, torch     versions
     cuda, cudnn       torch's CUDA and cuDNN versions (null in a CPU build)
+    openvino          the installed OpenVINO's version (null: none); on a CPU, prediction runs the
+                      network in it where measured faster (selfunet/inference/cpu_backend.py)
     gpu               {"model", "count", "driver", "capability"}: the visible GPUs (count 0: none)
     cpu               {"model", "cores", "bf16_flags"}: the CPU and its native bf16 instruction flags
                       (selfunet/cpu_precision.py: without them bf16 is never chosen on a CPU)
@@ -118,9 +120,11 @@ def fingerprint(work: Path | None = None, sandbox: str | None = None, image: str
                 amp: str | None = None) -> dict[str, Any]:
     """This machine's fingerprint, with the precisions the trainings under ``work`` ran with."""
     import selfunet
+    from selfunet.inference.openvino_network import openvino_version
 
     return {"schema": SCHEMA, "selfunet": selfunet.__version__, "python": platform.python_version(), **_torch(),
-            "gpu": _gpus(), "cpu": _cpu(), "precision": {"amp": amp, "jobs": job_precisions(work)},
+            "openvino": openvino_version(), "gpu": _gpus(), "cpu": _cpu(),
+            "precision": {"amp": amp, "jobs": job_precisions(work)},
             "sandbox": sandbox, "image": image, "image_digest": _image_digests(image) if sandbox == "docker" else None,
             "platform": platform.platform()}
 
@@ -161,7 +165,8 @@ def describe(env: Mapping | None) -> str:
         where = f"CPU {cpu.get('model')} ({cpu.get('cores')} cores, bf16 flags: {flags})"
     amp = (env.get("precision") or {}).get("amp")
     used = "/".join(precisions(env)) or "n/a"
-    parts = [where, f"torch {env.get('torch')}", f"precision {used}" + (f" (--amp {amp})" if amp else ""),
+    libraries = f"torch {env.get('torch')}" + (f", OpenVINO {env['openvino']}" if env.get("openvino") else "")
+    parts = [where, libraries, f"precision {used}" + (f" (--amp {amp})" if amp else ""),
              f"selfunet {env.get('selfunet')}"]
     if env.get("image"):
         digest = ", ".join(env.get("image_digest") or []) or "no registry digest"

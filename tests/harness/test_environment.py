@@ -32,6 +32,10 @@ def test_the_fingerprint_holds_the_machine_and_the_jobs_precision(tmp_path: Path
     assert environment.precisions(env) == ["fp32"] and env["precision"]["amp"] == "auto"
     line = environment.describe(env)
     assert "torch " in line and "precision fp32 (--amp auto)" in line and "image sha256:abab" in line
+    from selfunet.inference.openvino_network import openvino_version
+
+    assert env["openvino"] == openvino_version()
+    assert (f"OpenVINO {env['openvino']}" in line) == bool(env["openvino"])
     (tmp_path / "run.json").write_text(json.dumps({"environment": env}))
     assert environment.read(tmp_path) == env  # from run.json when environment.json is not there
     assert environment.read(tmp_path / "nowhere") is None
