@@ -19,6 +19,7 @@ it like the network it replaces. Which networks run here is decided in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 PRECISION_HINTS = {None: "f32", torch.bfloat16: "bf16"}
 #: converted graphs (IR) live in this folder of the cache (selfunet.cpu_precision.cache_dir())
 IR_FOLDER = "openvino-ir"
+#: the graphs kept there at most, in bytes (each about the size of its weights, 10-500 MB): the
+#: least recently used go first. ``SELFUNET_OPENVINO_CACHE_GB`` changes it; 0 keeps none.
+DEFAULT_CACHE_BYTES = 4 * 2**30
 
 
 def openvino_version() -> str | None:
@@ -112,7 +116,11 @@ def _convert(network: nn.Module, channels: int, trace: list[int], cache_file: Pa
 
     if cache_file is not None and cache_file.is_file():
         try:
-            return ov.Core().read_model(str(cache_file))
+            model = ov.Core().read_model(str(cache_file))
+            for used in (cache_file, cache_file.with_suffix(".bin")):  # recently used: pruned last
+                with contextlib.suppress(OSError):
+                    os.utime(used)
+            return model
         except RuntimeError as exc:  # a damaged cache entry: convert again
             log.warning("OpenVINO: cached graph %s unreadable (%s); converting again", cache_file, exc)
     from openvino.frontend import FrontEndManager
@@ -139,9 +147,42 @@ def _convert(network: nn.Module, channels: int, trace: list[int], cache_file: Pa
                 ov.save_model(model, str(staged), compress_to_fp16=False)
                 os.replace(staged.with_suffix(".bin"), cache_file.with_suffix(".bin"))
                 os.replace(staged, cache_file)
+            prune_cache(cache_file.parent, cache_bytes())
         except OSError as exc:  # a read-only cache only costs the conversion next time
             log.debug("OpenVINO: graph not cached (%s)", exc)
     return model
+
+
+def cache_bytes() -> int:
+    """The cache's size limit: ``SELFUNET_OPENVINO_CACHE_GB`` (a number >= 0) or the default."""
+    value = os.environ.get("SELFUNET_OPENVINO_CACHE_GB")
+    if value is None:
+        return DEFAULT_CACHE_BYTES
+    try:
+        gigabytes = float(value)
+    except ValueError:
+        gigabytes = -1.0
+    if not 0 <= gigabytes < 2**20:
+        raise SelfUNetError(f"SELFUNET_OPENVINO_CACHE_GB={value!r}: give a size in GB >= 0 (0 keeps no graph).")
+    return int(gigabytes * 2**30)
+
+
+def prune_cache(folder: Path, limit: int) -> None:
+    """Delete the least recently used graphs of ``folder`` until the rest fit in ``limit`` bytes."""
+    graphs = []
+    for xml in folder.glob("*.xml"):
+        with contextlib.suppress(OSError):
+            size = xml.stat().st_size + (xml.with_suffix(".bin").stat().st_size
+                                         if xml.with_suffix(".bin").exists() else 0)
+            graphs.append((xml.stat().st_mtime, size, xml))
+    total = sum(size for _, size, _ in graphs)
+    for _, size, xml in sorted(graphs):
+        if total <= limit:
+            break
+        for part in (xml, xml.with_suffix(".bin")):
+            with contextlib.suppress(OSError):
+                part.unlink()
+        total -= size
 
 
 def compile_network(network: nn.Module, patch: Sequence[int], precision: str = "f32", threads: int | None = None,

@@ -75,9 +75,9 @@ def test_cached_graph_is_read_back_and_a_damaged_one_is_converted_again(tmp_path
         expected = network(x)
     openvino_network.compile_network(network, patch, cache=tmp_path)
     (xml,) = (tmp_path / openvino_network.IR_FOLDER).glob("*.xml")
-    stamp = xml.stat().st_mtime_ns
+    inode = xml.stat().st_ino  # a conversion writes a new file in its place
     assert torch.allclose(openvino_network.compile_network(network, patch, cache=tmp_path)(x), expected, atol=1e-4)
-    assert xml.stat().st_mtime_ns == stamp, "the cached graph was converted again instead of read"
+    assert xml.stat().st_ino == inode, "the cached graph was converted again instead of read"
     xml.write_text("<net broken")
     with caplog.at_level(logging.WARNING):
         again = openvino_network.compile_network(network, patch, cache=tmp_path)
@@ -142,7 +142,7 @@ def test_auto_follows_the_decision_and_falls_back_when_conversion_fails(monkeypa
     with caplog.at_level(logging.WARNING):
         assert cpu_backend.for_inference([other], [16, 16, 16], CPU, None, "auto")[0] is other
     assert "could not convert" in caplog.text and "unsupported operation" in caplog.text
-    with pytest.raises(SelfUNetError, match="could not be converted.*--backend torch"):
+    with pytest.raises(SelfUNetError, match=r"could not be converted.*--backend torch"):
         cpu_backend.for_inference([other], [16, 16, 16], CPU, None, "openvino")
 
 
@@ -188,9 +188,42 @@ def test_a_measurement_that_fails_chooses_torch(tmp_path) -> None:
         raise RuntimeError("no CPU plugin")
 
     decision = cpu_backend.decide("f32", measure, cache=tmp_path, version="9.9")
-    assert not decision.use_openvino and "failed its measurement" in decision.reason and "no CPU plugin" in decision.reason
+    assert not decision.use_openvino
+    assert "failed its measurement" in decision.reason and "no CPU plugin" in decision.reason
 
 
 def test_real_measurement_runs_both_runtimes() -> None:
     torch_ms, openvino_ms = cpu_backend.measure("f32", repeats=1)
     assert torch_ms > 0 and openvino_ms > 0
+
+
+def test_graph_cache_keeps_the_most_recently_used_within_its_limit(tmp_path, monkeypatch) -> None:
+    import os
+
+    for age, name in enumerate(("newest", "middle", "oldest")):
+        (tmp_path / f"{name}.xml").write_bytes(b"x" * 100)
+        (tmp_path / f"{name}.bin").write_bytes(b"w" * 900)
+        os.utime(tmp_path / f"{name}.xml", (1e9 - age * 100, 1e9 - age * 100))
+    openvino_network.prune_cache(tmp_path, 2500)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["middle.bin", "middle.xml", "newest.bin", "newest.xml"]
+    openvino_network.prune_cache(tmp_path, 0)
+    assert not list(tmp_path.iterdir())
+
+    monkeypatch.setenv("SELFUNET_OPENVINO_CACHE_GB", "0.5")
+    assert openvino_network.cache_bytes() == 2**29
+    monkeypatch.setenv("SELFUNET_OPENVINO_CACHE_GB", "lots")
+    with pytest.raises(SelfUNetError, match="SELFUNET_OPENVINO_CACHE_GB='lots'"):
+        openvino_network.cache_bytes()
+    monkeypatch.delenv("SELFUNET_OPENVINO_CACHE_GB")
+    assert openvino_network.cache_bytes() == openvino_network.DEFAULT_CACHE_BYTES
+
+
+def test_reading_a_cached_graph_marks_it_recently_used(tmp_path) -> None:
+    import os
+
+    network, patch = unet(), [16, 16, 16]
+    openvino_network.compile_network(network, patch, cache=tmp_path)
+    (xml,) = (tmp_path / openvino_network.IR_FOLDER).glob("*.xml")
+    os.utime(xml, (1e9, 1e9))
+    openvino_network.compile_network(network, patch, cache=tmp_path)
+    assert xml.stat().st_mtime > 1e9 + 1
