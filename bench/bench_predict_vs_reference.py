@@ -15,8 +15,9 @@ Usage (numbers and machine: docs/benchmarks/prediction-cpu-side-by-side.md):
 interpolation): larger anatomy, more windows per case, so the network dominates as it does on
 real scans.
 
-``run`` interleaves the whole commands (reference, ours with its default network runtime, ours
-with ``--backend torch``, then again) on the test images with the same thread count, and reports
+``run`` interleaves the whole commands (reference; ours in fp32 with its default network runtime;
+ours in fp32 with ``--backend torch``; ours with every default, where ``--amp auto`` may pick
+bf16; then again) on the test images with the same thread count, and reports
 per run: wall time, CPU time of the process tree,
 time to the end of the imports (``python -X importtime``, a separate run), and from one cProfile
 run of each side the shares of model loading, the network's forward passes, reverting and
@@ -112,10 +113,13 @@ def command(side: str, root: Path, out: Path) -> list[str]:
     if side == "old":  # an earlier tree of selfunet (--old-tree), same interpreter
         return [sys.executable, "-m", "selfunet.cli", "predict", str(images), "-o", str(out), "--model",
                 str(root / "model.zip"), "--device", "cpu", "--amp", "off"]
-    if side in ("ours", "ours-torch"):
-        backend = ["--backend", "torch"] if side == "ours-torch" else []
+    if side in ("ours", "ours-torch", "ours-defaults"):
+        # ours: fp32 as the reference, the default runtime; ours-torch: fp32 in torch;
+        # ours-defaults: every default (--amp auto picks bf16 where measured faster, --backend auto)
+        options = {"ours": ["--amp", "off"], "ours-torch": ["--amp", "off", "--backend", "torch"],
+                   "ours-defaults": []}[side]
         return ["selfunet", "predict", str(images), "-o", str(out), "--model", str(root / "model.zip"),
-                "--device", "cpu", "--amp", "off", *backend]
+                "--device", "cpu", *options]
     tool = Path(REF_PYTHON).parent / "nnUNetv2_predict_from_modelfolder"
     return [str(tool), "-i", str(images), "-o", str(out), "-m", str(root / "nnunet_results" / TRAINER_FOLDER),
             "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
@@ -243,7 +247,7 @@ def run(root: Path, repeats: int, threads: int, profile: bool, old_tree: str | N
     """``old_tree``: a folder holding an earlier ``selfunet/`` (``git archive COMMIT selfunet | tar -x``),
     timed as a third side to see which change moved the ratio."""
     env = env_for(threads)
-    sides = ("ref", "ours", "ours-torch", "old") if old_tree else ("ref", "ours", "ours-torch")
+    sides = ("ref", "ours", "ours-torch", "ours-defaults", *(("old",) if old_tree else ()))
     walls: dict[str, list[float]] = {side: [] for side in sides}
     cpus: dict[str, list[float]] = {side: [] for side in sides}
     for r in range(repeats):
@@ -263,6 +267,9 @@ def run(root: Path, repeats: int, threads: int, profile: bool, old_tree: str | N
               "agreement": labels_agreement(root / "out_ref", root / "out_ours"),
               "agreement_torch_vs_ref": labels_agreement(root / "out_ref", root / "out_ours-torch"),
               "agreement_default_vs_torch": labels_agreement(root / "out_ours-torch", root / "out_ours"),
+              "ratio_ours_defaults_over_ref": round(statistics.median(walls["ours-defaults"]) /
+                                                    statistics.median(walls["ref"]), 3),
+              "agreement_defaults_vs_ref": labels_agreement(root / "out_ref", root / "out_ours-defaults"),
               "load_after": os.getloadavg(),
               "cases": len(list((root / "out_ours").glob("*.nii.gz")))}
     result["import_s"] = {side: round(import_seconds(side, env, root), 2) for side in ("ref", "ours")}
