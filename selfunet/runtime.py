@@ -245,3 +245,22 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return peak * scale / 2**20, "rss"
+
+
+# ------------------------------------------------------------ OpenVINO and loader worker processes
+# OpenVINO's runtime and torch's DataLoader worker processes do not share one process: once a
+# network has run in OpenVINO, a DataLoader with worker processes (any start method) corrupted the
+# Python heap, and the interpreter segfaulted later in unrelated code (reproduced in the test
+# suite, OpenVINO 2026.4 with torch 2.13). Each side records that it ran, and the other refuses or
+# steps aside: the process loader stops with a clear error, and `--backend auto` keeps torch in a
+# process that has started loader workers.
+_RAN: set[str] = set()
+
+
+def mark_ran(what: str) -> None:
+    """Record that this process ran ``"openvino"`` or ``"loader-workers"``."""
+    _RAN.add(what)
+
+
+def has_run(what: str) -> bool:
+    return what in _RAN

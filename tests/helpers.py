@@ -7,8 +7,13 @@ path.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -131,3 +136,29 @@ def pack_tar(folder: Path, archive: Path) -> str:
     with tarfile.open(archive, "w") as tar:
         tar.add(folder, arcname=Path(folder).name)
     return hashlib.md5(Path(archive).read_bytes()).hexdigest()
+
+
+#: set in the interpreter :func:`fresh_interpreter` starts, to the name of the test it runs
+FRESH_INTERPRETER_ENV = "SELFUNET_TEST_FRESH_INTERPRETER"
+
+
+def fresh_interpreter(test):
+    """Run the decorated test in a new interpreter (its own pytest process) instead of this one.
+
+    For tests that start torch DataLoader worker processes: the test process has usually run a
+    network in OpenVINO by then (every CPU prediction may), and the two must not share a process
+    (selfunet.runtime; the process loader refuses). The fixtures are still made here, unused.
+    """
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        if os.environ.get(FRESH_INTERPRETER_ENV) == test.__name__:
+            return test(*args, **kwargs)
+        nodeid = f"{inspect.getsourcefile(test)}::{test.__name__}"
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid],
+                              env={**os.environ, FRESH_INTERPRETER_ENV: test.__name__}, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, (done.stdout[-6000:] + done.stderr[-3000:])
+        assert " passed" in done.stdout and " skipped" not in done.stdout, done.stdout[-2000:]
+
+    return wrapper

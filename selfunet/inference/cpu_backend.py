@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from selfunet import cpu_precision
+from selfunet import cpu_precision, runtime
 from selfunet.artifacts import atomic_write_json
 from selfunet.errors import SelfUNetError
 from selfunet.inference import openvino_network
@@ -158,7 +158,11 @@ def uses_openvino(backend: str, device: torch.device, amp_dtype: torch.dtype | N
     if backend == "torch":
         return False
     precision = precision_of(amp_dtype)
+    workers = runtime.has_run("loader-workers")  # see selfunet.runtime: the two corrupt one process
     if backend == "openvino":
+        if workers:
+            raise SelfUNetError("--backend openvino: this process started loader worker processes, and OpenVINO "
+                                "after them crashes it; use --backend torch here (or the thread loader).")
         if device.type != "cpu":
             raise SelfUNetError(f"--backend openvino runs on the CPU; the device is {device}. Use --backend torch "
                                 "(or auto) on a GPU.")
@@ -170,7 +174,7 @@ def uses_openvino(backend: str, device: torch.device, amp_dtype: torch.dtype | N
         return True
     from selfunet.training.network import UNet
 
-    if device.type != "cpu" or precision is None or not isinstance(network, UNet):
+    if device.type != "cpu" or precision is None or not isinstance(network, UNet) or workers:
         return False
     decision = auto_decision(precision)
     log.info("network runtime (--backend auto): %s", decision.reason)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from selfunet import runtime
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -110,19 +111,22 @@ def _input_channels(network: nn.Module) -> int:
     return int(first.in_channels)
 
 
-def _convert(network: nn.Module, channels: int, trace: list[int], cache_file: Path | None):
-    """The network as an OpenVINO model (read from ``cache_file`` when present, else converted and saved)."""
+def _read(path: Path):
+    """A graph from its IR files, its weights copied into OpenVINO's own memory (no mapping of a
+    file that a later prune or replace could touch)."""
     import openvino as ov
 
-    if cache_file is not None and cache_file.is_file():
-        try:
-            model = ov.Core().read_model(str(cache_file))
-            for used in (cache_file, cache_file.with_suffix(".bin")):  # recently used: pruned last
-                with contextlib.suppress(OSError):
-                    os.utime(used)
-            return model
-        except RuntimeError as exc:  # a damaged cache entry: convert again
-            log.warning("OpenVINO: cached graph %s unreadable (%s); converting again", cache_file, exc)
+    return ov.Core().read_model(str(path), config={"ENABLE_MMAP": False})
+
+
+def _trace(network: nn.Module, channels: int, trace: list[int], folder: Path) -> Path:
+    """Convert ``network`` and write its graph to ``folder``; the IR file's path.
+
+    The converted model is only ever written out and read back: a model fresh from the frontend
+    can still point into memory of the traced torch objects, and when those were freed later the
+    process crashed far from here (a test suite's interpreter segfaulted in an unrelated test).
+    """
+    import openvino as ov
     from openvino.frontend import FrontEndManager
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
@@ -136,21 +140,40 @@ def _convert(network: nn.Module, channels: int, trace: list[int], cache_file: Pa
         warnings.simplefilter("ignore", DeprecationWarning)
         decoder = TorchScriptPythonDecoder(network, example_input=(torch.zeros([1, channels, *trace]),),
                                            shared_memory=False)
-    frontend = FrontEndManager().load_by_framework("pytorch")
-    model = frontend.convert(frontend.load(decoder))
+        frontend = FrontEndManager().load_by_framework("pytorch")
+        model = frontend.convert(frontend.load(decoder, False))
+        path = folder / "network.xml"
+        ov.save_model(model, str(path), compress_to_fp16=False)
+    del model, decoder
+    return path
+
+
+def _convert(network: nn.Module, channels: int, trace: list[int], cache_file: Path | None):
+    """The network as an OpenVINO model (read from ``cache_file`` when present, else converted and saved)."""
+    if cache_file is not None and cache_file.is_file():
+        try:
+            model = _read(cache_file)
+            for used in (cache_file, cache_file.with_suffix(".bin")):  # recently used: pruned last
+                with contextlib.suppress(OSError):
+                    os.utime(used)
+            return model
+        except RuntimeError as exc:  # a damaged cache entry: convert again
+            log.warning("OpenVINO: cached graph %s unreadable (%s); converting again", cache_file, exc)
     if cache_file is not None:
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             # written under a temporary name, then renamed: a concurrent reader never sees half a graph
             with tempfile.TemporaryDirectory(dir=cache_file.parent) as tmp:
-                staged = Path(tmp) / cache_file.name
-                ov.save_model(model, str(staged), compress_to_fp16=False)
+                staged = _trace(network, channels, trace, Path(tmp))
                 os.replace(staged.with_suffix(".bin"), cache_file.with_suffix(".bin"))
                 os.replace(staged, cache_file)
             prune_cache(cache_file.parent, cache_bytes())
+            if cache_file.is_file():
+                return _read(cache_file)
         except OSError as exc:  # a read-only cache only costs the conversion next time
             log.debug("OpenVINO: graph not cached (%s)", exc)
-    return model
+    with tempfile.TemporaryDirectory() as tmp:
+        return _read(_trace(network, channels, trace, Path(tmp)))
 
 
 def cache_bytes() -> int:
@@ -193,6 +216,7 @@ def compile_network(network: nn.Module, patch: Sequence[int], precision: str = "
     """
     import openvino as ov
 
+    runtime.mark_ran("openvino")  # from here on, no loader worker processes (selfunet.runtime)
     channels = _input_channels(network)
     trace = tracing_shape(network, patch)
     cache_file = None

@@ -30,6 +30,7 @@ from typing import Generic, Literal, TypeVar
 
 import torch.utils.data
 
+from selfunet import runtime
 from selfunet.errors import SelfUNetError
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,13 @@ class ProcessLoader(Generic[T]):
             raise SelfUNetError(
                 f"process loader: prefetch ({prefetch}) and num_workers ({num_workers}) must be >= 1."
             )
+        if runtime.has_run("openvino"):  # see selfunet.runtime: the two corrupt one process
+            raise SelfUNetError(
+                "process loader: this process already ran a network in OpenVINO, and loader worker "
+                "processes started after that crash it; use the thread loader (--loader-mode thread) "
+                "or predict with --backend torch."
+            )
+        runtime.mark_ran("loader-workers")
         self._loader = torch.utils.data.DataLoader(
             _Produced(produce), batch_size=None, sampler=_IndicesFrom(start_index), num_workers=num_workers,
             prefetch_factor=max(1, math.ceil(prefetch / num_workers)), pin_memory=pin_memory,

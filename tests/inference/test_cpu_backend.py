@@ -227,3 +227,22 @@ def test_reading_a_cached_graph_marks_it_recently_used(tmp_path) -> None:
     os.utime(xml, (1e9, 1e9))
     openvino_network.compile_network(network, patch, cache=tmp_path)
     assert xml.stat().st_mtime > 1e9 + 1
+
+
+def test_openvino_and_loader_worker_processes_never_share_a_process(monkeypatch) -> None:
+    """Once either ran, the other steps aside (auto) or says why it cannot (selfunet.runtime)."""
+    from selfunet import runtime
+    from selfunet.training.loader import ProcessLoader
+
+    network = unet()
+    monkeypatch.setattr(runtime, "_RAN", set())
+    openvino_network.compile_network(network, [16, 16, 16])
+    assert runtime.has_run("openvino")
+    with pytest.raises(SelfUNetError, match=r"already ran a network in OpenVINO.*--loader-mode thread"):
+        ProcessLoader(int, start_index=0)
+
+    monkeypatch.setattr(runtime, "_RAN", {"loader-workers"})
+    monkeypatch.setattr(cpu_backend, "auto_decision", lambda p: pytest.fail("measured in a process with workers"))
+    assert cpu_backend.for_inference([network], [16, 16, 16], CPU, None, "auto")[0] is network
+    with pytest.raises(SelfUNetError, match=r"started loader worker processes.*--backend torch"):
+        cpu_backend.for_inference([network], [16, 16, 16], CPU, None, "openvino")

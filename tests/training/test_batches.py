@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fresh_interpreter
 
 from selfunet.training.augment import AugmentationConfig, Augmenter
 from selfunet.training.batches import RawBatch, TrainBatchSource, finish
@@ -58,6 +59,7 @@ def test_device_path_gives_the_host_path_batches(source_parts: tuple[PatchSample
         assert (got_image[:, 1][got_label[:, 0] < 0] == 0).all()
 
 
+@fresh_interpreter
 def test_process_workers_give_the_thread_batches_in_order(source_parts: tuple[PatchSampler, dict]) -> None:
     sampler, augmentation = source_parts
     source = TrainBatchSource(sampler, Augmenter(device="cpu", **augmentation), seed=1, augment_here=True)
@@ -70,6 +72,7 @@ def test_process_workers_give_the_thread_batches_in_order(source_parts: tuple[Pa
         assert torch.equal(a, c) and torch.equal(b, d)
 
 
+@fresh_interpreter
 def test_process_worker_error_reaches_the_consumer() -> None:
     with ProcessLoader(_fail_at_two, start_index=0, prefetch=2, num_workers=2) as loader:
         assert next(loader) == 0 and next(loader) == 1
@@ -91,6 +94,7 @@ def test_raw_batches_pin(source_parts: tuple[PatchSampler, dict]) -> None:
     assert all(t.is_pinned() for t in pinned.boxes.images + pinned.boxes.labels)
 
 
+@fresh_interpreter
 def test_trainer_with_process_workers_trains_like_with_a_thread(tiny_work_template: Path, tmp_path: Path) -> None:
     """The same batches reach the network whichever loader mode: equal losses."""
     import shutil
