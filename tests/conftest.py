@@ -4,6 +4,7 @@ data is expensive to make); keep each one independent of the others' state."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from selfunet.planning.fingerprint_types import Fingerprint
 
 #: settings the command lines read from the environment; a developer's own values must not steer the tests.
 USER_SETTINGS_ENV = ("nnUNet_raw", "HARNESS_DATA_MIRROR", "HARNESS_DATA_CHECKSUMS")
+
+
+# A suite started in the background of a non-interactive shell (`cmd &`) inherits Ctrl-C ignored,
+# and so would every process it starts: the tests that stop a child with Ctrl-C (`harness status
+# --watch`, Ray's gentle cancel) would then wait for ever. Python's own handler is inherited as
+# "default" across exec instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
