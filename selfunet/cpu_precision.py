@@ -23,9 +23,10 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -123,13 +124,24 @@ def read_cache(path: Path) -> dict:
         return {}
 
 
-def _write_cache(path: Path, key: str, decision: Bf16Decision) -> None:
-    """Best effort and atomic: a read-only home only costs a re-measurement in the next process."""
+def cached_decision(path: Path, key: str, kind: type, measure: Callable[[], Any]) -> Any:
+    """The decision stored under ``key`` in the JSON cache ``path`` (its reason then says where it
+    was read), else ``measure()``'s, stored there. ``kind`` is the decision's dataclass (it has a
+    ``reason``). Best effort and atomic: a read-only home only costs a measurement in the next process."""
+    stored = read_cache(path).get(key)
+    if isinstance(stored, dict):
+        try:
+            cached = kind(**stored)
+            return replace(cached, reason=cached.reason + f"; cached in {path}")
+        except TypeError:
+            pass  # an older format: measure again
+    decision = measure()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {**read_cache(path), key: asdict(decision)})
     except OSError:
         pass
+    return decision
 
 
 def decide_cpu_bf16(
@@ -141,24 +153,16 @@ def decide_cpu_bf16(
     flags = cpu_flags() if flags is None else flags
     if not flags & NATIVE_BF16_CPU_FLAGS:
         return Bf16Decision(False, "fp32: this CPU has no native bf16 instructions (bf16 would be emulated)")
-    path = (cache or cache_dir()) / CACHE_FILE
-    key = machine_key(flags)
-    stored = read_cache(path).get(key)
-    if isinstance(stored, dict):
-        try:
-            cached = Bf16Decision(**stored)
-            return Bf16Decision(cached.use_bf16, cached.reason + f"; cached in {path}", cached.fp32_ms, cached.bf16_ms)
-        except TypeError:
-            pass  # an older format: measure again
-    fp32_ms, bf16_ms = measure()
-    faster = bf16_ms * REQUIRED_SPEEDUP <= fp32_ms
-    reason = (
-        f"bf16: measured {fp32_ms / bf16_ms:.2f}x faster than fp32 on this CPU" if faster
-        else f"fp32: bf16 measured only {fp32_ms / bf16_ms:.2f}x as fast (needs {REQUIRED_SPEEDUP}x)"
-    )
-    decision = Bf16Decision(faster, reason, round(fp32_ms, 2), round(bf16_ms, 2))
-    _write_cache(path, key, decision)
-    return decision
+    def measured() -> Bf16Decision:
+        fp32_ms, bf16_ms = measure()
+        faster = bf16_ms * REQUIRED_SPEEDUP <= fp32_ms
+        reason = (
+            f"bf16: measured {fp32_ms / bf16_ms:.2f}x faster than fp32 on this CPU" if faster
+            else f"fp32: bf16 measured only {fp32_ms / bf16_ms:.2f}x as fast (needs {REQUIRED_SPEEDUP}x)"
+        )
+        return Bf16Decision(faster, reason, round(fp32_ms, 2), round(bf16_ms, 2))
+
+    return cached_decision((cache or cache_dir()) / CACHE_FILE, machine_key(flags), Bf16Decision, measured)
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from selfunet import cpu_precision, runtime
-from selfunet.artifacts import atomic_write_json
 from selfunet.errors import SelfUNetError
 from selfunet.inference import openvino_network
 
@@ -106,39 +105,30 @@ def decide(precision: str, measure_fn: Callable[[str], tuple[float, float]] = me
     version = version or openvino_network.openvino_version()
     if version is None:
         return BackendDecision(False, "torch: OpenVINO is not installed (pip install openvino)")
-    path = (cache or cpu_precision.cache_dir()) / CACHE_FILE
-    key = machine_key(precision, version)
-    stored = cpu_precision.read_cache(path).get(key)
-    if isinstance(stored, dict):
+
+    def measured() -> BackendDecision:
         try:
-            cached = BackendDecision(**stored)
-            return BackendDecision(cached.use_openvino, cached.reason + f"; cached in {path}", cached.torch_ms,
-                                   cached.openvino_ms)
-        except TypeError:
-            pass  # an older format: measure again
-    try:
-        torch_ms, openvino_ms = measure_fn(precision)
-    except Exception as exc:  # a runtime that cannot run here is a result, not a crash
-        decision = BackendDecision(False, f"torch: OpenVINO {version} failed its measurement ({type(exc).__name__}: "
-                                          f"{str(exc)[:200]})")
-    else:
+            torch_ms, openvino_ms = measure_fn(precision)
+        except Exception as exc:  # a runtime that cannot run here is a result, not a crash
+            return BackendDecision(False, f"torch: OpenVINO {version} failed its measurement "
+                                          f"({type(exc).__name__}: {str(exc)[:200]})")
         faster = openvino_ms * REQUIRED_SPEEDUP <= torch_ms
         speedup = torch_ms / openvino_ms
         reason = (f"openvino: measured {speedup:.2f}x faster than torch on this CPU ({precision})" if faster
                   else f"torch: OpenVINO measured only {speedup:.2f}x as fast ({precision}; needs {REQUIRED_SPEEDUP}x)")
-        decision = BackendDecision(faster, reason, round(torch_ms, 2), round(openvino_ms, 2))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {**cpu_precision.read_cache(path), key: asdict(decision)})
-    except OSError:
-        pass  # a read-only home only costs a measurement in the next process
-    return decision
+        return BackendDecision(faster, reason, round(torch_ms, 2), round(openvino_ms, 2))
+
+    path = (cache or cpu_precision.cache_dir()) / CACHE_FILE
+    return cpu_precision.cached_decision(path, machine_key(precision, version), BackendDecision, measured)
 
 
 @lru_cache(maxsize=4)
 def auto_decision(precision: str) -> BackendDecision:
-    """This process's decision per precision (measured at most once per process, and once per machine)."""
-    return decide(precision)
+    """This process's decision per precision (measured at most once per process, and once per
+    machine), logged once."""
+    decision = decide(precision)
+    log.info("network runtime (--backend auto, %s): %s", precision, decision.reason)
+    return decision
 
 
 def precision_of(amp_dtype: torch.dtype | None) -> str | None:
@@ -176,9 +166,7 @@ def uses_openvino(backend: str, device: torch.device, amp_dtype: torch.dtype | N
 
     if device.type != "cpu" or precision is None or not isinstance(network, UNet) or workers:
         return False
-    decision = auto_decision(precision)
-    log.info("network runtime (--backend auto): %s", decision.reason)
-    return decision.use_openvino
+    return auto_decision(precision).use_openvino
 
 
 #: compiled networks per source network, keyed by what they were compiled for (patch, precision,
@@ -201,7 +189,7 @@ def for_inference(networks: Sequence[nn.Module], patch: Sequence[int], device: t
         if not uses_openvino(backend, device, amp_dtype, network):
             chosen.append(network)
             continue
-        precision = precision_of(amp_dtype) or "f32"
+        precision = precision_of(amp_dtype)
         key = (tuple(int(p) for p in patch), precision, torch.get_num_threads(), _weights_version(network))
         compiled = _COMPILED.setdefault(network, {}).get(key)
         if compiled is None:

@@ -2,12 +2,13 @@
 
 Why: on a CPU, the sliding window's time is almost all the network's forward pass. OpenVINO
 compiles the whole graph for the CPU at hand (fused convolution, instance norm and leaky ReLU,
-its own blocked memory layouts, no per-operator dispatch), which measured 2.5-3.5x faster than
-torch's eager fp32 forward pass for our 3D U-Nets on a 2-core AMD EPYC
-(docs/benchmarks/prediction-cpu-side-by-side.md). The numbers are the same up to float rounding
+its own blocked memory layouts, no per-operator dispatch). On a quiet 2-core AMD EPYC its fp32
+forward passes took about 0.6x torch's eager ones in a whole prediction (17.2 s against about
+27 s; 0.73x for a single window, 8 mirrored passes), and the whole command took 0.52x the
+reference's wall time (docs/benchmarks/prediction-cpu-side-by-side.md). The numbers are the same up to float rounding
 (max abs logit difference about 1e-5 to 1e-4), so labels differ only on exact near-ties.
 
-What it costs: converting a network traces it once (1-2 s); the converted graph (OpenVINO IR) is
+What it costs: converting a network traces it once (0.4-2 s); the converted graph (OpenVINO IR) is
 cached on disk under the weights' digest, so the next process reads it in milliseconds. The
 conversion traces a tiny input (the network's total stride per axis), not the patch, and the
 compiled model then takes the patch with any batch size.

@@ -185,3 +185,21 @@ def test_out_of_fold_validation_predictions_after_training(trained_work: Path, d
         probabilities, properties = load_probabilities(fold_dir / "validation" / f"{case_id}.npz")
         assert probabilities.shape[0] == 3 and properties.case_id == case_id
     assert not (trained_work / "train" / "3d_fullres" / "fold_0" / "validation").exists()
+
+
+def test_the_cli_predicts_in_openvino_and_in_torch_alike(trained_work: Path, demo_dataset: DatasetSpec,
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`selfunet predict --backend openvino|torch` on real files: the same labels up to exact float ties,
+    and the converted graph cached on disk for the next run."""
+    monkeypatch.setenv("SELFUNET_CACHE_DIR", str(tmp_path / "cache"))
+    images = Path(demo_dataset.root) / "imagesTs"
+    for backend in ("torch", "openvino"):
+        result = predict([images], tmp_path / backend, trained_work, "-f", "0", "--amp", "off", "--backend", backend)
+        assert result.exit_code == 0, result.output
+    for file in sorted((tmp_path / "torch").iterdir()):
+        torch_labels, _ = read(file)
+        openvino_labels, _ = read(tmp_path / "openvino" / file.name)
+        assert np.mean(torch_labels == openvino_labels) >= 0.9999, file.name
+    assert list((tmp_path / "cache" / "openvino-ir").glob("*.xml"))
+    result = predict([images], tmp_path / "bad", trained_work, "-f", "0", "--backend", "onnx")
+    assert result.exit_code != 0 and "backend" in result.output
