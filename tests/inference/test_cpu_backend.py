@@ -122,8 +122,11 @@ def test_torch_backend_and_other_modules_stay_as_they_are(monkeypatch) -> None:
     fake = nn.Conv3d(2, 3, 1)  # not one of our U-Nets: auto leaves it to torch without measuring
     monkeypatch.setattr(cpu_backend, "auto_decision", lambda precision: pytest.fail("measured for a foreign module"))
     assert cpu_backend.for_inference([fake], [4, 4, 4], CPU, None, "auto")[0] is fake
-    # fp16 has no CPU precision in OpenVINO: auto keeps torch
+    # fp16 has no CPU precision in OpenVINO, and at bf16 auto keeps torch too (uses_openvino says why)
     assert cpu_backend.for_inference([network], [16, 16, 16], CPU, torch.float16, "auto")[0] is network
+    assert cpu_backend.for_inference([network], [16, 16, 16], CPU, torch.bfloat16, "auto")[0] is network
+    assert isinstance(cpu_backend.for_inference([network], [16, 16, 16], CPU, torch.bfloat16, "openvino")[0],
+                      openvino_network.OpenVinoNetwork)
 
 
 def test_auto_follows_the_decision_and_falls_back_when_conversion_fails(monkeypatch, caplog) -> None:
